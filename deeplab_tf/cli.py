@@ -1,0 +1,57 @@
+"""The ``deeplab-tf`` command line.
+
+Each sub-command lives next to the code it drives, in a module that defines
+``register(subparsers)``; this file only collects them. Modules are imported when the
+command line is built, and heavy imports (TensorFlow) happen inside the command functions so
+that ``deeplab-tf --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Modules that contribute sub-commands (each defines ``register(subparsers)``).
+COMMAND_MODULES = [
+    "deeplab_tf.models.cli",
+]
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as ``deeplab-tf: error: ...`` with exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from deeplab_tf import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="deeplab-tf",
+        description="DeepLab v2 for Keras 3 / TensorFlow 2: models, training, inference, "
+        "dense CRF and export.",
+    )
+    parser.add_argument("--version", action="version", version=f"deeplab-tf {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as err:
+        print(f"deeplab-tf: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deeplab-tf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

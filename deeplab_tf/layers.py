@@ -1,0 +1,322 @@
+"""Registered Keras layers that give DeepLab v2 its Caffe semantics.
+
+Every layer here is serializable (``keras.saving.register_keras_serializable``) so that models
+built from them save to ``.keras`` and reload with ``keras.saving.load_model`` in safe mode, and
+every layer uses only standard TensorFlow ops so that the graph exports to SavedModel and TFLite.
+
+Caffe rules reproduced (SPEC section 3):
+
+* convolution pads symmetrically and rounds down:
+  ``out = floor((in + 2*pad - k_eff) / s) + 1`` (``CaffePadding`` + a ``valid`` convolution);
+* pooling rounds UP and clips the last window so that it starts inside the padded input:
+  ``out = ceil((in + 2*pad - k) / s) + 1`` (``CaffeMaxPooling2D`` / ``CaffeAveragePooling2D``);
+* ``Interp`` upsampling maps corners onto corners (``align_corners=True``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+PACKAGE = "deeplab_tf"
+
+#: Caffe (ImageNet) channel means in BGR order, used by the authors' ImageSegData layer.
+CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
+
+
+def caffe_pool_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
+    """Output length of a Caffe pooling layer (ceil mode, last window clipped).
+
+    Args:
+        size: input length.
+        kernel: window size.
+        stride: window stride.
+        pad: symmetric padding.
+
+    Returns:
+        The output length Caffe computes for this pooling layer.
+    """
+    out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
+    if pad > 0 and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def caffe_conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
+    """Output length of a Caffe convolution (floor mode)."""
+    k_eff = kernel + (kernel - 1) * (dilation - 1)
+    return (size + 2 * pad - k_eff) // stride + 1
+
+
+def _spatial_dims(x):
+    """(height, width) as Python ints where static, else scalar tensors."""
+    dyn = tf.shape(x)
+    h = x.shape[1] if x.shape[1] is not None else dyn[1]
+    w = x.shape[2] if x.shape[2] is not None else dyn[2]
+    return h, w
+
+
+def _pool_extra(size, kernel, stride, pad):
+    """Extra bottom/right padding that makes a VALID pooling produce Caffe's ceil-mode count."""
+    if isinstance(size, int):
+        out = caffe_pool_output_size(size, kernel, stride, pad)
+        return max(0, (out - 1) * stride + kernel - (size + 2 * pad))
+    # Dynamic: same arithmetic with integer tensor ops (ceil(a/b) = -floor(-a/b)).
+    out = -((-(size + 2 * pad - kernel)) // stride) + 1
+    if pad > 0:
+        out = tf.where((out - 1) * stride >= size + pad, out - 1, out)
+    return tf.maximum(0, (out - 1) * stride + kernel - (size + 2 * pad))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Preprocess(keras.layers.Layer):
+    """Turns caller images (RGB, 0..255, uint8 or float) into what the network expects.
+
+    For the authors' Caffe models: RGB -> BGR, subtract ``CAFFE_BGR_MEAN``, no scaling
+    (SPEC section 2). Other backbones (e.g. MobileNetV2) use ``mode="tf"``: ``x / 127.5 - 1``.
+
+    Args:
+        mode: ``"caffe"`` (BGR, mean subtracted) or ``"tf"`` (RGB scaled to [-1, 1]).
+        mean: channel means in the network's channel order, for ``mode="caffe"``.
+    """
+
+    MODES = ("caffe", "tf")
+
+    def __init__(self, mode: str = "caffe", mean=CAFFE_BGR_MEAN, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"Preprocess mode must be one of {self.MODES}. Received: mode={mode!r}")
+        if len(tuple(mean)) != 3:
+            raise ValueError(f"mean needs 3 channel values. Received: mean={mean!r}")
+        self.mode = mode
+        self.mean = tuple(float(m) for m in mean)
+
+    def call(self, images):
+        x = tf.cast(images, self.compute_dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        x = tf.reverse(x, axis=[-1])  # RGB -> BGR
+        return x - tf.constant(self.mean, dtype=x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "mean": list(self.mean)}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CaffePadding(keras.layers.Layer):
+    """Symmetric zero padding that keeps static shapes static (a ``ZeroPadding2D`` twin).
+
+    Kept as our own layer so the spatial rule sits next to the pooling rules and so weight
+    converters can recognise it; it pads ``pad`` pixels on each side of H and W.
+    """
+
+    def __init__(self, pad: int, **kwargs):
+        super().__init__(**kwargs)
+        self.pad = int(pad)
+
+    def call(self, x):
+        p = self.pad
+        return tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+
+    def compute_output_shape(self, s):
+        grow = lambda d: None if d is None else d + 2 * self.pad
+        return (s[0], grow(s[1]), grow(s[2]), s[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}
+
+
+class _CaffePool(keras.layers.Layer):
+    """Shared logic of Caffe's ceil-mode pooling layers."""
+
+    def __init__(self, pool_size: int = 3, strides: int = 2, padding: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = int(pool_size)
+        self.strides = int(strides)
+        self.padding = int(padding)
+        if self.padding >= self.pool_size:
+            raise ValueError(
+                f"pad must be smaller than the kernel. Received: padding={padding}, "
+                f"pool_size={pool_size}"
+            )
+
+    def _pad(self, x, value):
+        h, w = _spatial_dims(x)
+        p = self.padding
+        eh = _pool_extra(h, self.pool_size, self.strides, p)
+        ew = _pool_extra(w, self.pool_size, self.strides, p)
+        paddings = [[0, 0], [p, p + eh], [p, p + ew], [0, 0]]
+        if isinstance(eh, int) and isinstance(ew, int) and p == 0 and eh == 0 and ew == 0:
+            return x
+        return tf.pad(x, paddings, constant_values=value)
+
+    def compute_output_shape(self, s):
+        size = lambda d: (
+            None
+            if d is None
+            else caffe_pool_output_size(d, self.pool_size, self.strides, self.padding)
+        )
+        return (s[0], size(s[1]), size(s[2]), s[3])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "pool_size": self.pool_size,
+            "strides": self.strides,
+            "padding": self.padding,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CaffeMaxPooling2D(_CaffePool):
+    """Max pooling with Caffe's symmetric padding and ceil rounding.
+
+    Padded cells hold the dtype's lowest value, so (as in Caffe, which clips windows to the
+    input) they never win; every window keeps at least one real pixel by construction.
+
+    Args:
+        pool_size: square window size.
+        strides: stride.
+        padding: symmetric padding in pixels (an int, Caffe's ``pad``).
+    """
+
+    def call(self, x):
+        low = x.dtype.min
+        x = self._pad(x, low)
+        k, s = self.pool_size, self.strides
+        return tf.nn.max_pool2d(x, k, s, "VALID")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CaffeAveragePooling2D(_CaffePool):
+    """Average pooling with Caffe's rounding; padded zeros count in the divisor.
+
+    Caffe divides by the window clipped to the *padded* input (``pool_size`` = min(hend,
+    H + pad) - hstart), so symmetric padding counts as zeros while the extra ceil-mode
+    cells past the padding do not. That is reproduced by summing a zero-padded input and
+    dividing by a count map built the same way.
+    """
+
+    def call(self, x):
+        h, w = _spatial_dims(x)
+        k, s, p = self.pool_size, self.strides, self.padding
+        eh = _pool_extra(h, k, s, p)
+        ew = _pool_extra(w, k, s, p)
+        xs = tf.pad(x, [[0, 0], [p, p + eh], [p, p + ew], [0, 0]])
+        sums = tf.nn.avg_pool2d(xs, k, s, "VALID") * float(k * k)
+        ones = tf.ones(tf.stack([1, h + 2 * p, w + 2 * p, 1]), dtype=x.dtype)
+        ones = tf.pad(ones, [[0, 0], [0, eh], [0, ew], [0, 0]])
+        counts = tf.nn.avg_pool2d(ones, k, s, "VALID") * float(k * k)
+        return sums / counts
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ResizeLogits(keras.layers.Layer):
+    """Upsamples stride-``stride`` logits (or probabilities) to a reference image's size.
+
+    Two rules (SPEC section 3, "Output and upsampling"):
+
+    * ``"caffe"`` (default; what the authors' test nets and converted weights expect): Caffe's
+      ``Interp`` with zoom factor ``stride``: bilinear with corners on corners
+      (``align_corners=True``) to ``(h - 1) * stride + 1``, then crop to the image size.
+    * ``"half_pixel"``: ``tf.image.resize`` bilinear straight to the image size.
+
+    Call it as ``ResizeLogits()([logits, images])``; only the reference's H and W are used.
+
+    Args:
+        mode: ``"caffe"`` or ``"half_pixel"``.
+        stride: the network's output stride (8 for DeepLab v2).
+    """
+
+    MODES = ("caffe", "half_pixel")
+
+    def __init__(self, mode: str = "caffe", stride: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}. Received: mode={mode!r}")
+        if int(stride) < 1:
+            raise ValueError(f"stride must be >= 1. Received: stride={stride!r}")
+        self.mode = mode
+        self.stride = int(stride)
+
+    def call(self, inputs):
+        logits, reference = inputs
+        return resize_logits(logits, tf.shape(reference)[1:3], self.mode, self.stride)
+
+    def compute_output_shape(self, input_shapes):
+        logits, reference = input_shapes
+        return (logits[0], reference[1], reference[2], logits[3])
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "stride": self.stride}
+
+
+def resize_logits(logits, size, mode: str = "caffe", stride: int = 8):
+    """Functional form of :class:`ResizeLogits`.
+
+    Args:
+        logits: ``(N, h, w, C)`` float tensor.
+        size: target ``(H, W)`` (ints or an int tensor).
+        mode: ``"caffe"`` (align corners, zoom then crop) or ``"half_pixel"``.
+        stride: zoom factor for ``"caffe"``.
+
+    Returns:
+        ``(N, H, W, C)`` tensor in ``logits``' dtype.
+    """
+    size = tf.cast(tf.convert_to_tensor(size), tf.int32)
+    dtype = logits.dtype
+    x = tf.cast(logits, tf.float32)
+    if mode == "half_pixel":
+        out = tf.image.resize(x, size, method="bilinear")
+    elif mode == "caffe":
+        hw = tf.shape(x)[1:3]
+        zoom = (hw - 1) * stride + 1
+        # Networks with ceil-mode pooling always give zoom >= size; for any other
+        # producer fall back to aligning corners straight onto the target size.
+        target = tf.maximum(zoom, size)
+        out = tf.raw_ops.ResizeBilinear(images=x, size=target, align_corners=True)
+        out = out[:, : size[0], : size[1], :]
+    else:
+        raise ValueError(f"mode must be 'caffe' or 'half_pixel'. Received: mode={mode!r}")
+    return tf.cast(out, dtype)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ResizeImages(keras.layers.Layer):
+    """Bilinear resize of an image batch by a scale factor (Caffe ``Interp``-style shrink).
+
+    Used by multi-scale training and inference: ``out = floor(in * scale)`` per side, via
+    ``ResizeBilinear(align_corners=True)`` as the authors' MSC prototxts do.
+    """
+
+    def __init__(self, scale: float, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 < float(scale) <= 8:
+            raise ValueError(f"scale must be in (0, 8]. Received: scale={scale!r}")
+        self.scale = float(scale)
+
+    def call(self, x):
+        return resize_by_scale(x, self.scale)
+
+    def compute_output_shape(self, s):
+        f = lambda d: None if d is None else max(1, int(math.floor(d * self.scale)))
+        return (s[0], f(s[1]), f(s[2]), s[3])
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+def resize_by_scale(x, scale: float):
+    """Resizes ``(N, H, W, C)`` by ``scale`` with corner alignment; size ``floor(H*scale)``."""
+    if scale == 1.0:
+        return x
+    hw = tf.shape(x)[1:3]
+    size = tf.maximum(1, tf.cast(tf.floor(tf.cast(hw, tf.float32) * scale), tf.int32))
+    out = tf.raw_ops.ResizeBilinear(images=tf.cast(x, tf.float32), size=size, align_corners=True)
+    return tf.cast(out, x.dtype)

@@ -1,0 +1,89 @@
+"""DeepLab's dilated ResNet backbones (MSRA/Caffe ResNet, SPEC section 3).
+
+* conv1 7x7/2 pad 3 (no bias) + BN + ReLU, pool1 max 3x3/2 pad 1 in ceil mode;
+* bottleneck blocks whose stride sits on the first 1x1 (``branch2a``) and on the projection
+  shortcut (``branch1``), never on the 3x3;
+* res3 has stride 2, res4 and res5 stride 1 with every 3x3 dilated by 2 and 4: output stride 8.
+
+Layer names are the release's (``res4b22_branch2b``, ``bn4b22_branch2b``...), so converted
+Caffe weights load by name.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from deeplab_tf.layers import CaffeMaxPooling2D
+from deeplab_tf.models.blocks import batch_norm, caffe_conv, relu
+
+#: blocks per stage (res2..res5)
+RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+#: (stage, bottleneck width, stride of the first block, dilation of the 3x3s)
+RESNET_STAGES = ((2, 64, 1, 1), (3, 128, 2, 1), (4, 256, 1, 2), (5, 512, 1, 4))
+
+
+def block_names(depth: int, stage: int, blocks: int) -> list[str]:
+    """Caffe block suffixes of one stage, e.g. ``['4a', '4b1', ..., '4b22']``.
+
+    MSRA's ResNet-50 names every block with a letter (``res4f``); ResNet-101/152 keep letters
+    for the 3-block stages and use ``a, b1, b2...`` elsewhere.
+    """
+    if depth == 50 or blocks == 3:
+        return [f"{stage}{chr(ord('a') + i)}" for i in range(blocks)]
+    return [f"{stage}a"] + [f"{stage}b{i}" for i in range(1, blocks)]
+
+
+def bottleneck(x, tag: str, width: int, stride: int, dilation: int, project: bool, frozen: bool):
+    """One Caffe bottleneck block ``res{tag}`` (1x1 reduce -> 3x3 -> 1x1 expand x4, + shortcut)."""
+    if project:
+        shortcut = caffe_conv(x, 4 * width, 1, f"res{tag}_branch1", stride=stride, use_bias=False)
+        shortcut = batch_norm(shortcut, f"bn{tag}_branch1", frozen)
+    else:
+        shortcut = x
+    y = caffe_conv(x, width, 1, f"res{tag}_branch2a", stride=stride, use_bias=False)
+    y = batch_norm(y, f"bn{tag}_branch2a", frozen)
+    y = relu(y, f"res{tag}_branch2a_relu")
+    y = caffe_conv(
+        y, width, 3, f"res{tag}_branch2b", pad=dilation, dilation=dilation, use_bias=False
+    )
+    y = batch_norm(y, f"bn{tag}_branch2b", frozen)
+    y = relu(y, f"res{tag}_branch2b_relu")
+    y = caffe_conv(y, 4 * width, 1, f"res{tag}_branch2c", use_bias=False)
+    y = batch_norm(y, f"bn{tag}_branch2c", frozen)
+    y = keras.layers.Add(name=f"res{tag}")([shortcut, y])
+    return relu(y, f"res{tag}_relu")
+
+
+def resnet_features(x, depth: int = 101, frozen_bn: bool = True):
+    """Applies a dilated ResNet trunk (output stride 8) to a preprocessed BGR tensor.
+
+    Args:
+        x: preprocessed input tensor.
+        depth: 50, 101 or 152.
+        frozen_bn: BatchNorm in inference mode with non-trainable gamma/beta (the paper).
+
+    Returns:
+        The ``res5c`` feature map (2048 channels).
+    """
+    if depth not in RESNET_DEPTHS:
+        raise ValueError(
+            f"ResNet depth must be one of {sorted(RESNET_DEPTHS)}. Received: depth={depth!r}"
+        )
+    x = caffe_conv(x, 64, 7, "conv1", stride=2, pad=3, use_bias=False)
+    x = batch_norm(x, "bn_conv1", frozen_bn)
+    x = relu(x, "conv1_relu")
+    x = CaffeMaxPooling2D(3, 2, 1, name="pool1")(x)
+    for (stage, width, stride, dilation), blocks in zip(RESNET_STAGES, RESNET_DEPTHS[depth]):
+        for i, tag in enumerate(block_names(depth, stage, blocks)):
+            first = i == 0
+            x = bottleneck(
+                x,
+                tag,
+                width,
+                stride if first else 1,
+                dilation,
+                project=first,
+                frozen=frozen_bn,
+            )
+    return x
