@@ -88,7 +88,9 @@ class Preprocess(keras.layers.Layer):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if mode not in self.MODES:
-            raise ValueError(f"Preprocess mode must be one of {self.MODES}. Received: mode={mode!r}")
+            raise ValueError(
+                f"Preprocess mode must be one of {self.MODES}. Received: mode={mode!r}"
+            )
         if len(tuple(mean)) != 3:
             raise ValueError(f"mean needs 3 channel values. Received: mean={mean!r}")
         self.mode = mode

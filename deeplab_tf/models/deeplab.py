@@ -106,7 +106,9 @@ def DeepLabV2(
         raise ValueError(f"backbone must be one of {BACKBONES}. Received: backbone={backbone!r}")
     rates = resolve_rates(head, rates)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int. Received: num_classes={num_classes!r}")
+        raise ValueError(
+            f"num_classes must be a positive int. Received: num_classes={num_classes!r}"
+        )
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
     if output_stride != 8 and backbone != "mobilenetv2":

@@ -41,7 +41,9 @@ def mobilenetv2_features(x, output_stride: int = 8, frozen_bn: bool = True):
         frozen_bn: BatchNorm in inference mode, non-trainable.
     """
     if output_stride not in (8, 16):
-        raise ValueError(f"output_stride must be 8 or 16. Received: output_stride={output_stride!r}")
+        raise ValueError(
+            f"output_stride must be 8 or 16. Received: output_stride={output_stride!r}"
+        )
     eps = MOBILENET_BN_EPSILON
     x = CaffePadding(1, name="Conv1_pad")(x)
     x = keras.layers.Conv2D(32, 3, strides=2, padding="valid", use_bias=False, name="Conv1")(x)
