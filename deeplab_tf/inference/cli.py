@@ -1,0 +1,236 @@
+"""``deeplab-tf predict``: label PNGs, colour overlays and probability maps for images.
+
+Shared with ``deeplab-tf evaluate``: the model, multi-scale, tiling and CRF options.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def add_inference_arguments(p):
+    """Adds the model / multi-scale / tiling / CRF options shared by predict and evaluate."""
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        required=True,
+        help="a .keras file, or a registry name (see `deeplab-tf models`) with --weights",
+    )
+    g.add_argument("--weights", help="a .weights.h5 file for a registry-name --model")
+    g.add_argument("--num-classes", type=int, help="classes of a registry-name model")
+    g = p.add_argument_group("inference")
+    g.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="image scales, e.g. 1 0.75 0.5 for the paper's MSC (default: 1)",
+    )
+    g.add_argument("--fusion", choices=("max", "mean"), default="max", help="multi-scale fusion")
+    g.add_argument("--flip", action="store_true", help="also run mirrored images")
+    g.add_argument(
+        "--upsample",
+        choices=("caffe", "half_pixel"),
+        default="caffe",
+        help="score upsampling rule (caffe: corners aligned, what converted weights expect)",
+    )
+    g.add_argument(
+        "--fuse-at",
+        choices=("logits", "image"),
+        default="logits",
+        help="fuse scales on the 1x score grid (the paper) or at image resolution",
+    )
+    g.add_argument(
+        "--tile-size",
+        type=int,
+        default=1025,
+        help="images larger than this run as overlapping tiles (0 = never tile)",
+    )
+    g.add_argument("--overlap", type=float, default=1 / 3, help="tile overlap fraction")
+    g.add_argument(
+        "--crf",
+        action="store_true",
+        help="refine with the fully connected CRF (paper parameters for the model)",
+    )
+    g.add_argument(
+        "--crf-preset",
+        help="CRF parameter preset (default: the registry entry's, else resnet101's)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_predictor(args, num_classes=None):
+    """Builds a :class:`Predictor` from parsed options; returns ``(predictor, settings)``."""
+    from deeplab_tf.cli import CLIError
+    from deeplab_tf.inference.multiscale import MultiScale
+    from deeplab_tf.inference.predict import Predictor, load_inference_model
+
+    if args.num_classes is not None and num_classes is not None and args.num_classes != num_classes:
+        raise CLIError(
+            f"--num-classes {args.num_classes} disagrees with the dataset's {num_classes} classes"
+        )
+    num_classes = num_classes if num_classes is not None else args.num_classes
+    if args.tile_size < 0:
+        raise CLIError(f"--tile-size must be >= 0. Received: {args.tile_size}")
+    if not 0.0 <= args.overlap < 1.0:
+        raise CLIError(f"--overlap must be in [0, 1). Received: {args.overlap}")
+    try:
+        net = load_inference_model(args.model, args.weights, num_classes)
+        msc = MultiScale(
+            net,
+            scales=args.scales,
+            fusion=args.fusion,
+            flip=args.flip,
+            upsample=args.upsample,
+            output="probs",
+            fuse_at=args.fuse_at if 1.0 in args.scales else "image",
+        )
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    crf, crf_settings = (build_crf(args), None) if args.crf else (None, None)
+    if crf is not None:
+        crf, crf_settings = crf
+    settings = {
+        "model": str(args.model),
+        "weights": args.weights,
+        "num_classes": msc.num_classes,
+        "scales": list(msc.scales),
+        "fusion": msc.fusion,
+        "flip": msc.flip,
+        "upsample": msc.upsample,
+        "fuse_at": msc.fuse_at,
+        "tile_size": args.tile_size or None,
+        "overlap": args.overlap,
+        "crf": crf_settings,
+    }
+    if args.weights is None and not str(args.model).endswith(".keras"):
+        print(
+            f"deeplab-tf: note: {args.model} has random weights (no --weights given); "
+            "predictions are meaningless",
+        )
+    predictor = Predictor(msc, tile_size=args.tile_size or None, overlap=args.overlap, crf=crf)
+    return predictor, settings
+
+
+def build_crf(args):
+    """The dense CRF for ``--crf``: ``(callable, settings)``, or a CLIError if unavailable."""
+    from deeplab_tf.cli import CLIError
+
+    try:
+        from deeplab_tf.crf import DenseCRF
+    except ImportError as err:
+        raise CLIError(f"CRF backend not available yet ({err})") from None
+    from deeplab_tf.models.registry import get_model_config, list_models
+
+    preset = args.crf_preset
+    if preset is None:
+        preset = args.model if args.model in list_models() else "deeplabv2_resnet101_aspp_l"
+    try:
+        crf = DenseCRF.from_preset(preset)
+    except (ValueError, KeyError) as err:
+        raise CLIError(f"Unknown CRF preset {preset!r}: {err}") from None
+    settings = {"preset": preset}
+    if preset in list_models():
+        settings.update(get_model_config(preset)["crf"])
+    return crf, settings
+
+
+def register(sub):
+    p = sub.add_parser(
+        "predict",
+        help="segment images: label PNGs, colour overlays, optional probability maps",
+        description="Segments images (files, directories or glob patterns) and writes, per "
+        "image, NAME.png (class ids, VOC palette), NAME_overlay.png (the photo tinted with the "
+        "classes) and, with --probs, NAME_probs.npy (H, W, C float16). A file that cannot be "
+        "used is reported and skipped; the exit status is 1 if any file failed.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, directories, globs")
+    p.add_argument("--out", required=True, help="output directory (created if missing)")
+    p.add_argument("--probs", action="store_true", help="also write NAME_probs.npy")
+    p.add_argument("--alpha", type=float, default=0.55, help="overlay opacity (default 0.55)")
+    p.add_argument(
+        "--palette", choices=("voc", "cityscapes"), default=None,
+        help="label colours (default: cityscapes for 19 classes, else voc)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-pixels", type=int, default=None,
+        help="largest accepted image, in pixels (default 40,000,000)",
+    )  # fmt: skip
+    add_inference_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _unique_stem(path, used):
+    stem = os.path.splitext(os.path.basename(path))[0] or "image"
+    name, k = stem, 1
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}"
+    used.add(name)
+    return name
+
+
+def run(args):
+    import numpy as np
+
+    from deeplab_tf.cli import CLIError
+    from deeplab_tf.data.palettes import cityscapes_palette, voc_palette
+    from deeplab_tf.inference.io import (
+        DEFAULT_MAX_PIXELS,
+        ImageReadError,
+        atomic_write,
+        expand_inputs,
+        read_image,
+    )
+    from deeplab_tf.inference.progress import Progress
+    from deeplab_tf.visualize import overlay, save_label_png, save_rgb_png
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise CLIError(f"--alpha must be in [0, 1]. Received: {args.alpha}")
+    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    paths, errors = expand_inputs(args.inputs)
+    for message in errors:
+        print(f"deeplab-tf: error: {message}")
+    if not paths:
+        raise CLIError("no input images found")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"cannot create output directory {args.out!r}: {err}") from None
+
+    predictor, _ = build_predictor(args)
+    num_classes = predictor.model.num_classes
+    palette_name = args.palette or ("cityscapes" if num_classes == 19 else "voc")
+    palette = cityscapes_palette() if palette_name == "cityscapes" else voc_palette()
+
+    used, done = set(), 0
+    bar = Progress(len(paths), "predict", enabled=False if args.no_progress else None)
+    for path in paths:
+        try:
+            image, notes = read_image(path, max_pixels)
+            for note in notes:
+                bar.write(f"deeplab-tf: note: {path}: {note}")
+            probs = predictor(image)
+            label = np.argmax(probs, axis=-1).astype(np.uint8)
+            stem = _unique_stem(path, used)
+            base = os.path.join(args.out, stem)
+            save_label_png(base + ".png", label, palette)
+            save_rgb_png(base + "_overlay.png", overlay(image, label, palette, args.alpha))
+            if args.probs:
+                half = probs.astype(np.float16)
+                atomic_write(base + "_probs.npy", lambda t, a=half: np.save(t, a))
+            done += 1
+        except ImageReadError as err:
+            errors.append(str(err))
+            bar.write(f"deeplab-tf: error: {err}")
+        except Exception as err:  # noqa: BLE001 - one bad image must not stop the batch
+            message = (
+                f"{path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            )
+            errors.append(message)
+            bar.write(f"deeplab-tf: error: {message}")
+        bar.update(1, os.path.basename(path))
+    bar.close()
+    print(f"deeplab-tf: wrote {done} of {len(paths)} image(s) to {args.out}", end="")
+    print(f"; {len(errors)} failed" if errors else "")
+    return 1 if errors else 0
