@@ -63,3 +63,52 @@ def colorize(label: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray
             f"Received min {label.min()}, max {label.max()}"
         )
     return palette[label.astype(np.int64)]
+
+
+#: PASCAL-Context, the paper's 59 most frequent classes plus background (60 in all), in the
+#: alphabetical order of the Context release's ``labels.txt``; id 0 is background.
+CONTEXT_CLASSES = (
+    "background", "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat",
+    "book", "bottle", "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth",
+    "computer", "cow", "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food",
+    "grass", "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse", "person",
+    "plate", "platform", "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk", "sign",
+    "sky", "snow", "sofa", "table", "track", "train", "tree", "truck", "tvmonitor", "wall",
+    "water", "window", "wood",
+)  # fmt: skip
+
+#: Ids of ``CONTEXT_CLASSES[1:]`` in the full 459-class index of the Context release
+#: (``labels.txt``, the values stored in ``trainval/*.mat`` ``LabelMap``); every other id maps
+#: to background.
+CONTEXT_459_IDS = (
+    2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98, 104, 105, 113,
+    115, 144, 158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308, 324, 326,
+    347, 349, 354, 355, 360, 366, 368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458,
+)  # fmt: skip
+
+#: PASCAL-Person-Part (Chen et al., CVPR 2014): background plus six merged body parts.
+PERSON_PART_CLASSES = (
+    "background", "head", "torso", "upper arms", "lower arms", "upper legs", "lower legs",
+)  # fmt: skip
+
+#: How the 24 PASCAL-Part person part names merge into ``PERSON_PART_CLASSES`` ids.
+PERSON_PART_MERGE = {
+    **dict.fromkeys(
+        ("head", "hair", "leye", "reye", "lear", "rear", "lebrow", "rebrow", "nose", "mouth"), 1
+    ),
+    **dict.fromkeys(("torso", "neck"), 2),
+    **dict.fromkeys(("luarm", "ruarm"), 3),
+    **dict.fromkeys(("llarm", "rlarm", "lhand", "rhand"), 4),
+    **dict.fromkeys(("luleg", "ruleg"), 5),
+    **dict.fromkeys(("llleg", "rlleg", "lfoot", "rfoot"), 6),
+}
+
+
+def context_palette() -> np.ndarray:
+    """PASCAL-Context colours: the VOC bit-interleaving map over the 60 class ids."""
+    return voc_palette()
+
+
+def person_part_palette() -> np.ndarray:
+    """PASCAL-Person-Part colours: the VOC bit-interleaving map over the 7 part ids."""
+    return voc_palette()

@@ -1,0 +1,96 @@
+"""``deeplab-tf data``: dataset tools (``data check``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+DATASETS = ("voc2012", "voc2012_aug", "cityscapes", "pascal_context", "person_part", "folder")
+
+
+def register(sub):
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    c = data_sub.add_parser(
+        "check",
+        help="count examples, histogram classes and report every problem in a dataset",
+        description="Decodes every example as load_dataset does and reports counts, class "
+        "histograms and problems (missing files, corrupt images, size mismatches, unknown "
+        "label values) without stopping at the first. Exit status 1 when problems are found.",
+    )
+    c.add_argument("path", help="dataset root folder")
+    c.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout")
+    c.add_argument(
+        "--split", action="append", help="split to check (repeatable; default: standard splits)"
+    )
+    c.add_argument("--num-classes", type=int, help="folder datasets: number of classes")
+    c.add_argument("--class-names", help="folder datasets: comma-separated class names")
+    c.add_argument("--list-file", help="split list replacing the dataset's own")
+    c.add_argument("--limit", type=int, help="check at most N examples per split")
+    c.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    c.add_argument("--max-problems", type=int, default=20, help="problems printed per split")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--output", help="also write the JSON report to this file")
+    c.set_defaults(func=run_check)
+    p.set_defaults(func=lambda args: _no_subcommand(p))
+
+
+def _no_subcommand(parser):
+    parser.print_help()
+    return 2
+
+
+def _write_json(path, report):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def run_check(args):
+    from deeplab_tf.cli import CLIError
+    from deeplab_tf.data.check import check_dataset, format_report
+    from deeplab_tf.data.readers import DatasetError
+
+    kwargs = {}
+    if args.dataset == "folder":
+        if args.class_names:
+            kwargs["class_names"] = tuple(n.strip() for n in args.class_names.split(","))
+        if args.num_classes is not None:
+            kwargs["num_classes"] = args.num_classes
+        if not kwargs:
+            raise CLIError("--dataset folder needs --num-classes or --class-names")
+    elif args.num_classes is not None or args.class_names:
+        raise CLIError(f"--num-classes/--class-names apply to folder datasets, not {args.dataset}")
+    if args.list_file:
+        if args.dataset in ("cityscapes", "folder"):
+            raise CLIError(f"--list-file does not apply to {args.dataset}")
+        kwargs["list_file"] = args.list_file
+    if not os.path.isdir(args.path):
+        raise CLIError(f"dataset root {args.path!r} is not a directory")
+    try:
+        report = check_dataset(
+            args.dataset,
+            args.path,
+            splits=args.split,
+            limit=args.limit,
+            workers=args.workers,
+            **kwargs,
+        )
+    except (DatasetError, ValueError) as err:
+        raise CLIError(str(err)) from err
+    if args.output:
+        _write_json(args.output, report)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report, max_problems=args.max_problems))
+    return 1 if report["num_problems"] else 0

@@ -1,0 +1,396 @@
+"""File readers shared by every dataset: images, index masks, SBD/Context/Pascal-Part ``.mat``.
+
+Everything here is plain NumPy + Pillow + SciPy (no TensorFlow), so the same code decodes
+examples inside ``tf.data`` (through ``tf.numpy_function``), in the TFDS builders and in
+``deeplab-tf data check``. Every failure raises :class:`DatasetError` naming the file.
+
+Masks are read as class indices, never as colours: a palette ("P" mode) PNG gives its indices,
+a grey ("L") PNG its values. OpenCV is not used because ``cv2.imread`` expands palette PNGs to
+BGR colours, which silently turns VOC's class 1 into pixel value (0, 0, 128).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from deeplab_tf.data.palettes import IGNORE_LABEL, PERSON_PART_MERGE
+
+#: Label file formats :func:`read_label` understands.
+LABEL_FORMATS = ("png", "sbd_mat", "context_mat", "pascal_part_mat")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, unreadable or holds values the dataset does not define.
+
+    Attributes:
+        path: the offending file.
+        example_id: id of the example the file belongs to, when known.
+        kind: ``"missing"``, ``"corrupt"``, ``"format"``, ``"size_mismatch"`` or
+            ``"unknown_values"``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        path: str | None = None,
+        example_id: str | None = None,
+        kind: str = "format",
+    ):
+        super().__init__(message)
+        self.path = path
+        self.example_id = example_id
+        self.kind = kind
+
+    def as_problem(self) -> dict:
+        """``{"id", "path", "kind", "error"}`` for reports."""
+        return {"id": self.example_id, "path": self.path, "kind": self.kind, "error": str(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One image/label pair on disk.
+
+    Attributes:
+        id: example id (``"2007_000032"``, ``"aachen_000000_000019"``, a file stem...).
+        image_path: path of the RGB image.
+        label_path: path of the label file, or None for unlabelled examples.
+        label_format: one of :data:`LABEL_FORMATS`.
+    """
+
+    id: str
+    image_path: str
+    label_path: str | None
+    label_format: str = "png"
+
+
+class LabelMap:
+    """Maps raw stored label values to training ids, rejecting values the dataset lacks.
+
+    Args:
+        table: dict ``{raw value: train id}``; train ids lie in ``0..num_classes-1`` or are
+            ``ignore_label``. Raw values missing from the table are errors.
+        num_classes: number of classes the mapped labels may hold.
+        ignore_label: the ignore value (255).
+        description: how the raw values are defined, for error messages.
+    """
+
+    def __init__(
+        self,
+        table: dict,
+        num_classes: int,
+        ignore_label: int = IGNORE_LABEL,
+        description: str = "",
+    ):
+        if not table:
+            raise ValueError("table must not be empty. Received: {}")
+        size = max(int(k) for k in table) + 1
+        lut = np.full((max(size, 256),), -1, dtype=np.int32)
+        for raw, train in table.items():
+            train = int(train)
+            if not (0 <= train < num_classes or train == ignore_label):
+                raise ValueError(
+                    f"train ids must lie in [0, {num_classes - 1}] or be {ignore_label}. "
+                    f"Received: {raw} -> {train}"
+                )
+            lut[int(raw)] = train
+        self.lut = lut
+        self.num_classes = int(num_classes)
+        self.ignore_label = int(ignore_label)
+        self.description = description or (
+            f"class ids 0..{num_classes - 1} and {ignore_label} (ignore)"
+        )
+
+    @classmethod
+    def identity(cls, num_classes: int, ignore_label: int = IGNORE_LABEL) -> LabelMap:
+        """Raw values ``0..num_classes-1`` and ``ignore_label`` are kept; others are errors."""
+        table = {i: i for i in range(num_classes)}
+        table[ignore_label] = ignore_label
+        return cls(table, num_classes, ignore_label)
+
+    def known_values(self) -> np.ndarray:
+        return np.flatnonzero(self.lut >= 0)
+
+    def __call__(self, raw: np.ndarray, path: str = "", example_id: str | None = None):
+        """Maps ``raw`` (integer array) to uint8 train ids; unknown values raise DatasetError."""
+        raw = np.asarray(raw)
+        if raw.size == 0:
+            return raw.astype(np.uint8)
+        lo, hi = int(raw.min()), int(raw.max())
+        if lo < 0 or hi >= len(self.lut):
+            bad = np.unique(raw[(raw < 0) | (raw >= len(self.lut))])
+            raise self._unknown(bad, path, example_id)
+        mapped = self.lut[raw.astype(np.int64)]
+        if (mapped < 0).any():
+            raise self._unknown(np.unique(raw[mapped < 0]), path, example_id)
+        return mapped.astype(np.uint8)
+
+    def _unknown(self, bad, path, example_id):
+        shown = ", ".join(str(int(v)) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        return DatasetError(
+            f"{path}: label values outside the dataset's range: [{shown}]. "
+            f"Expected {self.description}.",
+            path=path,
+            example_id=example_id,
+            kind="unknown_values",
+        )
+
+
+def _open_pil(path: str, what: str, example_id=None):
+    try:
+        from PIL import Image
+    except ImportError as err:  # pragma: no cover - pillow is a hard dependency
+        raise ImportError("Reading datasets needs Pillow: pip install pillow") from err
+    if not os.path.isfile(path):
+        raise DatasetError(
+            f"{path}: {what} file not found.", path=path, example_id=example_id, kind="missing"
+        )
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types for corrupt files
+        raise DatasetError(
+            f"{path}: cannot decode {what} ({type(err).__name__}: {err}).",
+            path=path,
+            example_id=example_id,
+            kind="corrupt",
+        ) from err
+    return img
+
+
+def read_image(path: str, example_id: str | None = None) -> np.ndarray:
+    """Reads an image file as ``(H, W, 3)`` uint8 RGB (grey, CMYK and palette are converted).
+
+    Args:
+        path: image file.
+        example_id: id for error messages.
+
+    Returns:
+        ``(H, W, 3)`` uint8 array.
+
+    Raises:
+        DatasetError: the file is missing or cannot be decoded.
+    """
+    img = _open_pil(path, "image", example_id)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def read_index_png(
+    path: str, example_id: str | None = None, palette: np.ndarray | None = None
+) -> np.ndarray:
+    """Reads a mask PNG as ``(H, W)`` raw integer values (indices, never colours).
+
+    Palette ("P") images give their palette indices; grey ("L", "I", "I;16") images their
+    values. An RGB mask is accepted only when ``palette`` is given: each colour must be a
+    palette entry and becomes that entry's index; a colour not in the palette is an error.
+
+    Args:
+        path: mask file.
+        example_id: id for error messages.
+        palette: ``(K, 3)`` colours for RGB masks, or None to reject RGB masks.
+
+    Returns:
+        ``(H, W)`` int32 array of raw values.
+
+    Raises:
+        DatasetError: missing, undecodable, or an unsupported / unknown colour mask.
+    """
+    img = _open_pil(path, "mask", example_id)
+    if img.mode in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
+        return np.asarray(img).astype(np.int32)
+    if img.mode in ("LA", "PA"):
+        return np.asarray(img)[..., 0].astype(np.int32)
+    if img.mode in ("RGB", "RGBA"):
+        if palette is None:
+            raise DatasetError(
+                f"{path}: mask is an {img.mode} colour image; expected a palette (P) or grey (L) "
+                "PNG of class ids. Pass a palette to map colours to class ids.",
+                path=path,
+                example_id=example_id,
+            )
+        return rgb_to_index(np.asarray(img.convert("RGB")), palette, path, example_id)
+    raise DatasetError(
+        f"{path}: unsupported mask mode {img.mode!r}; expected a palette (P) or grey (L) PNG.",
+        path=path,
+        example_id=example_id,
+    )
+
+
+def rgb_to_index(rgb, palette, path: str = "", example_id: str | None = None) -> np.ndarray:
+    """Maps an ``(H, W, 3)`` colour mask to palette indices; unknown colours raise."""
+    palette = np.asarray(palette, dtype=np.int64)
+    rgb = np.asarray(rgb, dtype=np.int64)
+    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    pal_codes = (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]
+    # First palette entry wins for duplicated colours (VOC's palette has no duplicates
+    # among class ids and 255).
+    uniq, first = np.unique(pal_codes[::-1], return_index=True)
+    index_of = {int(c): len(pal_codes) - 1 - int(i) for c, i in zip(uniq, first)}
+    values, inverse = np.unique(codes, return_inverse=True)
+    out = np.empty(len(values), dtype=np.int32)
+    for k, c in enumerate(values):
+        if int(c) not in index_of:
+            col = (int(c) >> 16, (int(c) >> 8) & 255, int(c) & 255)
+            raise DatasetError(
+                f"{path}: mask colour {col} is not in the dataset's palette.",
+                path=path,
+                example_id=example_id,
+            )
+        out[k] = index_of[int(c)]
+    return out[inverse].reshape(codes.shape)
+
+
+def _loadmat(path: str, example_id=None) -> dict:
+    try:
+        import scipy.io
+    except ImportError as err:  # pragma: no cover - scipy is a hard dependency
+        raise ImportError("Reading .mat annotations needs SciPy: pip install scipy") from err
+    if not os.path.isfile(path):
+        raise DatasetError(
+            f"{path}: label file not found.", path=path, example_id=example_id, kind="missing"
+        )
+    try:
+        return scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+    except Exception as err:  # noqa: BLE001 - scipy raises many types for corrupt files
+        raise DatasetError(
+            f"{path}: cannot read .mat file ({type(err).__name__}: {err}).",
+            path=path,
+            example_id=example_id,
+            kind="corrupt",
+        ) from err
+
+
+def _mat_field(mat, path, example_id, *names):
+    obj = mat
+    for name in names:
+        try:
+            obj = obj[name] if isinstance(obj, dict) else getattr(obj, name)
+        except (KeyError, AttributeError) as err:
+            raise DatasetError(
+                f"{path}: .mat file has no field {'.'.join(names)!r} (layout not recognised).",
+                path=path,
+                example_id=example_id,
+            ) from err
+    return obj
+
+
+def _as_2d_int(arr, path, example_id, field):
+    arr = np.asarray(arr)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+        raise DatasetError(
+            f"{path}: {field} must be a 2-D numeric array. Received {arr.dtype} {arr.shape}.",
+            path=path,
+            example_id=example_id,
+        )
+    return arr.astype(np.int32)
+
+
+def read_sbd_mat(path: str, example_id: str | None = None) -> np.ndarray:
+    """Reads an SBD ``cls/*.mat`` file: ``GTcls.Segmentation`` as ``(H, W)`` int32 class ids."""
+    mat = _loadmat(path, example_id)
+    seg = _mat_field(mat, path, example_id, "GTcls", "Segmentation")
+    return _as_2d_int(seg, path, example_id, "GTcls.Segmentation")
+
+
+def read_context_mat(path: str, example_id: str | None = None) -> np.ndarray:
+    """Reads a PASCAL-Context ``trainval/*.mat`` file: ``LabelMap`` (459-class ids)."""
+    mat = _loadmat(path, example_id)
+    return _as_2d_int(_mat_field(mat, path, example_id, "LabelMap"), path, example_id, "LabelMap")
+
+
+def read_pascal_part_mat(path: str, example_id: str | None = None) -> np.ndarray:
+    """Reads a PASCAL-Part ``Annotations_Part/*.mat`` file as Person-Part ids (0..6).
+
+    Every ``person`` object's part masks are painted with their merged id
+    (``PERSON_PART_MERGE``: head, torso, upper/lower arms, upper/lower legs); the rest is 0.
+    """
+    mat = _loadmat(path, example_id)
+    anno = _mat_field(mat, path, example_id, "anno")
+    objects = np.atleast_1d(_mat_field(anno, path, example_id, "objects"))
+    out = None
+    for obj in objects:
+        cls = str(getattr(obj, "class", ""))
+        mask = np.asarray(getattr(obj, "mask", np.zeros((0, 0))))
+        if out is None and mask.ndim == 2 and mask.size:
+            out = np.zeros(mask.shape, np.int32)
+        if cls != "person":
+            continue
+        for part in np.atleast_1d(getattr(obj, "parts", [])):
+            name = str(getattr(part, "part_name", ""))
+            if name not in PERSON_PART_MERGE:
+                raise DatasetError(
+                    f"{path}: unknown person part name {name!r}; expected one of "
+                    f"{sorted(PERSON_PART_MERGE)}.",
+                    path=path,
+                    example_id=example_id,
+                )
+            pmask = np.asarray(part.mask)
+            if out is None:
+                out = np.zeros(pmask.shape, np.int32)
+            if pmask.shape != out.shape:
+                raise DatasetError(
+                    f"{path}: part mask {name!r} has shape {pmask.shape}, image masks {out.shape}.",
+                    path=path,
+                    example_id=example_id,
+                )
+            out[pmask > 0] = PERSON_PART_MERGE[name]
+    if out is None:
+        raise DatasetError(
+            f"{path}: no object masks found, cannot tell the image size.",
+            path=path,
+            example_id=example_id,
+        )
+    return out
+
+
+def read_label(
+    path: str, label_format: str = "png", example_id: str | None = None, palette=None
+) -> np.ndarray:
+    """Reads a label file of any supported format as raw ``(H, W)`` int32 values."""
+    if label_format == "png":
+        return read_index_png(path, example_id, palette=palette)
+    if label_format == "sbd_mat":
+        return read_sbd_mat(path, example_id)
+    if label_format == "context_mat":
+        return read_context_mat(path, example_id)
+    if label_format == "pascal_part_mat":
+        return read_pascal_part_mat(path, example_id)
+    raise ValueError(f"label_format must be one of {LABEL_FORMATS}. Received: {label_format!r}")
+
+
+def decode_example(
+    example: Example, label_map: LabelMap, rgb_palette=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reads one example: ``(image (H, W, 3) uint8, label (H, W) uint8 train ids)``.
+
+    Unlabelled examples (``label_path`` None) get an all-``ignore_label`` mask.
+
+    Raises:
+        DatasetError: missing or corrupt files, unknown label values, or image/label sizes
+            that differ; the message names the file.
+    """
+    image = read_image(example.image_path, example.id)
+    if example.label_path is None:
+        return image, np.full(image.shape[:2], label_map.ignore_label, np.uint8)
+    raw = read_label(example.label_path, example.label_format, example.id, palette=rgb_palette)
+    if raw.shape != image.shape[:2]:
+        raise DatasetError(
+            f"{example.label_path}: label size {raw.shape[1]}x{raw.shape[0]} (WxH) differs from "
+            f"image {example.image_path} size {image.shape[1]}x{image.shape[0]}.",
+            path=example.label_path,
+            example_id=example.id,
+            kind="size_mismatch",
+        )
+    return image, label_map(raw, example.label_path, example.id)
+
+
+def read_id_list(path: str) -> list[str]:
+    """Reads a split file: one id per line (blank lines skipped, first column only)."""
+    with open(path, encoding="utf-8") as f:
+        return [line.split()[0] for line in f if line.strip()]

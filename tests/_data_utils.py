@@ -1,0 +1,157 @@
+"""Fake dataset trees mirroring the real archive layouts, for the data tests.
+
+Every writer returns the arrays it wrote so tests can compare exact pixel values after loading.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from deeplab_tf.data.palettes import voc_palette
+
+
+def smooth_image(rng, h, w):
+    """An RGB image smooth enough that a quality-100 JPEG stays within a few levels."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = rng.uniform(40, 200, size=3)
+    img = np.stack(
+        [base[c] + 30 * np.sin(xx / (5 + 2 * c)) + 20 * np.cos(yy / (7 + c)) for c in range(3)],
+        axis=-1,
+    )
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_jpeg(path, image):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(image).save(path, format="JPEG", quality=100, subsampling=0)
+
+
+def write_png(path, array, palette=None):
+    """Writes a grey (L) PNG, or a palette (P) PNG when ``palette`` is given."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    img = Image.fromarray(np.asarray(array, np.uint8), mode="L")
+    if palette is not None:
+        img = img.convert("P")
+        img.putpalette(np.asarray(palette, np.uint8).ravel().tolist())
+    img.save(path, format="PNG")
+
+
+def random_label(rng, h, w, values, border=True):
+    """A label map drawn from ``values`` with a 255 boundary stripe (like VOC's)."""
+    label = rng.choice(np.asarray(values), size=(h, w)).astype(np.uint8)
+    if border:
+        label[:, w // 2] = 255
+    return label
+
+
+def write_lines(path, lines):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("".join(f"{x}\n" for x in lines))
+
+
+def make_voc(root, train, val, rng, size=(20, 24), num_classes=21):
+    """``VOCdevkit/VOC2012`` with JPEGImages, palette SegmentationClass PNGs, split lists."""
+    voc = os.path.join(root, "VOCdevkit", "VOC2012")
+    written = {}
+    for i in sorted(set(train) | set(val)):
+        h, w = size
+        image = smooth_image(rng, h, w)
+        label = random_label(rng, h, w, range(num_classes))
+        write_jpeg(os.path.join(voc, "JPEGImages", f"{i}.jpg"), image)
+        write_png(os.path.join(voc, "SegmentationClass", f"{i}.png"), label, voc_palette())
+        written[i] = (image, label)
+    sets = os.path.join(voc, "ImageSets", "Segmentation")
+    write_lines(os.path.join(sets, "train.txt"), train)
+    write_lines(os.path.join(sets, "val.txt"), val)
+    write_lines(os.path.join(sets, "trainval.txt"), list(train) + list(val))
+    return voc, written
+
+
+def write_sbd_mat(path, seg):
+    """An SBD ``cls/*.mat``: struct ``GTcls`` with Boundaries, Segmentation, CategoriesPresent."""
+    import scipy.io
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    boundaries = np.empty((20, 1), dtype=object)
+    for k in range(20):
+        boundaries[k, 0] = np.zeros(seg.shape, np.uint8)
+    present = np.unique(seg[(seg > 0) & (seg < 255)]).astype(np.uint8).reshape(-1, 1)
+    scipy.io.savemat(
+        path,
+        {
+            "GTcls": {
+                "Boundaries": boundaries,
+                "Segmentation": np.asarray(seg, np.uint8),
+                "CategoriesPresent": present,
+            }
+        },
+    )
+
+
+def make_sbd(root, train, val, rng, size=(20, 24), images=None):
+    """``benchmark_RELEASE/dataset`` with cls/*.mat, img/*.jpg and train/val lists."""
+    ds = os.path.join(root, "benchmark_RELEASE", "dataset")
+    written = {}
+    for i in sorted(set(train) | set(val)):
+        h, w = size
+        seg = rng.integers(0, 21, size=(h, w)).astype(np.uint8)  # SBD: no 255 boundaries
+        write_sbd_mat(os.path.join(ds, "cls", f"{i}.mat"), seg)
+        if images is not None and i in images:
+            write_jpeg(os.path.join(ds, "img", f"{i}.jpg"), images[i])
+        written[i] = seg
+    write_lines(os.path.join(ds, "train.txt"), train)
+    write_lines(os.path.join(ds, "val.txt"), val)
+    return ds, written
+
+
+def make_cityscapes(root, split, names, labels, rng):
+    """``leftImg8bit/<split>/<city>/..._leftImg8bit.png`` + ``gtFine/..._gtFine_labelIds.png``."""
+    images = {}
+    for name, label in zip(names, labels):
+        city = name.split("_")[0]
+        h, w = label.shape
+        image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        Image.fromarray(image).save(
+            _mkdir(os.path.join(root, "leftImg8bit", split, city, f"{name}_leftImg8bit.png"))
+        )
+        write_png(os.path.join(root, "gtFine", split, city, f"{name}_gtFine_labelIds.png"), label)
+        images[name] = image
+    return images
+
+
+def _mkdir(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
+def write_context_mat(path, label_map):
+    """A PASCAL-Context ``trainval/*.mat``: ``LabelMap`` of 459-class ids (uint16)."""
+    import scipy.io
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    scipy.io.savemat(path, {"LabelMap": np.asarray(label_map, np.uint16)})
+
+
+def write_pascal_part_mat(path, imname, objects):
+    """A PASCAL-Part ``Annotations_Part/*.mat``.
+
+    Args:
+        objects: list of ``(class_name, object_mask, [(part_name, part_mask), ...])``.
+    """
+    import scipy.io
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    objs = np.empty(
+        (1, len(objects)),
+        dtype=[("class", "O"), ("class_ind", "O"), ("mask", "O"), ("parts", "O")],
+    )
+    for k, (cls, mask, parts) in enumerate(objects):
+        parr = np.empty((1, len(parts)), dtype=[("part_name", "O"), ("mask", "O")])
+        for j, (pname, pmask) in enumerate(parts):
+            parr[0, j] = (pname, np.asarray(pmask, np.uint8))
+        objs[0, k] = (cls, np.array([[15]], np.uint8), np.asarray(mask, np.uint8), parr)
+    scipy.io.savemat(path, {"anno": {"imname": imname, "objects": objs}})
