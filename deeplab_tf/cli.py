@@ -14,6 +14,7 @@ import sys
 
 #: Modules that contribute sub-commands (each defines ``register(subparsers)``).
 COMMAND_MODULES = [
+    "deeplab_tf.convert.cli",
     "deeplab_tf.models.cli",
 ]
 

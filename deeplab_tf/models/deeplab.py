@@ -148,5 +148,7 @@ def DeepLabV2(
 
         load_imagenet_weights(model, backbone)
     elif weights is not None:
-        model.load_weights(weights)
+        from deeplab_tf.convert.weights import load_weights
+
+        load_weights(model, weights)  # .weights.h5 (SHA-256 vs manifest), .caffemodel, .pth
     return model

@@ -1,0 +1,116 @@
+"""``deeplab-tf convert-caffe``: the authors' Caffe release -> Keras ``.weights.h5``."""
+
+from __future__ import annotations
+
+import os
+
+
+def register(sub):
+    from deeplab_tf.convert.architectures import ARCHITECTURES
+
+    p = sub.add_parser(
+        "convert-caffe",
+        help="convert a released .caffemodel to a Keras .weights.h5 (no Caffe needed)",
+        description="Reads a DeepLab v2 .caffemodel (V1 or V2 layers), checks every layer's "
+        "kernel, stride, pad and dilation against the Keras model and writes its weights "
+        "atomically.",
+    )
+    p.add_argument("caffemodel", help="path of the .caffemodel")
+    p.add_argument(
+        "--arch",
+        required=True,
+        help=f"architecture: {', '.join(ARCHITECTURES)}, or 'auto' to recognise it",
+    )
+    p.add_argument("--out", required=True, help="output path, ending in .weights.h5")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes of the Keras model (default: read from the file's classifier)",
+    )
+    p.add_argument(
+        "--no-classifier",
+        action="store_true",
+        help="ignore the file's classifier and keep a freshly initialised one "
+        "(e.g. the COCO init.caffemodel as a VOC starting point)",
+    )
+    p.add_argument("--manifest", help="record name, source and SHA-256 in this manifest.json")
+    p.add_argument("--name", help="manifest entry name (default: the output file's stem)")
+    p.add_argument(
+        "--training-data", default=None, help="manifest: what the weights were trained on"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from deeplab_tf.cli import CLIError
+
+    out = os.fspath(args.out)
+    if not out.endswith(".weights.h5"):
+        raise CLIError(f"--out must end in .weights.h5 (Keras' weights format). Received: {out!r}")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise CLIError(f"--num-classes must be >= 1. Received: {args.num_classes}")
+    if not os.path.isfile(args.caffemodel):
+        raise CLIError(f"no such file. Received: {args.caffemodel!r}")
+
+    from deeplab_tf.convert.architectures import arch_name, guess_architecture, parse_arch
+    from deeplab_tf.convert.caffe_to_keras import ConversionError, convert_caffemodel
+    from deeplab_tf.convert.caffemodel import read_caffemodel
+    from deeplab_tf.convert.weights import record_in_manifest, sha256_of
+
+    try:
+        net = read_caffemodel(args.caffemodel)
+        arch = args.arch
+        if arch == "auto":
+            arch = guess_architecture(net)
+            if arch is None or " " in arch:
+                raise CLIError(
+                    f"could not recognise the architecture of {args.caffemodel} "
+                    f"(found: {arch}); pass --arch explicitly"
+                )
+        arch = arch_name(*parse_arch(arch))
+        model, report = convert_caffemodel(
+            net,
+            arch=arch,
+            num_classes=args.num_classes,
+            include_classifier=not args.no_classifier,
+        )
+    except (ValueError, ConversionError) as err:
+        raise CLIError(str(err)) from None
+
+    out_dir = os.path.dirname(os.path.abspath(out))
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, f".{os.path.basename(out)[: -len('.weights.h5')]}.partial-"
+                       f"{os.getpid()}.weights.h5")  # fmt: skip
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    digest = sha256_of(out)
+    num_classes = int(model.output.shape[-1])
+    print(
+        f"{args.caffemodel} ({report.encoding} layers) -> {out}\n"
+        f"  architecture {arch}, {num_classes} classes, {len(report.mapped)} layers, "
+        f"{report.num_tensors} tensors; skipped {len(report.skipped_msc)} MSC copies"
+        + (f", {len(report.skipped_classifier)} classifier layers" if args.no_classifier else "")
+        + f"\n  sha256 {digest}"
+    )
+    if args.manifest:
+        name = args.name or os.path.basename(out)[: -len(".weights.h5")]
+        record_in_manifest(
+            args.manifest,
+            {
+                "name": name,
+                "architecture": arch,
+                "file": os.path.basename(out),
+                "source_file": os.path.basename(args.caffemodel),
+                "training_data": args.training_data,
+                "num_classes": num_classes,
+                "classifier_loaded": not args.no_classifier,
+                "sha256": digest,
+            },
+        )
+        print(f"  recorded as {name!r} in {args.manifest}")
+    return 0

@@ -1,0 +1,178 @@
+"""Converted weight files: SHA-256 manifest and a loader that checks it.
+
+``weights/manifest.json`` (repository root) lists the converted release files::
+
+    {"format_version": 1,
+     "models": [{"name": "...", "architecture": "resnet101-aspp-l", "file": "NAME.weights.h5",
+                 "source_file": "train_iter_20000.caffemodel", "training_data": "...",
+                 "num_classes": 21, "reported_miou": {...}, "sha256": "<hex>" or null}]}
+
+:func:`load_weights` refuses a file whose SHA-256 differs from its manifest entry; an entry whose
+``sha256`` is ``null`` (not yet converted by the maintainers) loads with a warning instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+
+MANIFEST_NAME = "manifest.json"
+
+
+class ChecksumError(ValueError):
+    """A weights file does not match the SHA-256 recorded in its manifest."""
+
+
+def sha256_of(path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(manifest) -> dict:
+    """Loads a manifest from a path (or returns a dict unchanged), checking its structure."""
+    if isinstance(manifest, dict):
+        data = manifest
+        where = "manifest dict"
+    else:
+        where = os.fspath(manifest)
+        try:
+            with open(where, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"No such manifest. Received: manifest={where!r}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where} is not valid JSON: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise ValueError(
+            f"{where}: a manifest is a JSON object with a 'models' list. "
+            f"Received keys: {sorted(data) if isinstance(data, dict) else type(data).__name__}"
+        )
+    return data
+
+
+def find_entry(manifest, path=None, name: str | None = None):
+    """The manifest entry for ``name`` (if given) or for the file name of ``path``; else None."""
+    data = read_manifest(manifest)
+    for entry in data["models"]:
+        if name is not None and entry.get("name") == name:
+            return entry
+        if name is None and path is not None and entry.get("file") == os.path.basename(path):
+            return entry
+    if name is not None:
+        known = [e.get("name") for e in data["models"]]
+        raise ValueError(f"No manifest entry named {name!r}. Known: {known}")
+    return None
+
+
+def verify_weights(path, manifest="auto", name: str | None = None):
+    """Checks a weights file against its manifest entry.
+
+    Args:
+        path: the weights file.
+        manifest: a manifest path or dict; ``"auto"`` uses ``manifest.json`` next to the file if
+            there is one; ``None`` skips the check.
+        name: look the entry up by name instead of by file name.
+
+    Returns:
+        The manifest entry, or ``None`` when no manifest or no entry applies.
+
+    Raises:
+        ChecksumError: the file's SHA-256 differs from the recorded one.
+    """
+    if manifest is None:
+        return None
+    if isinstance(manifest, str) and manifest == "auto":
+        candidate = os.path.join(os.path.dirname(os.path.abspath(path)), MANIFEST_NAME)
+        if not os.path.isfile(candidate):
+            return None
+        manifest = candidate
+    entry = find_entry(manifest, path=path, name=name)
+    if entry is None:
+        return None
+    expected = entry.get("sha256")
+    if not expected:
+        warnings.warn(
+            f"Manifest entry {entry.get('name')!r} records no sha256 yet; {path} is loaded "
+            "unverified. Record it with `deeplab-tf convert-caffe ... --manifest`.",
+            stacklevel=3,
+        )
+        return entry
+    actual = sha256_of(path)
+    if actual.lower() != str(expected).lower():
+        raise ChecksumError(
+            f"Refusing to load {path}: its SHA-256 does not match manifest entry "
+            f"{entry.get('name')!r}. Expected sha256={expected}, received sha256={actual}. "
+            "The file is corrupt, truncated or a different conversion; re-convert it from "
+            f"{entry.get('source_file', 'the release file')}."
+        )
+    return entry
+
+
+def record_in_manifest(manifest_path, entry: dict) -> dict:
+    """Adds or replaces (by ``name``) an entry in a manifest file, written atomically."""
+    manifest_path = os.fspath(manifest_path)
+    if os.path.isfile(manifest_path):
+        data = read_manifest(manifest_path)
+    else:
+        data = {"format_version": 1, "models": []}
+    models = [m for m in data["models"] if m.get("name") != entry["name"]]
+    models.append(entry)
+    data["models"] = models
+    tmp = f"{manifest_path}.partial-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, manifest_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return data
+
+
+def load_weights(model, path, manifest="auto", name: str | None = None, include_classifier=True):
+    """Loads weights into a DeepLab model from any supported file, verifying checksums.
+
+    * ``.caffemodel``: the authors' Caffe release, converted on the fly and checked layer by
+      layer (:func:`convert_caffemodel`).
+    * ``.pth`` / ``.pt``: the PyTorch port's state dict (needs ``torch``).
+    * anything else (``.weights.h5``, ``.keras``): ``model.load_weights`` after checking the
+      SHA-256 against the manifest.
+
+    Args:
+        model: the Keras model.
+        path: the weights file.
+        manifest: manifest path or dict, ``"auto"`` (``manifest.json`` beside the file, if any)
+            or ``None`` (no check).
+        name: manifest entry name (default: matched by file name).
+        include_classifier: for Caffe/PyTorch files, whether to load the classifier.
+
+    Returns:
+        The model.
+
+    Raises:
+        ChecksumError: the file does not match its manifest entry.
+        ConversionError: a Caffe/PyTorch file does not fit the model.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such weights file. Received: path={path!r}")
+    verify_weights(path, manifest=manifest, name=name)
+    lower = path.lower()
+    if lower.endswith(".caffemodel"):
+        from deeplab_tf.convert.caffe_to_keras import convert_caffemodel
+
+        convert_caffemodel(path, model=model, include_classifier=include_classifier)
+    elif lower.endswith((".pth", ".pt")):
+        from deeplab_tf.convert.torch_port import load_torch_state_dict
+
+        load_torch_state_dict(model, path, include_classifier=include_classifier)
+    else:
+        model.load_weights(path)
+    return model

@@ -1,0 +1,281 @@
+"""Caffe release -> Keras conversion: synthetic caffemodels of every architecture (real names and
+shapes, random weights) written by our own writer, converted, checked tensor by tensor and against
+a NumPy interpreter of the Caffe layers."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from deeplab_tf.convert import (
+    ChecksumError,
+    ConversionError,
+    caffe_layers,
+    convert_caffemodel,
+    guess_architecture,
+    map_caffe_to_keras,
+    parse_caffemodel,
+    read_caffemodel,
+    synthetic_caffemodel,
+    write_caffemodel,
+)
+from deeplab_tf.convert.architectures import ARCHITECTURES, build_model
+from deeplab_tf.convert.caffemodel import CaffeLayer, CaffeNet, ConvSpec, serialize_caffemodel
+from tests._convert_utils import assert_close_to_reference, assert_every_tensor, caffe_forward
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def vgg_largefov(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("caffe") / "vgg16_largefov.caffemodel")
+    layers = synthetic_caffemodel(path, "vgg16-largefov", seed=1)
+    return path, layers
+
+
+def _image(rng, h, w):
+    return rng.uniform(0, 255, (1, h, w, 3)).astype(np.float32)
+
+
+# --- reader / writer ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["v1", "v2"])
+@pytest.mark.parametrize("shape_encoding", ["shape", "legacy"])
+def test_reader_reads_both_layer_and_shape_encodings(tmp_path, rng, encoding, shape_encoding):
+    w = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    ip = rng.standard_normal((5, 7)).astype(np.float32)
+    layers = [
+        CaffeLayer("data", "Data", [], ["data"]),
+        CaffeLayer(
+            "c",
+            "Convolution",
+            ["data"],
+            ["c"],
+            [w, b],
+            conv=ConvSpec(4, (3, 2), (2, 1), (1, 0), (3, 1)),
+        ),  # fmt: skip
+        CaffeLayer("ip", "InnerProduct", ["c"], ["ip"], [ip]),
+        CaffeLayer("r", "ReLU", ["ip"], ["ip"]),
+    ]
+    path = write_caffemodel(tmp_path / "m.caffemodel", layers, encoding=encoding,
+                            shape_encoding=shape_encoding)  # fmt: skip
+    net = read_caffemodel(path)
+    assert net.encoding == encoding
+    assert [(x.name, x.type) for x in net.layers] == [(x.name, x.type) for x in layers]
+    c = net.layers[1]
+    assert (c.conv.kernel, c.conv.stride, c.conv.pad, c.conv.dilation) == (
+        (3, 2), (2, 1), (1, 0), (3, 1))  # fmt: skip
+    np.testing.assert_array_equal(c.blobs[0], w)
+    np.testing.assert_array_equal(c.blobs[1].reshape(-1), b)
+    assert c.blobs[1].shape == ((4,) if shape_encoding == "shape" else (1, 1, 1, 4))
+    np.testing.assert_array_equal(net.layers[2].blobs[0].reshape(5, 7), ip)
+
+
+def test_writer_matches_protobuf_serialisation(rng):
+    """The hand-encoded blobs are byte-for-byte what the protobuf library writes."""
+    from deeplab_tf.convert import caffe_pb2
+
+    w = rng.standard_normal((2, 3, 1, 1)).astype(np.float32)
+    layer = CaffeLayer("c", "Convolution", ["x"], ["c"], [w], conv=ConvSpec(2, (1, 1)))
+    ours = caffe_pb2.NetParameter.FromString(serialize_caffemodel([layer], name="n"))
+    ref = caffe_pb2.NetParameter(name="n")
+    lp = ref.layer.add(name="c", type="Convolution", bottom=["x"], top=["c"])
+    lp.convolution_param.num_output = 2
+    lp.convolution_param.bias_term = True
+    lp.convolution_param.kernel_size.append(1)
+    blob = lp.blobs.add()
+    blob.shape.dim.extend([2, 3, 1, 1])
+    blob.data.extend(w.ravel().tolist())
+    assert ours == ref
+
+
+# --- every architecture: every tensor + a forward pass against NumPy ---------------------------
+
+
+def test_vgg16_largefov_v2(vgg_largefov, rng):
+    path, layers = vgg_largefov
+    model, report = convert_caffemodel(path, arch="vgg16-largefov")
+    assert report.encoding == "v2" and report.classifier_tag == "voc12"
+    assert model.output.shape[-1] == 21
+    assert assert_every_tensor(model, layers) == 16
+    assert report.num_tensors == 32 == len(model.weights)
+    x = _image(rng, 21, 26)  # odd and even sides: ceil-mode pooling matters
+    ref = caffe_forward(layers, x, "fc8_voc12")
+    assert_close_to_reference(model.predict(x, verbose=0), ref)
+
+
+def test_vgg16_aspp_l_v1_legacy_shapes(tmp_path, rng):
+    path = str(tmp_path / "vgg16_aspp_l_v1.caffemodel")
+    layers = synthetic_caffemodel(path, "vgg16-aspp-l", num_classes=5, seed=2, encoding="v1",
+                                  shape_encoding="legacy")  # fmt: skip
+    net = read_caffemodel(path)
+    assert net.encoding == "v1"
+    assert net.by_name()["fc7_1"].blobs[1].shape == (1, 1, 1, 1024)
+    model, report = convert_caffemodel(net, arch="vgg16-aspp-l")  # 5 classes read from the file
+    assert model.output.shape[-1] == 5
+    assert assert_every_tensor(model, layers) == 13 + 12
+    x = _image(rng, 18, 17)
+    assert_close_to_reference(model.predict(x, verbose=0), caffe_forward(layers, x, "fc8_voc12"))
+
+
+def test_resnet101_aspp_l_with_msc_copies(tmp_path, rng):
+    path = str(tmp_path / "resnet101.caffemodel")
+    copies = ("conv1", "bn_conv1", "scale_conv1", "res4b22_branch2b", "fc1_voc12_c3")
+    layers = synthetic_caffemodel(path, "resnet101-aspp-l", seed=3, msc_copies=copies)
+    model, report = convert_caffemodel(path, arch="resnet101-aspp-l")
+    expected = sorted(c + s for c in copies for s in ("_res075", "_res05"))
+    assert sorted(report.skipped_msc) == expected
+    assert assert_every_tensor(model, layers) == 104 + 104 + 4
+    assert report.num_tensors == len(model.weights)
+    x = _image(rng, 25, 30)
+    assert_close_to_reference(model.predict(x, verbose=0), caffe_forward(layers, x, "fc1_voc12"))
+    # the first conv + BN + ReLU + pool on its own, too
+    stem = type(model)(model.input, model.get_layer("pool1").output)
+    assert_close_to_reference(stem.predict(x, verbose=0), caffe_forward(layers, x, "pool1"),
+                              rtol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_guess_architecture(arch):
+    net = CaffeNet("x", caffe_layers(arch, seed=None), "v2")
+    assert guess_architecture(net) == arch
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_truncated_and_corrupt_files(vgg_largefov, tmp_path):
+    path, _ = vgg_largefov
+    data = open(path, "rb").read()
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        parse_caffemodel(data[: len(data) // 2], source="half.caffemodel")
+    with pytest.raises(ValueError, match="holds no Caffe layers"):
+        parse_caffemodel(b"", source="empty.caffemodel")
+    with pytest.raises(ValueError, match="(truncated or corrupt|holds no Caffe layers)"):
+        parse_caffemodel(b"name: 'not a binary proto'\nlayer { }\n" * 10, source="text.prototxt")
+    with pytest.raises(ValueError, match="(truncated or corrupt|holds no Caffe layers)"):
+        parse_caffemodel(np.random.default_rng(0).bytes(4096), source="noise.bin")
+    with pytest.raises(FileNotFoundError, match="No such caffemodel"):
+        read_caffemodel(tmp_path / "missing.caffemodel")
+
+
+def test_file_cut_at_a_layer_boundary_reports_missing_layers():
+    layers = caffe_layers("vgg16-largefov", seed=None)
+    cut = [x for x in layers if not x.name.startswith(("fc7", "fc8"))]
+    net = parse_caffemodel(serialize_caffemodel(cut), source="cut.caffemodel")
+    model = build_model("vgg16-largefov")
+    with pytest.raises(ConversionError, match=r"model layers with no weights in the file: fc7"):
+        map_caffe_to_keras(net, model)
+
+
+def test_wrong_architecture_is_refused_and_named(vgg_largefov):
+    path, _ = vgg_largefov
+    model = build_model("vgg16-aspp-l")
+    before = [w.numpy().copy() for w in model.weights[:4]]
+    with pytest.raises(ConversionError) as err:
+        convert_caffemodel(path, model=model)
+    msg = str(err.value)
+    assert "layers of the file with no place in the model: fc6 (Convolution" in msg
+    assert "model layers with no weights in the file: fc6_1" in msg
+    assert "looks like vgg16-largefov" in msg
+    for w, b in zip(model.weights[:4], before):  # nothing assigned on failure
+        np.testing.assert_array_equal(w.numpy(), b)
+
+
+def test_resnet_file_into_vgg_model_is_refused():
+    net = CaffeNet("r", caffe_layers("resnet50-aspp-l", seed=None), "v2", source="r.caffemodel")
+    with pytest.raises(ConversionError, match="looks like resnet50-aspp-l"):
+        map_caffe_to_keras(net, build_model("vgg16-largefov"))
+
+
+def test_hyperparameter_mismatches_are_precise():
+    layers = caffe_layers("vgg16-largefov", seed=None)
+    by = {x.name: x for x in layers}
+    by["conv5_1"].conv.dilation = (1, 1)
+    by["conv5_1"].conv.pad = (1, 1)
+    by["conv2_1"].conv.stride = (2, 2)
+    by["fc6"].conv.group = 2
+    net = CaffeNet("v", layers, "v2", source="edited.caffemodel")
+    with pytest.raises(ConversionError) as err:
+        map_caffe_to_keras(net, build_model("vgg16-largefov"))
+    msg = str(err.value)
+    assert "conv5_1: dilation in file (1, 1) != model (2, 2)" in msg
+    assert "conv5_1: pad in file (1, 1) != model (2, 2)" in msg
+    assert "conv2_1: stride in file (2, 2) != model (1, 1)" in msg
+    assert "fc6: group in file 2 != model 1" in msg
+    assert "4 problem(s)" in msg
+
+
+def test_wrong_class_count_and_classifier_opt_out(tmp_path):
+    layers = caffe_layers("vgg16-largefov", num_classes=91, seed=None, classifier_tag="coco")
+    net = CaffeNet("v", layers, "v2", source="coco.caffemodel")
+    model = build_model("vgg16-largefov", num_classes=21)
+    with pytest.raises(ConversionError, match=r"fc8_coco -> fc8_voc12: output channels in file 91"):
+        map_caffe_to_keras(net, model)
+    kernel = model.get_layer("fc8_voc12").kernel.numpy().copy()
+    _, report = convert_caffemodel(net, model=model, include_classifier=False)
+    assert report.skipped_classifier == ["fc8_coco"]
+    np.testing.assert_array_equal(model.get_layer("fc8_voc12").kernel.numpy(), kernel)
+    np.testing.assert_array_equal(model.get_layer("fc7").kernel.numpy(), 0.0)  # loaded zeros
+
+
+# --- CLI, manifest and DeepLabV2(weights=...) ---------------------------------------------------
+
+
+def test_cli_manifest_and_checksum_refusal(vgg_largefov, tmp_path, rng, capsys):
+    from deeplab_tf import DeepLabV2
+    from deeplab_tf.cli import main
+
+    path, layers = vgg_largefov
+    out = tmp_path / "w" / "vgg.weights.h5"
+    manifest = tmp_path / "w" / "manifest.json"
+    argv = ["convert-caffe", path, "--arch", "vgg16-largefov", "--out", str(out),
+            "--manifest", str(manifest), "--name", "vgg_test"]  # fmt: skip
+    assert main(argv) == 0
+    assert "sha256" in capsys.readouterr().out
+    assert sorted(os.listdir(out.parent)) == ["manifest.json", "vgg.weights.h5"]
+    entry = json.loads(manifest.read_text())["models"][0]
+    assert entry["name"] == "vgg_test" and entry["source_file"] == "vgg16_largefov.caffemodel"
+    assert len(entry["sha256"]) == 64
+
+    model = DeepLabV2(backbone="vgg16", head="largefov", weights=str(out))  # manifest beside it
+    assert_every_tensor(model, layers)
+    x = _image(rng, 17, 17)
+    direct = DeepLabV2(backbone="vgg16", head="largefov", weights=path)  # the caffemodel itself
+    np.testing.assert_allclose(model.predict(x, verbose=0), direct.predict(x, verbose=0))
+
+    entry["sha256"] = "0" * 64
+    manifest.write_text(json.dumps({"format_version": 1, "models": [entry]}))
+    with pytest.raises(ChecksumError, match="does not match manifest entry 'vgg_test'"):
+        DeepLabV2(backbone="vgg16", head="largefov", weights=str(out))
+
+
+def test_cli_errors_leave_no_output(vgg_largefov, tmp_path, capsys):
+    from deeplab_tf.cli import main
+
+    path, _ = vgg_largefov
+    out = tmp_path / "x.weights.h5"
+    assert main(["convert-caffe", path, "--arch", "vgg16-aspp-s", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "deeplab-tf: error:" in err and "looks like vgg16-largefov" in err
+    assert main(["convert-caffe", path, "--arch", "alexnet", "--out", str(out)]) == 2
+    assert "Unknown Caffe architecture" in capsys.readouterr().err
+    assert main(["convert-caffe", path, "--arch", "vgg16-largefov", "--out", "x.h5"]) == 2
+    assert os.listdir(tmp_path) == []
+
+
+def test_release_manifest_is_well_formed():
+    from deeplab_tf.convert import parse_arch, read_manifest
+
+    data = read_manifest(os.path.join(REPO, "weights", "manifest.json"))
+    assert data["models"]
+    for e in data["models"]:
+        for key in ("name", "architecture", "file", "source_file", "training_data",
+                    "reported_miou", "sha256"):  # fmt: skip
+            assert key in e, (e.get("name"), key)
+        parse_arch(e["architecture"])
+        assert e["file"].endswith(".weights.h5")
+        assert e["sha256"] is None or len(e["sha256"]) == 64
