@@ -1,0 +1,114 @@
+"""``deeplab-tf evaluate``: score a model on a dataset split (mean IoU and friends)."""
+
+from __future__ import annotations
+
+import os
+
+
+def register(sub):
+    from deeplab_tf.inference.cli import add_inference_arguments
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model on a dataset: mean IoU, per-class IoU, accuracies",
+        description="Runs a model over a dataset split and prints a per-class IoU table; "
+        "--report writes every score and the settings used as JSON.",
+    )
+    p.add_argument(
+        "--dataset", required=True, help="dataset name (voc2012, cityscapes, folder, synthetic...)"
+    )
+    p.add_argument("--split", default="val", help="split (default: val)")
+    p.add_argument("--root", help="folder holding the dataset")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--report", help="write the scores and settings to this JSON file")
+    p.add_argument(
+        "--save-visuals", metavar="DIR",
+        help="write image | prediction | ground truth PNGs here (see --num-visuals)",
+    )  # fmt: skip
+    p.add_argument("--num-visuals", type=int, default=20, help="how many side-by-sides to save")
+    p.add_argument(
+        "--dataset-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="extra option for the dataset loader (repeatable; values parsed as JSON if possible)",
+    )  # fmt: skip
+    add_inference_arguments(p)
+    p.set_defaults(func=run)
+
+
+def _dataset_kwargs(pairs):
+    import json
+
+    from deeplab_tf.cli import CLIError
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise CLIError(f"--dataset-arg needs KEY=VALUE. Received: {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def run(args):
+    from deeplab_tf.cli import CLIError
+    from deeplab_tf.evaluation.evaluate import evaluate, write_json
+    from deeplab_tf.evaluation.metrics import format_table
+    from deeplab_tf.inference.cli import build_predictor
+    from deeplab_tf.inference.progress import Progress
+
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit must be >= 1. Received: {args.limit}")
+    try:
+        from deeplab_tf.data import load_dataset
+    except ImportError:
+        raise CLIError("dataset loaders not available (deeplab_tf.data.load_dataset)") from None
+    try:
+        dataset, info = load_dataset(
+            args.dataset, split=args.split, root=args.root, **_dataset_kwargs(args.dataset_arg)
+        )
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise CLIError(f"cannot load dataset {args.dataset!r} ({args.split}): {err}") from None
+
+    predictor, settings = build_predictor(args, num_classes=info.num_classes)
+    total = info.num_examples
+    if args.limit is not None:
+        total = min(total, args.limit) if total else args.limit
+    bar = Progress(total, "evaluate", enabled=False if args.no_progress else None)
+
+    on_example = None
+    if args.save_visuals:
+        from deeplab_tf.visualize import save_rgb_png, side_by_side
+
+        os.makedirs(args.save_visuals, exist_ok=True)
+        saved = []
+
+        def on_example(name, image, label, pred):
+            if len(saved) < args.num_visuals:
+                safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
+                path = os.path.join(args.save_visuals, f"{len(saved):04d}_{safe}.png")
+                panel = side_by_side(image, pred, label, info.palette, info.class_names)
+                saved.append(save_rgb_png(path, panel))
+
+    try:
+        scores = evaluate(
+            predictor, dataset, info.num_classes, info.ignore_label, args.limit, bar, on_example
+        )
+    finally:
+        bar.close()
+    if scores["num_images"] == 0:
+        raise CLIError(f"dataset {args.dataset!r} ({args.split}) yielded no images")
+
+    print(f"{info.name} {args.split}: {scores['num_images']} images, {scores['seconds']:.1f} s")
+    print(format_table(scores, info.class_names))
+    if args.report:
+        report = {
+            "dataset": {"name": info.name, "split": args.split, "root": args.root},
+            "settings": settings,
+            "class_names": list(info.class_names),
+            "scores": scores,
+        }
+        write_json(args.report, report)
+        print(f"report written to {args.report}")
+    return 0
