@@ -16,6 +16,7 @@ import sys
 COMMAND_MODULES = [
     "deeplab_tf.convert.cli",
     "deeplab_tf.models.cli",
+    "deeplab_tf.data.cli",
 ]
 
 
