@@ -16,6 +16,8 @@ import sys
 COMMAND_MODULES = [
     "deeplab_tf.convert.cli",
     "deeplab_tf.models.cli",
+    "deeplab_tf.inference.cli",
+    "deeplab_tf.evaluation.cli",
     "deeplab_tf.data.cli",
 ]
 

@@ -162,16 +162,17 @@ def format_table(scores: dict, class_names=None) -> str:
             f"class_names has {len(names)} entries for {len(ious)} classes. Received: {names!r}"
         )
     fmt = lambda v: "     -" if v != v else f"{100 * v:6.2f}"
-    width = max(12, max(len(n) for n in names))
+    width = max(13, max(len(n) for n in names))  # 13 + 5 fits "freq. weighted IoU"
     lines = [f"{'id':>3s}  {'class':<{width}s}  {'IoU':>6s}  {'acc':>6s}"]
     for i, (name, iou, acc) in enumerate(zip(names, ious, accs)):
         lines.append(f"{i:3d}  {name:<{width}s}  {fmt(iou)}  {fmt(acc)}")
     lines.append("-" * len(lines[0]))
-    for key, label in (
+    summary = (
         ("mean_iou", "mean IoU"),
         ("pixel_accuracy", "pixel accuracy"),
         ("mean_accuracy", "mean accuracy"),
         ("frequency_weighted_iou", "freq. weighted IoU"),
-    ):
+    )
+    for key, label in summary:
         lines.append(f"{label:<{width + 5}s}  {fmt(scores[key])}")
     return "\n".join(lines)

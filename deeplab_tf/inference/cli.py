@@ -6,6 +6,7 @@ Shared with ``deeplab-tf evaluate``: the model, multi-scale, tiling and CRF opti
 from __future__ import annotations
 
 import os
+import sys
 
 
 def add_inference_arguments(p):
@@ -107,6 +108,7 @@ def build_predictor(args, num_classes=None):
         print(
             f"deeplab-tf: note: {args.model} has random weights (no --weights given); "
             "predictions are meaningless",
+            file=sys.stderr,
         )
     predictor = Predictor(msc, tile_size=args.tile_size or None, overlap=args.overlap, crf=crf)
     return predictor, settings
@@ -190,7 +192,7 @@ def run(args):
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     paths, errors = expand_inputs(args.inputs)
     for message in errors:
-        print(f"deeplab-tf: error: {message}")
+        print(f"deeplab-tf: error: {message}", file=sys.stderr)
     if not paths:
         raise CLIError("no input images found")
     try:

@@ -47,6 +47,8 @@ def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS):
         raise ImageReadError(f"{path}: is a directory, expected an image file")
     if not os.access(path, os.R_OK):
         raise ImageReadError(f"{path}: permission denied")
+    if os.path.getsize(path) == 0:
+        raise ImageReadError(f"{path}: file is empty (0 bytes)")
     notes = []
     try:
         with Image.open(path) as img:
@@ -83,6 +85,9 @@ def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS):
     except ImageReadError:
         raise
     except UnidentifiedImageError:
+        size = _png_header_size(path)
+        if size is not None and 0 in size:
+            raise ImageReadError(f"{path}: image is empty ({size[0]}x{size[1]} pixels)") from None
         raise ImageReadError(f"{path}: not an image file Pillow can read") from None
     except Image.DecompressionBombError as err:
         raise ImageReadError(f"{path}: refused as a decompression bomb ({err})") from None
@@ -91,6 +96,15 @@ def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS):
     if image.ndim != 3 or image.shape[2] != 3:
         raise ImageReadError(f"{path}: decoded to shape {image.shape}, expected (H, W, 3)")
     return image, notes
+
+
+def _png_header_size(path):
+    """(width, height) from a PNG's IHDR chunk (Pillow refuses 0-sized PNGs), else None."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) == 24 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return None
 
 
 def expand_inputs(patterns) -> tuple[list[str], list[str]]:
@@ -138,6 +152,12 @@ def expand_inputs(patterns) -> tuple[list[str], list[str]]:
     return paths, errors
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write):
     """Calls ``write(tmp_path)`` then renames the temporary file onto ``path``.
 
@@ -151,6 +171,7 @@ def atomic_write(path, write):
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

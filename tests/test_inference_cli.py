@@ -1,0 +1,159 @@
+"""``deeplab-tf predict`` and ``deeplab-tf evaluate`` end to end on a tiny model."""
+
+import json
+import os
+import struct
+import zlib
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from deeplab_tf.cli import main
+from deeplab_tf.data.palettes import voc_palette
+from deeplab_tf.models import DeepLabV2
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    keras.utils.set_random_seed(11)
+    path = str(tmp_path_factory.mktemp("model") / "tiny.keras")
+    DeepLabV2("vgg16", "largefov", num_classes=3).save(path)
+    return path
+
+
+def _png_with_size(path, width, height):
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+    path.write_bytes(data)
+
+
+def _photo(rng, h, w):
+    return rng.integers(0, 256, size=(h, w, 3)).astype(np.uint8)
+
+
+def test_predict_batch_with_bad_files(model_file, tmp_path, rng, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(_photo(rng, 40, 45)).save(src / "good.jpg")
+    Image.fromarray(_photo(rng, 33, 30)[..., 0], "L").save(src / "grey.png")
+    Image.fromarray(
+        np.dstack([_photo(rng, 30, 41), np.full((30, 41), 128, np.uint8)]), "RGBA"
+    ).save(src / "rgba.png")
+    Image.fromarray(_photo(rng, 25, 26)).save(src / "sub" / "a.png")
+    Image.fromarray(_photo(rng, 21, 19)).save(src / "sub" / "b.bmp")
+    (src / "sub" / "readme.txt").write_text("not an image")
+    Image.fromarray(_photo(rng, 20, 20)).save(src / "glob_1.png")
+    Image.fromarray(_photo(rng, 60, 60)).save(src / "big.png")  # 3600 px > --max-pixels
+    (src / "text.jpg").write_text("this is not a JPEG")
+    (src / "empty.png").write_bytes(b"")
+    _png_with_size(src / "zero.png", 0, 5)
+    out = tmp_path / "out"
+    argv = [
+        "predict", str(src / "good.jpg"), str(src / "grey.png"), str(src / "rgba.png"),
+        str(src / "sub"), str(src / "glob_*.png"), str(src / "big.png"), str(src / "text.jpg"),
+        str(src / "empty.png"), str(src / "zero.png"), str(src / "missing.jpg"),
+        "--out", str(out), "--model", model_file, "--probs", "--max-pixels", "2000",
+        "--flip", "--tile-size", "32", "--no-progress",
+    ]  # fmt: skip
+    rc = main(argv)
+    captured = capsys.readouterr()
+    err = captured.err
+    assert rc == 1, captured
+    assert "wrote 6 of 10 image(s)" in captured.out and "5 failed" in captured.out
+    assert "big.png: image is 60x60 = 3,600 pixels, above the limit of 2,000" in err
+    assert "text.jpg: not an image file" in err
+    assert "empty.png: file is empty (0 bytes)" in err
+    assert "zero.png: image is empty (0x5 pixels)" in err
+    assert "missing.jpg: no such file or directory" in err
+    assert "grey.png: L image converted to RGB" in err
+    assert "rgba.png: RGBA image: alpha channel dropped" in err
+    sizes = {"good": (40, 45), "grey": (33, 30), "rgba": (30, 41), "a": (25, 26), "b": (21, 19)}
+    sizes["glob_1"] = (20, 20)
+    names = sorted(os.listdir(out))
+    assert names == sorted(f"{s}{x}" for s in sizes for x in (".png", "_overlay.png", "_probs.npy"))
+    for stem, (h, w) in sizes.items():
+        label = Image.open(out / f"{stem}.png")
+        assert label.mode == "P" and label.size == (w, h)
+        assert np.asarray(label).max() < 3
+        pal = np.asarray(label.getpalette(), np.uint8).reshape(-1, 3)[:3]
+        np.testing.assert_array_equal(pal, voc_palette()[:3])
+        over = Image.open(out / f"{stem}_overlay.png")
+        assert over.mode == "RGB" and over.size == (w, h)
+        probs = np.load(out / f"{stem}_probs.npy")
+        assert probs.shape == (h, w, 3) and probs.dtype == np.float16
+        np.testing.assert_allclose(probs.astype(np.float32).sum(-1), 1.0, atol=5e-3)
+        np.testing.assert_array_equal(np.asarray(label), probs.astype(np.float32).argmax(-1))
+
+
+def test_predict_matches_library_and_user_errors(model_file, tmp_path, rng, capsys):
+    from deeplab_tf.inference import MultiScale
+
+    image = _photo(rng, 37, 43)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    out = tmp_path / "out"
+    args = ["predict", str(tmp_path / "x.png"), "--out", str(out), "--model", model_file]
+    assert main([*args, "--scales", "1", "0.5"]) == 0
+    msc = MultiScale(keras.saving.load_model(model_file), scales=(1.0, 0.5))
+    want = np.argmax(msc(image[None]).numpy()[0], -1)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "x.png")), want)
+    capsys.readouterr()
+    assert main([*args, "--scales", "1", "-1"]) == 2
+    assert "scales must be" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "nope*.png"), "--out", str(out), "--model", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "pattern matched no files" in err and "no input images found" in err
+    assert main([*args[:-1], "not_a_model"]) == 2
+    assert "must be a .keras file or one of" in capsys.readouterr().err
+
+
+def _folder_dataset(root, rng, n=3):
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "val" / "masks").mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(_photo(rng, 33 + i, 40)).save(root / "val" / "images" / f"im{i}.png")
+        mask = rng.integers(0, 3, size=(33 + i, 40)).astype(np.uint8)
+        mask[0] = 255
+        Image.fromarray(mask, "L").save(root / "val" / "masks" / f"im{i}.png")
+
+
+def test_evaluate_folder_dataset_report(model_file, tmp_path, rng, capsys):
+    _folder_dataset(tmp_path / "data", rng)
+    report = tmp_path / "report.json"
+    vis = tmp_path / "vis"
+    argv = [
+        "evaluate", "--dataset", "folder", "--root", str(tmp_path / "data"), "--split", "val",
+        "--dataset-arg", "num_classes=3", "--model", model_file, "--scales", "1", "0.75",
+        "--report", str(report), "--save-visuals", str(vis), "--num-visuals", "2",
+        "--no-progress",
+    ]  # fmt: skip
+    rc = main(argv)
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "3 images" in captured.out and "mean IoU" in captured.out
+    data = json.loads(report.read_text())
+    assert data["settings"]["scales"] == [1.0, 0.75] and data["settings"]["upsample"] == "caffe"
+    scores = data["scores"]
+    assert scores["num_images"] == 3 and len(scores["per_class_iou"]) == 3
+    cm = np.array(scores["confusion_matrix"])
+    # The first row of every mask is ignore (255).
+    assert cm.shape == (3, 3) and cm.sum() == scores["pixels"] == sum(
+        40 * (32 + i) for i in range(3)
+    )
+    assert sorted(os.listdir(vis)) == ["0000_im0.png", "0001_im1.png"]
+    assert main([*argv[:-1], "--num-classes", "5"]) == 2
+    assert "disagrees" in capsys.readouterr().err
+
+
+def test_crf_flag_reports_clearly_when_missing(model_file, tmp_path, rng, capsys):
+    Image.fromarray(_photo(rng, 20, 20)).save(tmp_path / "x.png")
+    args = ["predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]
+    rc = main([*args, "--model", model_file, "--crf"])
+    try:
+        import deeplab_tf.crf  # noqa: F401
+    except ImportError:
+        assert rc == 2 and "CRF backend not available" in capsys.readouterr().err
+    else:
+        assert rc == 0
