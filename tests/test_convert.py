@@ -265,6 +265,9 @@ def test_cli_errors_leave_no_output(vgg_largefov, tmp_path, capsys):
     assert "Unknown Caffe architecture" in capsys.readouterr().err
     assert main(["convert-caffe", path, "--arch", "vgg16-largefov", "--out", "x.h5"]) == 2
     assert os.listdir(tmp_path) == []
+    assert main(["convert-caffe", path, "--arch", "auto", "--out", str(out)]) == 0
+    assert "architecture vgg16-largefov, 21 classes, 16 layers" in capsys.readouterr().out
+    assert os.listdir(tmp_path) == ["x.weights.h5"]
 
 
 def test_release_manifest_is_well_formed():
@@ -279,3 +282,77 @@ def test_release_manifest_is_well_formed():
         parse_arch(e["architecture"])
         assert e["file"].endswith(".weights.h5")
         assert e["sha256"] is None or len(e["sha256"]) == 64
+
+
+# --- the PyTorch port's state dict ---------------------------------------------------------------
+
+
+def _port_state_dict(layers, depth, prefix="base.", old_names=False):
+    """The PyTorch port's key names for a Caffe ResNet layer list (written from its module tree)."""
+    from deeplab_tf.convert.architectures import resnet_block_names
+
+    counts = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
+    where = {}
+    for stage, n in zip((2, 3, 4, 5), counts):
+        for b, tag in enumerate(resnet_block_names(depth, stage, n), start=1):
+            where[tag] = f"layer{stage}.block{b}"
+    branch = {"1": "proj" if old_names else "shortcut", "2a": "reduce", "2b": "conv3x3",
+              "2c": "increase"}  # fmt: skip
+    by = {x.name: x for x in layers}
+    sd = {}
+    for x in layers:
+        if x.type == "Convolution":
+            if x.name == "conv1":
+                key = "layer1.conv1.conv"
+            elif x.name.startswith("fc1_"):
+                i = x.name.rsplit("_c", 1)[1]
+                key = f"aspp.stages.c{i}" if old_names else f"aspp.c{i}"
+                sd[prefix + key + ".bias"] = x.blobs[1]
+            else:
+                tag, br = x.name[3:].split("_branch")
+                key = f"{where[tag]}.{branch[br]}.conv"
+            sd[prefix + key + ".weight"] = x.blobs[0]
+        elif x.type == "BatchNorm":
+            if x.name == "bn_conv1":
+                key = "layer1.conv1.bn"
+            else:
+                tag, br = x.name[2:].split("_branch")
+                key = f"{where[tag]}.{branch[br]}.bn"
+            f = x.blobs[2][0]
+            scale = by["scale" + x.name[2:]]
+            sd[prefix + key + ".running_mean"] = x.blobs[0] / f
+            sd[prefix + key + ".running_var"] = x.blobs[1] / f
+            sd[prefix + key + ".weight"] = scale.blobs[0]
+            sd[prefix + key + ".bias"] = scale.blobs[1]
+            sd[prefix + key + ".num_batches_tracked"] = np.array(0)
+    return sd
+
+
+def test_pytorch_port_state_dict_mapping():
+    """Both key layouts of the port (current ``base.``/``shortcut``/``aspp.c0`` and the older
+    ``scale.``/``proj``/``aspp.stages.c0``) land in the right Keras variables."""
+    from deeplab_tf.convert.torch_port import state_dict_to_caffe_net
+
+    model = build_model("resnet50-aspp-l")
+    for seed, old_names in ((4, False), (6, True)):
+        layers = caffe_layers("resnet50-aspp-l", seed=seed)
+        sd = _port_state_dict(layers, 50, prefix="scale." if old_names else "base.",
+                              old_names=old_names)  # fmt: skip
+        convert_caffemodel(state_dict_to_caffe_net(sd, source="port.pth"), model=model)
+        assert assert_every_tensor(model, layers) == 53 + 53 + 4
+    with pytest.raises(ValueError, match="not the PyTorch port's DeepLab v2 ResNet keys"):
+        state_dict_to_caffe_net({"backbone.conv.weight": np.zeros(1)})
+
+
+def test_pytorch_port_pth_file(tmp_path):
+    torch = pytest.importorskip(
+        "torch", reason="torch is an optional dependency (reading .pth files); not installed"
+    )
+    from deeplab_tf import DeepLabV2
+
+    layers = caffe_layers("resnet50-aspp-l", seed=5)
+    sd = _port_state_dict(layers, 50)
+    path = tmp_path / "deeplabv2_resnet50_msc.pth"
+    torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, path)
+    model = DeepLabV2(backbone="resnet50", head="aspp_l", weights=str(path))
+    assert assert_every_tensor(model, layers) == 110
