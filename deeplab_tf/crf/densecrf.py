@@ -1,0 +1,425 @@
+"""Fully connected CRF refinement (Kraehenbuehl and Koltun 2011; DeepLab v2, SPEC section 6).
+
+Energy ``E(x) = sum_i theta_i(x_i) + sum_{i<j} mu(x_i, x_j) k(f_i, f_j)`` with unary
+``theta_i = -log P(x_i)``, Potts ``mu`` and the two Gaussian kernels
+
+    w1 exp(-|p_i-p_j|^2 / 2 s_a^2 - |I_i-I_j|^2 / 2 s_b^2) + w2 exp(-|p_i-p_j|^2 / 2 s_g^2),
+
+minimised by mean field: ``Q = softmax(-U + sum_k w_k * normalised message_k(Q))``.
+
+Example:
+    >>> crf = DenseCRF.from_preset("resnet101")
+    >>> refined = crf(image_uint8, probs)        # (N, H, W, C) float32
+    >>> labels = crf.labels(image_uint8, probs)  # (N, H, W) int32
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+from deeplab_tf.crf import lattice as _lattice
+
+BACKENDS = ("tf", "pydensecrf")
+NORMALIZATIONS = ("symmetric", "after")
+IMPLS = ("sparse", "builtin")
+
+
+def _preset(name: str) -> dict:
+    from deeplab_tf.models import registry
+
+    key = name.lower()
+    if key in ("resnet", "resnet101", "resnet50", "resnet152", "mobilenetv2"):
+        return dict(registry.CRF_RESNET)
+    if key in ("vgg", "vgg16"):
+        return dict(registry.CRF_VGG)
+    if key in registry.list_models():
+        return dict(registry.get_model_config(key)["crf"])
+    raise ValueError(
+        "Unknown CRF preset: expected 'resnet101', 'vgg16' (or another backbone) or a "
+        f"registered model name. Received: name={name!r}"
+    )
+
+
+class DenseCRF(tf.Module):
+    """Dense CRF mean-field refinement of per-pixel class probabilities.
+
+    The default ``"tf"`` backend runs the permutohedral lattice (:mod:`deeplab_tf.crf.lattice`)
+    with standard TensorFlow ops, batched (N images of one size), any size, inside
+    ``tf.function`` and SavedModels. ``impl="builtin"`` restricts it to ops that have TFLite
+    builtin kernels (slower on CPU than the default ``"sparse"``). The ``"pydensecrf"``
+    backend calls the reference C++ implementation (``pip install deeplab_tf[crf]``).
+
+    Args:
+        iterations: mean-field iterations (10 in the paper).
+        bi_w: bilateral (appearance) kernel weight w1.
+        bi_xy_std: bilateral kernel position standard deviation s_a, in pixels.
+        bi_rgb_std: bilateral kernel colour standard deviation s_b, in 0..255 units.
+        pos_w: positional (smoothness) kernel weight w2.
+        pos_xy_std: positional kernel standard deviation s_g, in pixels.
+        normalization: ``"symmetric"`` (pydensecrf's default: ``n * K(n * Q)`` with
+            ``n = 1 / sqrt(K 1)``) or ``"after"`` (the authors' 2011 code: ``K(Q) / K 1``).
+        from_logits: the second argument of ``__call__`` holds logits (unary ``-log_softmax``)
+            instead of probabilities (unary ``-log(clip(p, prob_clip, 1))``).
+        prob_clip: lower clip of probabilities before the log (pydensecrf's
+            ``unary_from_softmax`` default, 1e-5).
+        backend: ``"tf"`` or ``"pydensecrf"``.
+        impl: ``"sparse"`` or ``"builtin"`` for the tf backend (see
+            :func:`deeplab_tf.crf.lattice.make_filter`).
+        max_vertices: cap on the vertices of each lattice (memory grows as vertices x
+            classes; see :mod:`deeplab_tf.crf.lattice`); None disables it.
+        name: module name.
+
+    Raises:
+        ValueError: for out-of-range parameters or unknown options.
+    """
+
+    def __init__(
+        self,
+        iterations: int = 10,
+        bi_w: float = 4.0,
+        bi_xy_std: float = 67.0,
+        bi_rgb_std: float = 3.0,
+        pos_w: float = 3.0,
+        pos_xy_std: float = 1.0,
+        normalization: str = "symmetric",
+        from_logits: bool = False,
+        prob_clip: float = 1e-5,
+        backend: str = "tf",
+        impl: str = "sparse",
+        max_vertices: int | None = _lattice.DEFAULT_MAX_VERTICES,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        if not isinstance(iterations, (int, np.integer)) or iterations < 0:
+            raise ValueError(
+                f"iterations must be an integer >= 0. Received: iterations={iterations!r}"
+            )
+        for key, val in (
+            ("bi_xy_std", bi_xy_std),
+            ("bi_rgb_std", bi_rgb_std),
+            ("pos_xy_std", pos_xy_std),
+        ):
+            if not float(val) > 0:
+                raise ValueError(f"{key} must be > 0. Received: {key}={val!r}")
+        for key, val in (("bi_w", bi_w), ("pos_w", pos_w)):
+            if not float(val) >= 0:
+                raise ValueError(f"{key} must be >= 0. Received: {key}={val!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}. "
+                f"Received: normalization={normalization!r}"
+            )
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}. Received: backend={backend!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}. Received: impl={impl!r}")
+        if not 0 < float(prob_clip) < 1:
+            raise ValueError(f"prob_clip must be in (0, 1). Received: prob_clip={prob_clip!r}")
+        if max_vertices is not None and int(max_vertices) < 1:
+            raise ValueError(
+                f"max_vertices must be a positive integer or None. "
+                f"Received: max_vertices={max_vertices!r}"
+            )
+        self.iterations = int(iterations)
+        self.bi_w = float(bi_w)
+        self.bi_xy_std = float(bi_xy_std)
+        self.bi_rgb_std = float(bi_rgb_std)
+        self.pos_w = float(pos_w)
+        self.pos_xy_std = float(pos_xy_std)
+        self.normalization = normalization
+        self.from_logits = bool(from_logits)
+        self.prob_clip = float(prob_clip)
+        self.backend = backend
+        self.impl = impl
+        self.max_vertices = None if max_vertices is None else int(max_vertices)
+
+    # === Config ===
+    def get_config(self) -> dict:
+        """Returns the constructor arguments (JSON-serialisable)."""
+        return {
+            "iterations": self.iterations,
+            "bi_w": self.bi_w,
+            "bi_xy_std": self.bi_xy_std,
+            "bi_rgb_std": self.bi_rgb_std,
+            "pos_w": self.pos_w,
+            "pos_xy_std": self.pos_xy_std,
+            "normalization": self.normalization,
+            "from_logits": self.from_logits,
+            "prob_clip": self.prob_clip,
+            "backend": self.backend,
+            "impl": self.impl,
+            "max_vertices": self.max_vertices,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> DenseCRF:
+        """Builds a DenseCRF from :meth:`get_config`'s output."""
+        return cls(**config)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> DenseCRF:
+        """The paper's parameters for a backbone or model (SPEC section 6).
+
+        Args:
+            name: ``"resnet101"`` (also ``"resnet"``, ``"resnet50"``, ``"resnet152"``,
+                ``"mobilenetv2"``), ``"vgg16"`` (``"vgg"``) or a registered model name.
+            **overrides: constructor arguments replacing the preset's.
+
+        Returns:
+            A DenseCRF.
+        """
+        params = _preset(name)
+        params.pop("source", None)
+        params.update(overrides)
+        return cls(**params)
+
+    # === Inference ===
+    def __call__(self, image, probs):
+        """Refines class probabilities.
+
+        Args:
+            image: uint8 RGB (N, H, W, 3) or (H, W, 3); float inputs are cast to uint8 range.
+            probs: (N, H, W, C) or (H, W, C) probabilities (or logits with
+                ``from_logits=True``) at the image's resolution.
+
+        Returns:
+            float32 refined probabilities, same rank as ``probs``.
+
+        Raises:
+            ValueError: for inputs of the wrong rank, channel count or size.
+        """
+        image, probs, squeeze = self._check_inputs(image, probs)
+        if self.backend == "pydensecrf":
+            out = self._pydensecrf(image, probs)
+        else:
+            out = self._tf(image, probs)
+        return out[0] if squeeze else out
+
+    def labels(self, image, probs):
+        """Refined per-pixel labels: ``argmax`` of :meth:`__call__` as int32."""
+        return tf.argmax(self(image, probs), axis=-1, output_type=tf.int32)
+
+    def _check_inputs(self, image, probs):
+        image = tf.convert_to_tensor(image)
+        probs = tf.convert_to_tensor(probs)
+        if image.shape.rank not in (3, 4) or image.shape[-1] != 3:
+            raise ValueError(
+                f"image must be RGB (N, H, W, 3) or (H, W, 3). Received: shape={image.shape}"
+            )
+        if probs.shape.rank != image.shape.rank:
+            raise ValueError(
+                "probs must have the image's rank, (N, H, W, C) or (H, W, C). "
+                f"Received: image.shape={image.shape}, probs.shape={probs.shape}"
+            )
+        if probs.shape[-1] is None or probs.shape[-1] < 1:
+            raise ValueError(f"probs needs a static class axis. Received: shape={probs.shape}")
+        squeeze = image.shape.rank == 3
+        if squeeze:
+            image, probs = image[None], probs[None]
+        static_i, static_p = image.shape.as_list(), probs.shape.as_list()
+        for k in range(3):
+            a, b = static_i[k], static_p[k]
+            if a is not None and b is not None and a != b:
+                raise ValueError(
+                    "image and probs must have the same batch and spatial size. "
+                    f"Received: image.shape={image.shape}, probs.shape={probs.shape}"
+                )
+        if image.dtype != tf.uint8:
+            image = tf.cast(tf.clip_by_value(tf.round(tf.cast(image, tf.float32)), 0, 255), tf.uint8)
+        if probs.dtype != tf.float32:
+            probs = tf.cast(probs, tf.float32)
+        return image, probs, squeeze
+
+    def _unary(self, probs):
+        if self.from_logits:
+            return -tf.nn.log_softmax(probs, axis=-1)
+        return -tf.math.log(tf.clip_by_value(probs, np.float32(self.prob_clip), 1.0))
+
+    # --- TensorFlow backend ---
+    def _key_budget(self, height, width, batch, d):
+        """Static check of the int64 key budget; returns False when it must be checked in graph."""
+        if height is None or width is None:
+            return True
+        if d == 2:
+            s = self.pos_xy_std
+            lo, hi = [0.0, 0.0], [(width - 1) / s, (height - 1) / s]
+        else:
+            s, c = self.bi_xy_std, self.bi_rgb_std
+            lo = [0.0] * 5
+            hi = [(width - 1) / s, (height - 1) / s] + [255.0 / c] * 3
+        bits = _lattice.key_bits_for_bounds(lo, hi, batch=batch if batch else 1)
+        if bits > _lattice.KEY_BITS:
+            raise ValueError(
+                f"the dense CRF's permutohedral keys for a {height}x{width} image "
+                f"(batch {batch}, d={d}) need up to {bits:.1f} bits, more than the "
+                f"{_lattice.KEY_BITS}-bit int64 budget: the standard deviations are too small "
+                f"for the image. Received: bi_xy_std={self.bi_xy_std}, "
+                f"bi_rgb_std={self.bi_rgb_std}, pos_xy_std={self.pos_xy_std}"
+            )
+        return batch is None
+
+    def _normaliser(self, filt, points):
+        ones = filt(tf.ones([points, 1], tf.float32))[:, 0]
+        if self.impl == "builtin":  # TFLite has no float64 kernels.
+            k1 = ones + np.float32(1e-20)
+            if self.normalization == "symmetric":
+                return (1.0 / tf.sqrt(k1))[:, None]
+            return (1.0 / k1)[:, None]
+        # The reference computes 1 / sqrt(K1 + 1e-20) in double.
+        k1 = tf.cast(ones, tf.float64) + 1e-20
+        if self.normalization == "symmetric":
+            return tf.cast(1.0 / tf.sqrt(k1), tf.float32)[:, None]
+        return tf.cast(1.0 / k1, tf.float32)[:, None]
+
+    def _message(self, filt, norm, values):
+        if self.normalization == "symmetric":
+            return filt(values * norm) * norm
+        return filt(values) * norm
+
+    def _tf(self, image, probs):
+        shape = tf.shape(probs)
+        batch, height, width = shape[0], shape[1], shape[2]
+        static = probs.shape.as_list()
+        classes = static[-1]
+        points = height * width
+        unary = tf.reshape(self._unary(probs), [batch, points, classes])
+        neg_unary = -unary
+        q = tf.nn.softmax(neg_unary, axis=-1)
+        if self.iterations == 0:
+            return tf.reshape(q, shape)
+
+        kernels = []
+        if self.pos_w > 0:
+            # Positions do not depend on the image: one lattice for the whole batch, filtering
+            # the batch's classes side by side; static sizes are built once and cached.
+            check = self._key_budget(static[1], static[2], 1, 2)
+            if static[1] is not None and static[2] is not None:
+                lat = _position_lattice(
+                    static[1], static[2], self.pos_xy_std, self.max_vertices, self.impl
+                )
+            else:
+                lat = _lattice.build_lattice(
+                    _positions(height, width, self.pos_xy_std),
+                    max_vertices=self.max_vertices,
+                    check_key_budget=check,
+                )
+            filt = _lattice.make_filter(lat, self.impl)
+            norm = self._normaliser(filt, points)
+
+            def pos_message(qb, filt=filt, norm=norm):
+                cols = tf.reshape(tf.transpose(qb, [1, 0, 2]), [points, batch * classes])
+                msg = self._message(filt, norm, cols)
+                return tf.transpose(tf.reshape(msg, [points, batch, classes]), [1, 0, 2])
+
+            kernels.append((self.pos_w, pos_message))
+        if self.bi_w > 0:
+            check = self._key_budget(static[1], static[2], static[0], 5)
+            pos = _positions(height, width, self.bi_xy_std)
+            pos = tf.tile(pos[None], [batch, 1, 1])
+            rgb = tf.cast(tf.reshape(image, [batch, points, 3]), tf.float32) / np.float32(
+                self.bi_rgb_std
+            )
+            feats = tf.reshape(tf.concat([pos, rgb], axis=-1), [batch * points, 5])
+            bidx = None
+            if static[0] != 1:
+                bidx = tf.repeat(tf.range(batch), points)
+            lat = _lattice.build_lattice(
+                feats, batch_index=bidx, max_vertices=self.max_vertices, check_key_budget=check
+            )
+            filt = _lattice.make_filter(lat, self.impl)
+            norm = self._normaliser(filt, batch * points)
+
+            def bi_message(qb, filt=filt, norm=norm):
+                msg = self._message(filt, norm, tf.reshape(qb, [batch * points, classes]))
+                return tf.reshape(msg, [batch, points, classes])
+
+            kernels.append((self.bi_w, bi_message))
+
+        for _ in range(self.iterations):
+            total = neg_unary
+            for weight, message in kernels:
+                total = total + np.float32(weight) * message(q)
+            q = tf.nn.softmax(total, axis=-1)
+        return tf.reshape(q, shape)
+
+    # --- pydensecrf backend ---
+    def _pydensecrf(self, image, probs):
+        try:
+            import pydensecrf.densecrf as dcrf
+        except ImportError as err:
+            raise ImportError(
+                "DenseCRF(backend='pydensecrf') needs pydensecrf: "
+                "pip install deeplab_tf[crf] (installs pydensecrf2)"
+            ) from err
+        unary = self._unary(probs)
+        norm = dcrf.NORMALIZE_SYMMETRIC if self.normalization == "symmetric" else (
+            dcrf.NORMALIZE_AFTER
+        )
+
+        def run(img, un):
+            n, h, w, c = un.shape
+            out = np.empty((n, h, w, c), np.float32)
+            for k in range(n):
+                crf = dcrf.DenseCRF2D(w, h, c)
+                crf.setUnaryEnergy(np.ascontiguousarray(un[k].reshape(-1, c).T, np.float32))
+                if self.pos_w > 0:
+                    crf.addPairwiseGaussian(
+                        sxy=self.pos_xy_std, compat=self.pos_w, normalization=norm
+                    )
+                if self.bi_w > 0:
+                    crf.addPairwiseBilateral(
+                        sxy=self.bi_xy_std,
+                        srgb=self.bi_rgb_std,
+                        rgbim=np.array(img[k], dtype=np.uint8, order="C"),
+                        compat=self.bi_w,
+                        normalization=norm,
+                    )
+                q = np.array(crf.inference(self.iterations), np.float32)
+                out[k] = q.T.reshape(h, w, c)
+            return out
+
+        out = tf.numpy_function(run, [image, unary], tf.float32, stateful=False)
+        out.set_shape(probs.shape)
+        return out
+
+
+def _positions(height, width, std):
+    """(H*W, 2) float32 [x / std, y / std] in row-major pixel order, as pydensecrf."""
+    ys, xs = tf.meshgrid(tf.range(height), tf.range(width), indexing="ij")
+    pos = tf.stack([tf.reshape(xs, [-1]), tf.reshape(ys, [-1])], axis=-1)
+    return tf.cast(pos, tf.float32) / np.float32(std)
+
+
+@functools.lru_cache(maxsize=8)
+def _position_lattice_eager(height, width, std, max_vertices, impl):
+    del impl
+    return _lattice.build_lattice(
+        _positions(height, width, std), max_vertices=max_vertices, check_key_budget=False
+    )
+
+
+def _position_lattice(height, width, std, max_vertices, impl):
+    """The positional kernel's lattice for a static size, built eagerly once (constants in a
+    traced graph)."""
+    with tf.init_scope():
+        return _position_lattice_eager(int(height), int(width), float(std), max_vertices, impl)
+
+
+def crf_labels(image, probs, **kwargs):
+    """One-call helper: refined labels with ``DenseCRF(**kwargs)``.
+
+    Args:
+        image: uint8 RGB (N, H, W, 3) or (H, W, 3).
+        probs: matching (N, H, W, C) or (H, W, C) probabilities.
+        **kwargs: :class:`DenseCRF` arguments, or ``preset="resnet101"`` / ``"vgg16"``.
+
+    Returns:
+        int32 labels (N, H, W) or (H, W).
+    """
+    preset = kwargs.pop("preset", None)
+    crf = DenseCRF.from_preset(preset, **kwargs) if preset else DenseCRF(**kwargs)
+    return crf.labels(image, probs)

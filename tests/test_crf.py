@@ -1,0 +1,196 @@
+"""Dense CRF: parity with pydensecrf on real photos, limits, and input checks."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from _crf_utils import PHOTOS, coarse_probs, load_photo
+
+from deeplab_tf.crf import DenseCRF, build_lattice, lattice_filter
+from deeplab_tf.crf import lattice as lattice_lib
+
+dcrf = pytest.importorskip("pydensecrf.densecrf")
+eigen = pytest.importorskip("pydensecrf.eigen")
+
+
+def _features(image, kind, xy_std, rgb_std=None):
+    h, w, _ = image.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    pos = [xs.ravel() / np.float32(xy_std), ys.ravel() / np.float32(xy_std)]
+    if kind == "pos":
+        return np.stack(pos, 1)
+    rgb = image.reshape(-1, 3).astype(np.float32) / np.float32(rgb_std)
+    return np.concatenate([np.stack(pos, 1), rgb], 1)
+
+
+def _reference_pass(image, values, kind, xy_std, rgb_std, normalization):
+    """One normalised filtering pass of pydensecrf: stepInference with a zero unary and a
+    single Potts kernel of weight 1 leaves -message in tmp2."""
+    h, w, _ = image.shape
+    n, c = values.shape
+    crf = dcrf.DenseCRF2D(w, h, c)
+    crf.setUnaryEnergy(np.zeros((c, n), np.float32))
+    norm = {"symmetric": dcrf.NORMALIZE_SYMMETRIC, "after": dcrf.NORMALIZE_AFTER}[normalization]
+    if kind == "pos":
+        crf.addPairwiseGaussian(sxy=xy_std, compat=1.0, normalization=norm)
+    else:
+        crf.addPairwiseBilateral(
+            sxy=xy_std, srgb=rgb_std, rgbim=image, compat=1.0, normalization=norm
+        )
+    tmp1 = eigen.matrixXf(np.zeros((c, n), np.float32))
+    tmp2 = eigen.matrixXf(np.zeros((c, n), np.float32))
+    crf.stepInference(eigen.matrixXf(np.ascontiguousarray(values.T)), tmp1, tmp2)
+    return -np.array(tmp2).T
+
+
+@pytest.mark.parametrize("photo", PHOTOS)
+@pytest.mark.parametrize(
+    "kind,xy_std,rgb_std",
+    [("pos", 1.0, None), ("pos", 3.0, None), ("bi", 67.0, 3.0), ("bi", 49.0, 5.0)],
+)
+@pytest.mark.parametrize("impl", ["sparse", "builtin"])
+def test_single_filter_pass_matches_pydensecrf(photo, kind, xy_std, rgb_std, impl):
+    image = load_photo(photo)
+    probs, _ = coarse_probs(image)
+    values = probs.reshape(-1, probs.shape[-1])
+    feats = _features(image, kind, xy_std, rgb_std)
+    lat = build_lattice(tf.constant(feats))
+    for normalization in ("symmetric", "after"):
+        k1 = lattice_filter(lat, tf.ones((values.shape[0], 1)), impl=impl).numpy()
+        k1 = k1.astype(np.float64) + 1e-20
+        if normalization == "symmetric":
+            n = (1.0 / np.sqrt(k1)).astype(np.float32)
+            ours = lattice_filter(lat, values * n, impl=impl).numpy() * n
+        else:
+            n = (1.0 / k1).astype(np.float32)
+            ours = lattice_filter(lat, values, impl=impl).numpy() * n
+        ref = _reference_pass(image, values, kind, xy_std, rgb_std, normalization)
+        np.testing.assert_allclose(ours, ref, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("photo", PHOTOS)
+@pytest.mark.parametrize("preset", ["resnet101", "vgg16"])
+def test_ten_iterations_agree_with_pydensecrf(photo, preset):
+    image = load_photo(photo)
+    probs, coarse = coarse_probs(image)
+    ours = DenseCRF.from_preset(preset)(image, probs).numpy()
+    ref = DenseCRF.from_preset(preset, backend="pydensecrf")(image, probs).numpy()
+    agree = np.mean(ours.argmax(-1) == ref.argmax(-1))
+    assert agree >= 0.999, agree
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+    # The CRF really moved boundaries, so the agreement is not trivial.
+    assert np.mean(ours.argmax(-1) != probs.argmax(-1)) > 0.01
+
+
+def test_after_normalisation_and_logits_agree_with_pydensecrf():
+    image = load_photo(PHOTOS[1])
+    probs, _ = coarse_probs(image)
+    ours = DenseCRF.from_preset("vgg16", normalization="after").labels(image, probs).numpy()
+    ref = DenseCRF.from_preset("vgg16", normalization="after", backend="pydensecrf")
+    assert np.mean(ours == ref.labels(image, probs).numpy()) >= 0.999
+    # Logits give the same unary as unclipped probabilities.
+    logits = np.log(probs) + 3.0
+    from_logits = DenseCRF(from_logits=True, prob_clip=1e-5)(image, logits).numpy()
+    from_probs = DenseCRF()(image, probs).numpy()
+    np.testing.assert_allclose(from_logits, from_probs, atol=1e-4)
+    assert np.mean(from_logits.argmax(-1) == from_probs.argmax(-1)) >= 0.999
+
+
+def test_batched_equals_per_image_and_builtin_equals_sparse():
+    a = load_photo(PHOTOS[0])[:64, :96]
+    b = load_photo(PHOTOS[1])
+    pa, _ = coarse_probs(a, seed=1)
+    pb, _ = coarse_probs(b, seed=2)
+    crf = DenseCRF.from_preset("resnet101", iterations=5)
+    batched = crf(np.stack([a, b]), np.stack([pa, pb])).numpy()
+    np.testing.assert_allclose(batched[0], crf(a, pa).numpy(), atol=1e-5)
+    np.testing.assert_allclose(batched[1], crf(b, pb).numpy(), atol=1e-5)
+    builtin = DenseCRF.from_preset("resnet101", iterations=5, impl="builtin")
+    np.testing.assert_allclose(builtin(np.stack([a, b]), np.stack([pa, pb])), batched, atol=1e-5)
+
+
+def test_dynamic_shapes_in_tf_function_match_eager():
+    image = load_photo(PHOTOS[1])
+    probs, _ = coarse_probs(image)
+    crf = DenseCRF.from_preset("vgg16", iterations=3)
+    fn = tf.function(
+        crf.labels,
+        input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.uint8),
+            tf.TensorSpec([None, None, None, 21], tf.float32),
+        ],
+    )
+    np.testing.assert_array_equal(fn(image[None], probs[None])[0], crf.labels(image, probs))
+
+
+def test_elevation_keeps_reference_order():
+    feats = np.random.default_rng(0).uniform(0, 80, size=(500, 5)).astype(np.float32)
+    sf = lattice_lib.scale_factors(5)
+    expected = np.zeros((500, 6), np.float32)
+    sm = np.zeros(500, np.float32)
+    for j in range(5, 0, -1):
+        cf = feats[:, j - 1] * sf[j - 1]
+        expected[:, j] = sm - np.float32(j) * cf
+        sm = sm + cf
+    expected[:, 0] = sm
+    np.testing.assert_array_equal(lattice_lib.elevate(tf.constant(feats)).numpy(), expected)
+
+
+def test_vertex_cap_error_eager_and_in_graph():
+    image = load_photo(PHOTOS[1])
+    probs, _ = coarse_probs(image)
+    with pytest.raises(ValueError, match="max_vertices=100"):
+        DenseCRF(max_vertices=100, pos_w=0.0)(image, probs)
+    feats = tf.random.uniform((400, 5), maxval=50.0, seed=1)
+    with pytest.raises(ValueError, match="vertices"):
+        build_lattice(feats, max_vertices=50)
+    fn = tf.function(
+        lambda f: build_lattice(f, max_vertices=50).num_vertices,
+        input_signature=[tf.TensorSpec([None, 5], tf.float32)],
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_vertices=50"):
+        fn(feats)
+    assert int(build_lattice(feats, max_vertices=None).num_vertices) > 50
+
+
+def test_key_budget_errors():
+    image = load_photo(PHOTOS[1])
+    probs, _ = coarse_probs(image)
+    # Colour std of 1e-4 puts every channel on a ~2.5M-wide axis: far over 62 bits.
+    with pytest.raises(ValueError, match="62-bit int64 budget"):
+        DenseCRF(bi_rgb_std=1e-4)(image, probs)
+    feats = tf.constant([[0.0] * 5, [3e6] * 5, [1e6, 0, 2e6, 0, 3e6]], tf.float32)
+    with pytest.raises(ValueError, match="bits"):
+        build_lattice(feats)
+    # The static bound is conservative: the presets on a 2048x1024 image fit comfortably.
+    bits = lattice_lib.key_bits_for_bounds([0] * 5, [2047 / 67, 1023 / 67] + [85.0] * 3)
+    assert bits < 62
+
+
+def test_input_errors():
+    image = load_photo(PHOTOS[1])
+    probs, _ = coarse_probs(image)
+    with pytest.raises(ValueError, match="Received"):
+        DenseCRF()(image[..., :2], probs)
+    with pytest.raises(ValueError, match="same batch and spatial size"):
+        DenseCRF()(image[:32], probs)
+    with pytest.raises(ValueError, match="rank"):
+        DenseCRF()(image, probs[None])
+    with pytest.raises(ValueError, match="normalization"):
+        DenseCRF(normalization="before")
+    with pytest.raises(ValueError, match="backend"):
+        DenseCRF(backend="cuda")
+    with pytest.raises(ValueError, match="bi_xy_std"):
+        DenseCRF(bi_xy_std=0)
+    with pytest.raises(ValueError, match="preset"):
+        DenseCRF.from_preset("alexnet")
+
+
+def test_presets_and_config_round_trip():
+    from deeplab_tf.models import registry
+
+    crf = DenseCRF.from_preset("vgg16")
+    for key in ("iterations", "bi_w", "bi_xy_std", "bi_rgb_std", "pos_w", "pos_xy_std"):
+        assert getattr(crf, key) == registry.CRF_VGG[key]
+    assert DenseCRF.from_preset("deeplabv2_resnet101_aspp_l").bi_xy_std == 67.0
+    clone = DenseCRF.from_config(crf.get_config())
+    assert clone.get_config() == crf.get_config()
