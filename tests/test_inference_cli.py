@@ -147,13 +147,22 @@ def test_evaluate_folder_dataset_report(model_file, tmp_path, rng, capsys):
     assert "disagrees" in capsys.readouterr().err
 
 
-def test_crf_flag_reports_clearly_when_missing(model_file, tmp_path, rng, capsys):
-    Image.fromarray(_photo(rng, 20, 20)).save(tmp_path / "x.png")
-    args = ["predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]
-    rc = main([*args, "--model", model_file, "--crf"])
+def test_crf_flag(model_file, tmp_path, rng, capsys):
+    """--crf refines with the model's preset (vgg16 here); without a CRF backend: clear error."""
+    image = _photo(rng, 21, 26)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    out = tmp_path / "o"
+    args = ["predict", str(tmp_path / "x.png"), "--out", str(out), "--model", model_file]
+    rc = main([*args, "--crf", "--probs"])
     try:
-        import deeplab_tf.crf  # noqa: F401
+        from deeplab_tf.crf import DenseCRF
     except ImportError:
         assert rc == 2 and "CRF backend not available" in capsys.readouterr().err
-    else:
-        assert rc == 0
+        return
+    from deeplab_tf.inference import MultiScale
+
+    assert rc == 0, capsys.readouterr().err
+    probs = MultiScale(keras.saving.load_model(model_file), scales=(1.0,))(image[None])
+    want = DenseCRF.from_preset("vgg16")(image[None], probs).numpy()[0]
+    got = np.load(out / "x_probs.npy").astype(np.float32)
+    np.testing.assert_allclose(got, want, atol=2e-3)

@@ -55,7 +55,7 @@ def add_inference_arguments(p):
     )
     g.add_argument(
         "--crf-preset",
-        help="CRF parameter preset (default: the registry entry's, else resnet101's)",
+        help="CRF parameters: resnet101, vgg16 or a registry name (default: from the model)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -88,9 +88,7 @@ def build_predictor(args, num_classes=None):
         )
     except ValueError as err:
         raise CLIError(str(err)) from None
-    crf, crf_settings = (build_crf(args), None) if args.crf else (None, None)
-    if crf is not None:
-        crf, crf_settings = crf
+    crf, crf_settings = build_crf(args, net) if args.crf else (None, None)
     settings = {
         "model": str(args.model),
         "weights": args.weights,
@@ -114,27 +112,33 @@ def build_predictor(args, num_classes=None):
     return predictor, settings
 
 
-def build_crf(args):
-    """The dense CRF for ``--crf``: ``(callable, settings)``, or a CLIError if unavailable."""
+def build_crf(args, net=None):
+    """The dense CRF for ``--crf``: ``(DenseCRF, settings)``, or a CLIError if unavailable.
+
+    The preset is ``--crf-preset`` if given, else the registry name given as ``--model``, else
+    the backbone named in the model's name (``deeplabv2_vgg16_...`` -> ``vgg16``), else
+    ``resnet101`` (SPEC section 6).
+    """
     from deeplab_tf.cli import CLIError
 
     try:
         from deeplab_tf.crf import DenseCRF
     except ImportError as err:
         raise CLIError(f"CRF backend not available yet ({err})") from None
-    from deeplab_tf.models.registry import get_model_config, list_models
+    from deeplab_tf.models.deeplab import BACKBONES
+    from deeplab_tf.models.registry import list_models
 
     preset = args.crf_preset
+    if preset is None and args.model in list_models():
+        preset = args.model
     if preset is None:
-        preset = args.model if args.model in list_models() else "deeplabv2_resnet101_aspp_l"
+        name = getattr(net, "name", "") or ""
+        preset = next((b for b in BACKBONES if b in name), "resnet101")
     try:
         crf = DenseCRF.from_preset(preset)
     except (ValueError, KeyError) as err:
-        raise CLIError(f"Unknown CRF preset {preset!r}: {err}") from None
-    settings = {"preset": preset}
-    if preset in list_models():
-        settings.update(get_model_config(preset)["crf"])
-    return crf, settings
+        raise CLIError(str(err)) from None
+    return crf, {"preset": preset, **crf.get_config()}
 
 
 def register(sub):
