@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Quiet TensorFlow's C++ start-up logging for command-line users (errors still show).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 #: Modules that contribute sub-commands (each defines ``register(subparsers)``).
 COMMAND_MODULES = [
     "deeplab_tf.convert.cli",
     "deeplab_tf.models.cli",
+    "deeplab_tf.crf.cli",
+    "deeplab_tf.training.cli",
     "deeplab_tf.inference.cli",
     "deeplab_tf.evaluation.cli",
     "deeplab_tf.data.cli",
+    "deeplab_tf.export.cli",
 ]
 
 

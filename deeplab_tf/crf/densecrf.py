@@ -229,7 +229,7 @@ class DenseCRF(tf.Module):
                     f"Received: image.shape={image.shape}, probs.shape={probs.shape}"
                 )
         if image.dtype != tf.uint8:
-            image = tf.cast(tf.clip_by_value(tf.round(tf.cast(image, tf.float32)), 0, 255), tf.uint8)
+            image = tf.cast(tf.clip_by_value(tf.round(tf.cast(image, tf.float32)), 0, 255), "uint8")
         if probs.dtype != tf.float32:
             probs = tf.cast(probs, tf.float32)
         return image, probs, squeeze
@@ -356,8 +356,10 @@ class DenseCRF(tf.Module):
                 "pip install deeplab_tf[crf] (installs pydensecrf2)"
             ) from err
         unary = self._unary(probs)
-        norm = dcrf.NORMALIZE_SYMMETRIC if self.normalization == "symmetric" else (
-            dcrf.NORMALIZE_AFTER
+        norm = (
+            dcrf.NORMALIZE_SYMMETRIC
+            if self.normalization == "symmetric"
+            else (dcrf.NORMALIZE_AFTER)
         )
 
         def run(img, un):

@@ -266,9 +266,11 @@ def build_lattice(
     if check_key_budget:
         _check(
             bits <= KEY_BITS,
-            lambda: f"the permutohedral lattice keys need {float(bits):.1f} bits, more than the "
-            f"{KEY_BITS}-bit int64 budget (features span too wide a range for their standard "
-            f"deviations). Received: d={d}, key spans={span.numpy().tolist()}",
+            lambda: (
+                f"the permutohedral lattice keys need {float(bits):.1f} bits, more than the "
+                f"{KEY_BITS}-bit int64 budget (features span too wide a range for their standard "
+                f"deviations). Received: d={d}, key spans={span.numpy().tolist()}"
+            ),
             "the permutohedral lattice keys need more than 62 bits (features span too wide a "
             "range for their standard deviations)",
         )
@@ -280,10 +282,12 @@ def build_lattice(
     if max_vertices is not None and (static_p is None or static_p * (d + 1) > max_vertices):
         _check(
             num_vertices <= max_vertices,
-            lambda: f"the permutohedral lattice has {int(num_vertices)} vertices, over the cap "
-            f"max_vertices={max_vertices} (memory grows as vertices x channels). Use a "
-            "smaller image, larger standard deviations or a larger max_vertices. "
-            f"Received: points={int(tf.shape(features)[0])}, d={d}",
+            lambda: (
+                f"the permutohedral lattice has {int(num_vertices)} vertices, over the cap "
+                f"max_vertices={max_vertices} (memory grows as vertices x channels). Use a "
+                "smaller image, larger standard deviations or a larger max_vertices. "
+                f"Received: points={int(tf.shape(features)[0])}, d={d}"
+            ),
             f"the permutohedral lattice has more vertices than max_vertices={max_vertices}",
         )
 
