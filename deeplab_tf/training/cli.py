@@ -1,0 +1,120 @@
+"""``deeplab-tf train``: train from a YAML config (shipped ones or your own) with overrides."""
+
+from __future__ import annotations
+
+import os
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the YAML configs shipped in ``deeplab_tf/configs``."""
+    if not os.path.isdir(CONFIG_DIR):
+        return []
+    return sorted(f[: -len(".yaml")] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+
+
+def load_config(path_or_name: str) -> dict:
+    """Reads a YAML config from a path or a shipped config name (``voc12_resnet101_aspp_l``)."""
+    import yaml
+
+    from deeplab_tf.cli import CLIError
+
+    path = path_or_name
+    if not os.path.isfile(path):
+        name = os.path.basename(path_or_name)
+        name = name[: -len(".yaml")] if name.endswith(".yaml") else name
+        candidate = os.path.join(CONFIG_DIR, name + ".yaml")
+        if not os.path.isfile(candidate):
+            raise CLIError(
+                f"config {path_or_name!r} is neither a file nor a shipped config "
+                f"({', '.join(shipped_configs())})"
+            )
+        path = candidate
+    with open(path) as f:
+        try:
+            config = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise CLIError(f"cannot parse {path}: {err}") from None
+    if not isinstance(config, dict):
+        raise CLIError(f"{path} must hold a mapping of sections. Received: {type(config).__name__}")
+    return config
+
+
+def apply_override(config: dict, assignment: str) -> None:
+    """Applies ``section.key=value`` (value parsed as YAML) to ``config`` in place."""
+    import yaml
+
+    from deeplab_tf.cli import CLIError
+
+    if "=" not in assignment or "." not in assignment.split("=", 1)[0]:
+        raise CLIError(
+            f"--set takes SECTION.KEY=VALUE (e.g. train.steps=100). Received: {assignment!r}"
+        )
+    key, value = assignment.split("=", 1)
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise CLIError(f"cannot set {key}: {p!r} is not a section. Received: {assignment!r}")
+    node[leaf] = yaml.safe_load(value)
+
+
+def register(sub):
+    p = sub.add_parser(
+        "train",
+        help="train a DeepLab v2 model from a YAML config",
+        description="Train with model.fit: the paper's recipe, checkpoints, TensorBoard, resume.",
+    )
+    p.add_argument("--config", help="YAML path or shipped config name (see --list-configs)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (repeatable), e.g. --set train.steps=100",
+    )
+    p.add_argument("--workdir", help="shortcut for --set output.workdir=DIR")
+    p.add_argument("--steps", type=int, help="shortcut for --set train.steps=N")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--list-configs", action="store_true", help="list the shipped configs and exit")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from deeplab_tf.cli import CLIError
+
+    if args.list_configs:
+        for name in shipped_configs():
+            print(name)
+        return 0
+    if not args.config:
+        raise CLIError(
+            "train needs --config (a YAML path or one of: " + ", ".join(shipped_configs()) + ")"
+        )
+    config = load_config(args.config)
+    for assignment in args.overrides:
+        apply_override(config, assignment)
+    if args.workdir:
+        apply_override(config, f"output.workdir={args.workdir}")
+    if args.steps is not None:
+        apply_override(config, f"train.steps={args.steps}")
+
+    from deeplab_tf.training.trainer import resolve_config, train
+
+    try:
+        resolved = resolve_config(config)
+        if args.print_config:
+            import yaml
+
+            print(yaml.safe_dump(resolved, sort_keys=False))
+            return 0
+        model, history = train(config)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    logs = {k: round(float(v[-1]), 4) for k, v in history.history.items()}
+    print(f"trained {resolved['train']['steps']} steps; last epoch: {logs}")
+    print(f"saved {os.path.join(resolved['output']['workdir'], 'model.keras')}")
+    return 0

@@ -1,0 +1,215 @@
+"""Caffe's SGD with per-parameter learning-rate multipliers, and the poly schedule.
+
+The authors' solvers (SPEC section 4) use Caffe's SGD with momentum and L2 weight decay added to
+the gradient, scaled per parameter blob by ``lr_mult`` and ``decay_mult``::
+
+    v = momentum * v + lr * lr_mult * (grad + weight_decay * decay_mult * w)
+    w = w - v
+
+which differs from Keras's SGD (velocity stores ``-lr * g``, so a schedule change rescales the
+history differently) and from decoupled weight decay. The DeepLab prototxts set ``lr_mult`` 1 /
+``decay_mult`` 1 on backbone weights, 2 / 0 on biases, 10 / 1 on classifier weights and 20 / 0 on
+classifier biases; frozen BatchNorm has ``lr_mult`` 0 (in Keras: it is not trainable, so the
+optimizer never sees it).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+PACKAGE = "deeplab_tf"
+
+#: Caffe multipliers of the DeepLab v2 prototxts.
+DEFAULT_LR_MULT = {
+    "weights": 1.0,
+    "biases": 2.0,
+    "classifier_weights": 10.0,
+    "classifier_biases": 20.0,
+}
+#: Layer-name prefixes of the classifier (VGG ``fc8*``, ResNet ``fc1_voc12*``).
+CLASSIFIER_PREFIXES = ("fc8", "fc1_voc12")
+_NO_DECAY_NAMES = ("bias", "gamma", "beta")
+
+
+def variable_multipliers(variable, lr_mult=None, classifier_prefixes=CLASSIFIER_PREFIXES):
+    """Caffe's ``(lr_mult, decay_mult)`` for one Keras variable, from its path.
+
+    Rules: a variable named ``bias`` gets the bias multiplier and no decay; a trainable BatchNorm
+    ``gamma``/``beta`` (only with ``freeze_batchnorm=False``, never in the paper) gets the weight
+    multiplier and no decay; everything else (kernels) gets the weight multiplier and decay 1.
+    A variable belongs to the classifier when any component of its path starts with one of
+    ``classifier_prefixes``.
+
+    Args:
+        variable: a ``keras.Variable`` (uses ``.path``, falling back to ``.name``).
+        lr_mult: dict with keys ``weights``, ``biases``, ``classifier_weights``,
+            ``classifier_biases`` (defaults to :data:`DEFAULT_LR_MULT`).
+        classifier_prefixes: layer-name prefixes of the classifier.
+
+    Returns:
+        ``(lr_mult, decay_mult)`` floats.
+    """
+    lr_mult = {**DEFAULT_LR_MULT, **(lr_mult or {})}
+    path = str(getattr(variable, "path", None) or variable.name)
+    parts = path.split("/")
+    leaf = parts[-1].split(":")[0]
+    is_classifier = any(p.startswith(tuple(classifier_prefixes)) for p in parts[:-1])
+    prefix = "classifier_" if is_classifier else ""
+    if leaf == "bias":
+        return float(lr_mult[prefix + "biases"]), 0.0
+    if leaf in _NO_DECAY_NAMES:
+        return float(lr_mult[prefix + "weights"]), 0.0
+    return float(lr_mult[prefix + "weights"]), 1.0
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CaffeSGD(keras.optimizers.Optimizer):
+    """SGD exactly as Caffe's solver runs it, with DeepLab's per-parameter multipliers.
+
+    Per variable ``w`` with gradient ``g`` (averaged over ``gradient_accumulation_steps``
+    micro-batches when set, like Caffe's ``iter_size``)::
+
+        v = momentum * v + lr * lr_mult * (g + weight_decay * decay_mult * w)
+        w = w - v
+
+    A learning-rate schedule sees the number of *applied updates* (``optimizer.iterations``),
+    not micro-batches, so ``batch 5 x 2 accumulation`` follows the same poly curve as batch 10.
+
+    Paper: SPEC section 4 (the authors' solvers).
+
+    Args:
+        learning_rate: float or a ``LearningRateSchedule`` (e.g. :func:`poly_schedule`).
+        momentum: Caffe momentum (0.9).
+        weight_decay: L2 coefficient added to the gradient (5e-4). Not Keras's decoupled decay.
+        lr_mult: multipliers, keys ``weights``, ``biases``, ``classifier_weights``,
+            ``classifier_biases`` (default 1, 2, 10, 20).
+        classifier_prefixes: layer-name prefixes treated as the classifier.
+        **kwargs: passed to ``keras.optimizers.Optimizer`` (``gradient_accumulation_steps``,
+            ``clipnorm``, ``name``...).
+
+    Example:
+        >>> opt = CaffeSGD(poly_schedule(2.5e-4, 20000), gradient_accumulation_steps=2)
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        lr_mult=None,
+        classifier_prefixes=CLASSIFIER_PREFIXES,
+        name: str = "caffe_sgd",
+        **kwargs,
+    ):
+        if kwargs.get("use_ema"):
+            raise ValueError("CaffeSGD does not support use_ema. Received: use_ema=True")
+        # Keras's own (decoupled) weight_decay must stay off: ours is L2 in the gradient.
+        kwargs.pop("weight_decay", None)
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if not 0.0 <= float(momentum) < 1.0:
+            raise ValueError(f"momentum must be in [0, 1). Received: momentum={momentum!r}")
+        if float(weight_decay) < 0:
+            raise ValueError(f"weight_decay must be >= 0. Received: weight_decay={weight_decay!r}")
+        lr_mult = dict(lr_mult or {})
+        unknown = set(lr_mult) - set(DEFAULT_LR_MULT)
+        if unknown:
+            raise ValueError(
+                f"lr_mult keys must be among {sorted(DEFAULT_LR_MULT)}. Received: {sorted(unknown)}"
+            )
+        self.momentum = float(momentum)
+        self.caffe_weight_decay = float(weight_decay)
+        self.lr_mult = {k: float(v) for k, v in {**DEFAULT_LR_MULT, **lr_mult}.items()}
+        self.classifier_prefixes = tuple(classifier_prefixes)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.velocities = self.add_optimizer_variables(variables, "velocity")
+        self._multipliers = [
+            variable_multipliers(v, self.lr_mult, self.classifier_prefixes) for v in variables
+        ]
+
+    def _get_current_learning_rate(self):
+        # Schedules count applied updates (Caffe iterations), not accumulated micro-batches.
+        if isinstance(self._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            return self._learning_rate(self.iterations)
+        return super()._get_current_learning_rate()
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        lr_mult, decay_mult = self._multipliers[index]
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        g = ops.cast(gradient, dtype)
+        if decay_mult and self.caffe_weight_decay:
+            g = ops.add(
+                g, ops.multiply(ops.cast(self.caffe_weight_decay * decay_mult, dtype), variable)
+            )
+        v = self.velocities[index]
+        self.assign(
+            v,
+            ops.add(
+                ops.multiply(v, ops.cast(self.momentum, dtype)),
+                ops.multiply(ops.multiply(lr, ops.cast(lr_mult, dtype)), g),
+            ),
+        )
+        self.assign_sub(variable, v)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("weight_decay", None)
+        config.update(
+            {
+                "momentum": self.momentum,
+                "weight_decay": self.caffe_weight_decay,
+                "lr_mult": dict(self.lr_mult),
+                "classifier_prefixes": list(self.classifier_prefixes),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Caffe's ``poly`` policy: ``lr = base_lr * (1 - step / max_steps) ** power``.
+
+    Reaches 0 at ``max_steps`` and stays there (unlike ``PolynomialDecay``'s end value, this is
+    exactly the solver's formula).
+
+    Args:
+        base_lr: initial learning rate.
+        max_steps: Caffe ``max_iter`` (number of applied updates).
+        power: 0.9 in the paper.
+    """
+
+    def __init__(self, base_lr: float, max_steps: int, power: float = 0.9, name: str = "poly"):
+        if float(base_lr) <= 0:
+            raise ValueError(f"base_lr must be > 0. Received: base_lr={base_lr!r}")
+        if int(max_steps) < 1:
+            raise ValueError(f"max_steps must be >= 1. Received: max_steps={max_steps!r}")
+        self.base_lr = float(base_lr)
+        self.max_steps = int(max_steps)
+        self.power = float(power)
+        self.name = name
+
+    def __call__(self, step):
+        step = ops.minimum(ops.cast(step, "float32"), float(self.max_steps))
+        # (max - step) / max rather than 1 - step / max: exact near the end in float32.
+        return self.base_lr * ops.power(
+            (float(self.max_steps) - step) / float(self.max_steps), self.power
+        )
+
+    def get_config(self):
+        return {
+            "base_lr": self.base_lr,
+            "max_steps": self.max_steps,
+            "power": self.power,
+            "name": self.name,
+        }
+
+
+def poly_schedule(base_lr: float, max_steps: int, power: float = 0.9) -> PolyDecay:
+    """The paper's schedule (SPEC section 4): see :class:`PolyDecay`."""
+    return PolyDecay(base_lr, max_steps, power)

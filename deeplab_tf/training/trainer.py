@@ -1,0 +1,313 @@
+"""End-to-end training from a config dict (what ``deeplab-tf train --config X.yaml`` runs).
+
+A config has four sections; anything left out comes from the model's registry recipe::
+
+    model:  {name: deeplabv2_resnet101_aspp_l, num_classes: 21, weights: imagenet,
+             freeze_batchnorm: true}            # other keys go to DeepLabV2 (rates, dropout...)
+    data:   {name: voc2012, root: /data/VOCdevkit,   # common loader keyword arguments
+             train: {split: train_aug}, val: {split: val}}
+    train:  {steps: 20000, batch_size: 10, accumulation_steps: 1, crop_size: 321,
+             scales: [0.5, 0.75, 1, 1.25, 1.5], msc: true, msc_scales: [1, 0.75, 0.5],
+             optimizer: caffe_sgd, base_lr: 2.5e-4, label_mode: nearest, seed: null}
+    output: {workdir: runs/x, checkpoint_every: 1000, tensorboard: true, resume: true}
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+SECTIONS = {
+    "model": {
+        "name",
+        "num_classes",
+        "weights",
+        "freeze_batchnorm",
+        "rates",
+        "dropout",
+        "pool5a",
+        "output_stride",
+        "head",
+        "backbone",
+    },
+    "data": None,  # loader-specific
+    "train": {
+        "steps",
+        "batch_size",
+        "accumulation_steps",
+        "crop_size",
+        "scales",
+        "flip",
+        "msc",
+        "msc_scales",
+        "optimizer",
+        "base_lr",
+        "power",
+        "momentum",
+        "weight_decay",
+        "lr_mult",
+        "label_mode",
+        "seed",
+        "shuffle_buffer",
+        "validate_examples",
+        "verbose",
+    },
+    "val": {"crop_size", "batch_size", "max_examples"},
+    "output": {"workdir", "checkpoint_every", "tensorboard", "resume", "max_to_keep"},
+}
+OPTIMIZERS = ("caffe_sgd", "adam")
+
+
+def _section(config, key):
+    value = config.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"Config section {key!r} must be a mapping. Received: {value!r}")
+    allowed = SECTIONS[key]
+    if allowed is not None:
+        unknown = set(value) - allowed
+        if unknown:
+            raise ValueError(
+                f"Unknown keys in config section {key!r}: {sorted(unknown)}. "
+                f"Allowed: {sorted(allowed)}"
+            )
+    return dict(value)
+
+
+def resolve_config(config: dict) -> dict:
+    """Fills a config's defaults from the registry recipe and checks every value.
+
+    Raises:
+        ValueError: unknown sections or keys, or invalid values, with what was received.
+    """
+    from deeplab_tf.training.recipes import get_recipe, resolve_model_name
+
+    if not isinstance(config, dict):
+        raise ValueError(f"The config must be a mapping. Received: {type(config).__name__}")
+    unknown = set(config) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"Unknown config sections {sorted(unknown)}. Allowed: {sorted(SECTIONS)}")
+    cfg = {k: _section(config, k) for k in SECTIONS}
+    model, data, train, val, out = (cfg[k] for k in ("model", "data", "train", "val", "output"))
+    if "name" not in model:
+        raise ValueError(
+            "Config needs model.name (e.g. deeplabv2_resnet101_aspp_l). Received none."
+        )
+    model["name"] = resolve_model_name(model["name"])
+    if "name" not in data:
+        raise ValueError("Config needs data.name (e.g. 'synthetic' or 'voc2012'). Received none.")
+    recipe = get_recipe(model["name"])
+    defaults = {
+        "steps": recipe["steps"],
+        "batch_size": recipe["batch_size"],
+        "accumulation_steps": 1,
+        "crop_size": recipe["crop_size"],
+        "scales": recipe["scales"],
+        "flip": True,
+        "msc": recipe.get("msc", False),
+        "msc_scales": recipe.get("msc_scales", [1.0, 0.75, 0.5]),
+        "optimizer": "caffe_sgd",
+        "base_lr": recipe["base_lr"],
+        "power": recipe["power"],
+        "momentum": recipe["momentum"],
+        "weight_decay": recipe["weight_decay"],
+        "lr_mult": recipe["lr_mult"],
+        "label_mode": "nearest",
+        "seed": None,
+        "shuffle_buffer": 1000,
+        "validate_examples": 64,
+        "verbose": "auto",
+    }
+    train = {**defaults, **train}
+    for key in ("steps", "batch_size", "accumulation_steps"):
+        if not isinstance(train[key], int) or isinstance(train[key], bool) or train[key] < 1:
+            raise ValueError(f"train.{key} must be a positive int. Received: {train[key]!r}")
+    if train["optimizer"] not in OPTIMIZERS:
+        raise ValueError(
+            f"train.optimizer must be one of {OPTIMIZERS}. Received: {train['optimizer']!r}"
+        )
+    val = {"crop_size": 513, "batch_size": 1, "max_examples": None, **val}
+    out = {
+        "workdir": None,
+        "checkpoint_every": 1000,
+        "tensorboard": True,
+        "resume": True,
+        "max_to_keep": 5,
+        **out,
+    }
+    if not out["workdir"]:
+        raise ValueError(
+            "Config needs output.workdir (where checkpoints and logs go). Received none."
+        )
+    every = out["checkpoint_every"]
+    if not isinstance(every, int) or every < 1:
+        raise ValueError(f"output.checkpoint_every must be a positive int. Received: {every!r}")
+    every = min(every, train["steps"])
+    if train["steps"] % every:
+        raise ValueError(
+            "train.steps must be a multiple of output.checkpoint_every (epochs are checkpoint "
+            f"intervals, so a resumed run ends exactly at train.steps). Received: "
+            f"steps={train['steps']}, checkpoint_every={every}"
+        )
+    out["checkpoint_every"] = every
+    return {"model": model, "data": data, "train": train, "val": val, "output": out}
+
+
+def load_split(data: dict, which: str):
+    """``(dataset, info)`` for ``data[which]`` (``"train"``/``"val"``), ``None`` if absent."""
+    if which not in data or data[which] is None:
+        return None
+    common = {k: v for k, v in data.items() if k not in ("name", "train", "val")}
+    kwargs = {**common, **dict(data[which])}
+    name = data["name"]
+    if name == "synthetic":
+        from deeplab_tf.data.synthetic import synthetic_dataset
+
+        kwargs.setdefault("split", which)
+        try:
+            return synthetic_dataset(**kwargs)
+        except TypeError as err:
+            raise ValueError(
+                f"Bad options for the synthetic dataset: {err}. Received: {kwargs!r}"
+            ) from None
+    try:
+        from deeplab_tf.data import load_dataset
+    except ImportError:
+        raise ValueError(
+            f"Dataset {name!r} needs deeplab_tf.data.load_dataset, which this installation lacks; "
+            "only 'synthetic' is built in."
+        ) from None
+    result = load_dataset(name, **kwargs)
+    if isinstance(result, tuple):
+        return result
+    return result, None
+
+
+def train(config: dict, callbacks=None, dataset_overrides=None):
+    """Trains as the config says; returns ``(model, history)``.
+
+    Validation happens before any training step: the config (unknown keys, bad values), the
+    datasets' element spec (dtypes, ranks) and the label values of the first
+    ``train.validate_examples`` examples.
+
+    Args:
+        config: a config dict (see the module docstring); defaults from the registry recipe.
+        callbacks: extra Keras callbacks.
+        dataset_overrides: ``{"train": (ds, info), "val": (ds, info)}`` to use instead of
+            loading ``data`` (for programmatic use and tests).
+
+    Returns:
+        ``(trained keras.Model, keras.callbacks.History)``; the trained network (the wrapped one
+        for MSC) is also saved to ``{workdir}/model.keras``.
+    """
+    import keras
+
+    from deeplab_tf.models.registry import create_model
+    from deeplab_tf.training.callbacks import training_callbacks
+    from deeplab_tf.training.losses import DeepLabLoss
+    from deeplab_tf.training.metrics import MeanIoU
+    from deeplab_tf.training.msc import MultiScaleModel
+    from deeplab_tf.training.optimizer import CaffeSGD, PolyDecay
+    from deeplab_tf.training.pipeline import (
+        CAFFE_RGB_MEAN,
+        check_element_spec,
+        check_label_values,
+        eval_pipeline,
+        train_pipeline,
+    )
+
+    cfg = resolve_config(copy.deepcopy(config))
+    mcfg, tcfg, vcfg, ocfg = cfg["model"], cfg["train"], cfg["val"], cfg["output"]
+    overrides = dataset_overrides or {}
+    train_split = overrides.get("train") or load_split(cfg["data"], "train")
+    if train_split is None:
+        raise ValueError("Config needs data.train (the training split). Received none.")
+    val_split = overrides.get("val") or load_split(cfg["data"], "val")
+    train_ds, info = train_split
+    num_classes = mcfg.get("num_classes") or (info.num_classes if info is not None else None)
+    if num_classes is None:
+        raise ValueError("Set model.num_classes: the dataset does not say how many classes it has.")
+    if info is not None and info.num_classes != num_classes:
+        raise ValueError(
+            f"model.num_classes={num_classes} but dataset {info.name!r} has "
+            f"{info.num_classes} classes."
+        )
+    ignore = info.ignore_label if info is not None else 255
+    check_element_spec(train_ds)
+    check_label_values(train_ds, num_classes, ignore, tcfg["validate_examples"])
+    if val_split is not None:
+        check_element_spec(val_split[0])
+        check_label_values(val_split[0], num_classes, ignore, tcfg["validate_examples"])
+
+    build_kwargs = {k: v for k, v in mcfg.items() if k != "name"}
+    build_kwargs["num_classes"] = num_classes
+    net = create_model(mcfg["name"], **build_kwargs)
+    mean = CAFFE_RGB_MEAN if net.get_layer("preprocess").mode == "caffe" else (127.5, 127.5, 127.5)
+    model = MultiScaleModel(net, tcfg["msc_scales"]) if tcfg["msc"] else net
+
+    accum = tcfg["accumulation_steps"]
+    schedule = PolyDecay(tcfg["base_lr"], tcfg["steps"], tcfg["power"])
+    if tcfg["optimizer"] == "caffe_sgd":
+        optimizer = CaffeSGD(
+            schedule,
+            momentum=tcfg["momentum"],
+            weight_decay=tcfg["weight_decay"],
+            lr_mult=tcfg["lr_mult"],
+            gradient_accumulation_steps=accum if accum > 1 else None,
+        )
+    else:
+        # Keras schedules see micro-batches: stretch the curve by the accumulation factor.
+        optimizer = keras.optimizers.Adam(
+            PolyDecay(tcfg["base_lr"], tcfg["steps"] * accum, tcfg["power"]),
+            gradient_accumulation_steps=accum if accum > 1 else None,
+        )
+    model.compile(
+        optimizer=optimizer,
+        loss=DeepLabLoss(ignore_label=ignore, label_mode=tcfg["label_mode"]),
+        metrics=[MeanIoU(num_classes, ignore_label=ignore)],
+    )
+
+    train_batches = train_pipeline(
+        train_ds,
+        tcfg["crop_size"],
+        tcfg["batch_size"],
+        tcfg["scales"],
+        mean,
+        ignore,
+        tcfg["flip"],
+        tcfg["shuffle_buffer"],
+        repeat=True,
+        seed=tcfg["seed"],
+        num_classes=num_classes,
+    )
+    val_batches = None
+    if val_split is not None:
+        vds = (
+            val_split[0]
+            if vcfg["max_examples"] is None
+            else val_split[0].take(vcfg["max_examples"])
+        )
+        val_batches = eval_pipeline(
+            vds, vcfg["crop_size"], vcfg["batch_size"], mean, ignore, num_classes
+        )
+
+    workdir = ocfg["workdir"]
+    os.makedirs(workdir, exist_ok=True)
+    every = ocfg["checkpoint_every"]
+    cbs = training_callbacks(
+        workdir, ocfg["tensorboard"], True, ocfg["resume"], ocfg["max_to_keep"], net
+    )
+    history = model.fit(
+        train_batches,
+        epochs=math.ceil(tcfg["steps"] / every),
+        steps_per_epoch=every * accum,
+        validation_data=val_batches,
+        callbacks=cbs + list(callbacks or []),
+        verbose=tcfg["verbose"],
+        shuffle=False,
+    )
+    final = os.path.join(workdir, "model.keras")
+    tmp = os.path.join(workdir, f".tmp-{os.getpid()}-model.keras")
+    net.save(tmp)
+    os.replace(tmp, final)
+    return model, history
