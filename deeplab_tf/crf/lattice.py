@@ -292,19 +292,24 @@ def build_lattice(
         )
 
     # Neighbour keys differ from a vertex's key by a constant along each direction j:
-    # n1 = key - 1 (all coords) with key[j] + d instead; n2 = key + 1 with key[j] - d.
-    deltas1, deltas2 = [], []
+    # n1 = key - 1 (all coords) with key[j] + d instead; n2 = key + 1 with key[j] - d, i.e.
+    # n2 is n1's inverse: only n1 is looked up (one tf.unique over (d+2) M keys) and n2 is
+    # recovered with unsorted_segment_max (n2(u) = v where n1(v) = u).
+    deltas = []
     for j in range(d + 1):
         e1 = np.full(d, -1, np.int64)
-        e2 = np.full(d, 1, np.int64)
         if j < d:
-            e1[j], e2[j] = d, -d
-        deltas1.append(tf.reduce_sum(tf.constant(e1) * strides))
-        deltas2.append(tf.reduce_sum(tf.constant(e2) * strides))
-    deltas = tf.stack([tf.stack(deltas1), tf.stack(deltas2)], axis=1)  # (d+1, 2)
-    shifted = unique_keys[None, None, :] + deltas[:, :, None]  # (d+1, 2, M)
+            e1[j] = d
+        deltas.append(tf.reduce_sum(tf.constant(e1) * strides))
+    shifted = unique_keys[None, :] + tf.stack(deltas)[:, None]  # (d+1, M)
     _, ids = tf.unique(tf.concat([unique_keys, tf.reshape(shifted, [-1])], 0), out_idx=tf.int32)
-    nb = tf.minimum(tf.reshape(ids[num_vertices:], [d + 1, 2, -1]), num_vertices)
+    n1 = tf.minimum(tf.reshape(ids[num_vertices:], [d + 1, -1]), num_vertices)  # (d+1, M)
+    vertex_ids = tf.range(num_vertices)
+    n2 = []
+    for j in range(d + 1):
+        inv = tf.math.unsorted_segment_max(vertex_ids, n1[j], num_vertices + 1)[:num_vertices]
+        n2.append(tf.where(inv < 0, num_vertices, inv))
+    nb = tf.stack([n1, tf.stack(n2)], axis=1)  # (d+1, 2, M)
     pad = tf.fill([d + 1, 2, 1], num_vertices)
     neighbours = tf.concat([nb, pad], axis=-1)
     return Lattice(
