@@ -1,19 +1,36 @@
-"""Inference: the multi-scale wrapper model, sliding windows, image I/O and prediction."""
+"""Inference: the multi-scale wrapper model, sliding windows, image I/O and prediction.
 
-from deeplab_tf.inference.io import ImageReadError, atomic_write, expand_inputs, read_image
-from deeplab_tf.inference.multiscale import MultiScale
-from deeplab_tf.inference.predict import Predictor, load_inference_model
-from deeplab_tf.inference.sliding_window import sliding_window, tile_cores, tile_starts
+Names are imported lazily (PEP 562) so that the ``predict`` / ``evaluate`` command modules,
+which live in this package, can be registered without importing TensorFlow.
+"""
 
-__all__ = [
-    "ImageReadError",
-    "MultiScale",
-    "Predictor",
-    "atomic_write",
-    "expand_inputs",
-    "load_inference_model",
-    "read_image",
-    "sliding_window",
-    "tile_cores",
-    "tile_starts",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ImageReadError": "deeplab_tf.inference.io",
+    "atomic_write": "deeplab_tf.inference.io",
+    "expand_inputs": "deeplab_tf.inference.io",
+    "read_image": "deeplab_tf.inference.io",
+    "MultiScale": "deeplab_tf.inference.multiscale",
+    "Predictor": "deeplab_tf.inference.predict",
+    "load_inference_model": "deeplab_tf.inference.predict",
+    "sliding_window": "deeplab_tf.inference.tiling",
+    "tile_cores": "deeplab_tf.inference.tiling",
+    "tile_starts": "deeplab_tf.inference.tiling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'deeplab_tf.inference' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from deeplab_tf.inference.sliding_window import _pair, sliding_window
+from deeplab_tf.inference.tiling import _pair, sliding_window
 
 
 class Predictor:
