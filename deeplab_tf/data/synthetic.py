@@ -63,7 +63,7 @@ def _texture(kind, h, w, rng):
 def _shape_mask(cls, h, w, rng):
     """Filled mask of a class's shape at a random position and size."""
     mask = np.zeros((h, w), np.uint8)
-    r = int(rng.uniform(0.12, 0.25) * min(h, w)) + 3
+    r = int(rng.uniform(0.15, 0.3) * min(h, w)) + 3
     cy = int(rng.uniform(r, h - r)) if h > 2 * r else h // 2
     cx = int(rng.uniform(r, w - r)) if w > 2 * r else w // 2
     name = SYNTHETIC_CLASSES[cls]
