@@ -247,6 +247,7 @@ def test_paper_recipe_reads_registry():
 def test_msc_under_fit_sums_four_losses_and_saves(tmp_path):
     net = tiny_net(3)
     msc = MultiScaleModel(net)
+    assert msc.built  # BackupAndRestore needs a built model before fit()
     rng = np.random.default_rng(4)
     x = rng.uniform(0, 255, (2, 16, 16, 3)).astype("float32")
     y = rng.integers(0, 3, (2, 16, 16)).astype("uint8")

@@ -58,6 +58,10 @@ class MultiScaleModel(keras.Model):
             raise ValueError(f"model must be a keras.Model. Received: {type(model).__name__}")
         self.model = model
         self.scales = scales
+        if model.built:
+            # Weights exist already (shared with the wrapped model): callbacks such as
+            # BackupAndRestore require a built model before fit().
+            self.build(None)
 
     def build(self, input_shape):
         if not self.model.built:
