@@ -187,3 +187,42 @@ def test_learning_is_real_on_synthetic_data_via_cli(tmp_path):
     assert chance < 0.2
     assert miou > 0.4
     assert len(list_checkpoints(os.path.join(workdir, "checkpoints"))) == 3
+
+
+def test_shipped_configs_resolve_to_the_paper_recipes(capsys):
+    from deeplab_tf.cli import main
+    from deeplab_tf.training.cli import load_config, shipped_configs
+    from deeplab_tf.training.trainer import resolve_config
+
+    names = shipped_configs()
+    assert {"voc12_resnet101_aspp_l", "voc12_vgg16_largefov", "synthetic_tiny"} <= set(names)
+    for name in names:
+        resolve_config(load_config(name))
+    r101 = resolve_config(load_config("voc12_resnet101_aspp_l"))["train"]
+    assert (r101["base_lr"], r101["steps"], r101["batch_size"] * r101["accumulation_steps"]) == (
+        2.5e-4,
+        20000,
+        10,
+    )
+    assert r101["msc"] and r101["msc_scales"] == [1.0, 0.75, 0.5] and r101["crop_size"] == 321
+    vgg = resolve_config(load_config("voc12_vgg16_largefov"))["train"]
+    assert (vgg["base_lr"], vgg["batch_size"], vgg["msc"]) == (1e-3, 10, False)
+    assert (
+        main(["train", "--config", "voc12_vgg16_largefov", "--steps", "3000", "--print-config"])
+        == 0
+    )
+    assert "steps: 3000" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "voc12_vgg16_largefov",
+                "--set",
+                "train.steps=-1",
+                "--print-config",
+            ]
+        )
+        == 2
+    )
+    assert "train.steps must be a positive int. Received: -1" in capsys.readouterr().err
