@@ -1,0 +1,171 @@
+"""TFLite (LiteRT) against TensorFlow on the same model and input size: fp32, fp16, int8.
+
+Each TFLite file is written by ``deeplab_tf.export.export_tflite`` (uint8 image in, labels and
+probabilities at image size out, preprocessing and upsampling inside) and run with LiteRT's
+default CPU path (XNNPACK). The reference is the same computation in TensorFlow, measured in the
+same run: ``MultiScale(model, scales=(1.0,))`` under ``tf.function`` with a fixed input
+signature, for the model as built (``tf_graph``) and with the benchmarks' inference rewrite
+(``tf_fused``: folded BN, direct dilated convs). Reported: latency, images/s, file size, conversion
+time, and the fraction of pixel labels equal to the TensorFlow float32 labels.
+
+Weights are random with BatchNorm statistics calibrated on a photo (see bench_inference.py), so
+int8 calibration sees realistic activation ranges; int8 is calibrated on flips/shifts of the
+benchmark photo.
+
+Prints JSON on stdout and a table on stderr. Usage::
+
+    python benchmarks/bench_tflite.py                  # ResNet-101 ASPP-L at 321x321
+    python benchmarks/bench_tflite.py --quick          # CI smoke run (MobileNetV2, 33 px)
+    python benchmarks/bench_tflite.py --model deeplabv2_vgg16_largefov --size 513
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _common  # noqa: E402
+
+QUANTIZATIONS = ("fp32", "fp16", "int8")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Prints JSON (stdout) and a table (stderr).",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="MobileNetV2 at 33 px, fp32 and int8 (CI smoke run)"
+    )
+    p.add_argument("--model", default="deeplabv2_resnet101_aspp_l")
+    p.add_argument("--size", type=int, default=321)
+    p.add_argument("--quantizations", nargs="+", default=list(QUANTIZATIONS), choices=QUANTIZATIONS)
+    p.add_argument("--calibration-images", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--keep", default=None, help="folder to keep the .tflite files in")
+    p.add_argument("--json-out", default=None)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.model, args.size, args.repeats, args.calibration_images = (
+            "deeplabv2_mobilenetv2_aspp_l", 33, 1, 1,
+        )  # fmt: skip
+        args.quantizations = [q for q in args.quantizations if q in ("fp32", "int8")]
+    if args.size < 17:
+        p.error(f"--size must be >= 17. Received: {args.size}")
+    if args.repeats < 1 or args.calibration_images < 1:
+        p.error(
+            f"--repeats and --calibration-images must be >= 1. Received: {args.repeats}, "
+            f"{args.calibration_images}"
+        )
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    threads = _common.configure_threads(args.threads)
+    import numpy as np
+    import tensorflow as tf
+    from _fused import fuse_for_inference
+
+    import deeplab_tf
+    from deeplab_tf.export import with_input_shape
+    from deeplab_tf.export.tflite import export_tflite, litert_interpreter, run_tflite
+    from deeplab_tf.inference import MultiScale
+
+    tf.get_logger().setLevel("ERROR")
+    info = _common.machine_info()
+    info["threads"] = threads
+    start_all = time.perf_counter()
+    size = args.size
+    model = deeplab_tf.create_model(args.model)
+    _common.calibrate_batchnorm(model, _common.photo(min(size, 161), min(size, 161)))
+    if "resnet" in args.model:
+        for layer in model.layers:
+            if layer.name.startswith("bn") and layer.name.endswith("branch2c"):
+                layer.gamma.assign(tf.fill(layer.gamma.shape, 0.2))
+    image = _common.photo(size, size, 1)
+    fixed = with_input_shape(model, size, size)
+    gflop = _common.conv_flops(fixed) / 1e9
+    rows, outputs = {}, {}
+
+    def serve_fn(net):
+        msc = MultiScale(net, scales=(1.0,))
+
+        @tf.function(input_signature=[tf.TensorSpec((1, size, size, 3), tf.uint8)])
+        def serve(images):
+            probs = tf.cast(msc(tf.cast(images, tf.float32)), tf.float32)
+            return tf.argmax(probs, axis=-1, output_type=tf.int32)
+
+        return lambda x: serve(x).numpy()
+
+    for name, net in (("tf_graph", fixed), ("tf_fused", fuse_for_inference(fixed))):
+        fn = serve_fn(net)
+        t = _common.timed(lambda fn=fn: fn(image), args.repeats)
+        outputs[name] = fn(image)
+        rows[name] = {**t, "file_mb": None, "convert_s": None}
+    workdir = args.keep or tempfile.mkdtemp(prefix="deeplab-tflite-bench-")
+    os.makedirs(workdir, exist_ok=True)
+    calibration = list(_common.photo(size, size, args.calibration_images, seed=1))
+    try:
+        for q in args.quantizations:
+            path = os.path.join(workdir, f"{args.model}_{size}_{q}.tflite")
+            start = time.perf_counter()
+            export_tflite(
+                model,
+                path,
+                (size, size),
+                quantization=q,
+                representative_data=calibration if q == "int8" else None,
+                num_calibration=args.calibration_images,
+            )
+            convert_s = time.perf_counter() - start
+            interpreter = litert_interpreter(path, num_threads=threads)
+            t = _common.timed(lambda i=interpreter: run_tflite(i, image), args.repeats)
+            outputs[f"tflite_{q}"] = np.asarray(run_tflite(interpreter, image)["labels"])
+            rows[f"tflite_{q}"] = {
+                **t,
+                "file_mb": round(os.path.getsize(path) / 2**20, 2),
+                "convert_s": round(convert_s, 1),
+            }
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    ref_s = rows["tf_graph"]["median_s"]
+    for name, row in rows.items():
+        row["images_per_s"] = round(1 / row["median_s"], 3)
+        row["gflops_per_s"] = round(gflop / row["median_s"], 1)
+        row["time_vs_tf_graph"] = _common.ratio(row["median_s"], ref_s)
+        row["label_agreement_vs_tf_fp32"] = round(
+            float(np.mean(outputs[name] == outputs["tf_graph"])), 5
+        )
+    _common.print_table(
+        [{"runtime": k, **v} for k, v in rows.items()],
+        ["runtime", "median_s", "images_per_s", "time_vs_tf_graph", "file_mb", "convert_s",
+         "label_agreement_vs_tf_fp32"],
+    )  # fmt: skip
+    info["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    report = {
+        "benchmark": "tflite",
+        "machine": info,
+        "model": args.model,
+        "size": size,
+        "gflop_per_image": round(gflop, 2),
+        "litert": f"ai-edge-litert Interpreter, default delegates (XNNPACK), num_threads={threads}",
+        "results": rows,
+        "wall_s": round(time.perf_counter() - start_all, 1),
+        "command": "python benchmarks/bench_tflite.py " + " ".join(sys.argv[1:]),
+    }
+    _common.emit(report, args.json_out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Training-step speed and peak memory against the same network's PyTorch step.
+
+One optimizer update of DeepLab v2 ResNet-101 ASPP-L at 321x321 with frozen BatchNorm and the
+paper's solver (``deeplab_tf.recipes.paper``: CaffeSGD, momentum 0.9, L2 5e-4, lr multipliers;
+DeepLabLoss), batch 10 as 5 micro-batches accumulated twice (``gradient_accumulation_steps=2``),
+with multi-scale (MSC, scales 1/0.75/0.5, four losses) off and on; against the PyTorch
+reference (``benchmarks/torch_deeplab.py``: SGD momentum 0.9, weight decay 5e-4, 10x lr on the
+classifier, the same loss and MSC), measured in the same run.
+
+Each configuration runs in its own process (peak RSS is then its own, and the two frameworks'
+thread pools do not compete). A warm-up micro-batch (tracing) precedes the timed steps; its
+time is reported as ``first_call_s``. Images and labels are random (timing only).
+
+Prints JSON on stdout and a table on stderr. Usage::
+
+    python benchmarks/bench_train.py                 # full run (about 10 min on 2 cores)
+    python benchmarks/bench_train.py --quick         # CI smoke run (ResNet-50, 65 px)
+    python benchmarks/bench_train.py --micro-batch 1 --accumulation 2 --msc off
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import _common  # noqa: E402
+
+TARGET = 0.8
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Prints JSON (stdout) and a table (stderr).",
+    )
+    p.add_argument("--quick", action="store_true", help="ResNet-50 at 65 px (CI smoke run)")
+    p.add_argument("--depth", type=int, default=101, choices=(50, 101, 152))
+    p.add_argument("--size", type=int, default=321)
+    p.add_argument("--micro-batch", type=int, default=5)
+    p.add_argument("--accumulation", type=int, default=2)
+    p.add_argument("--steps", type=int, default=1, help="timed optimizer updates")
+    p.add_argument("--msc", nargs="+", default=["off", "on"], choices=("off", "on"))
+    p.add_argument("--jit-compile", action="store_true", help="compile the Keras step with XLA")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--json-out", default=None)
+    p.add_argument("--worker", choices=("tf", "torch"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.depth, args.size, args.micro_batch, args.accumulation, args.steps = 50, 65, 1, 2, 1
+    for name in ("size", "micro_batch", "accumulation", "steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1. Received: {getattr(args, name)}")
+    if args.size < 33:
+        p.error(f"--size must be >= 33. Received: {args.size}")
+    return args
+
+
+def tf_worker(args, msc: bool) -> dict:
+    threads = _common.configure_threads(args.threads)
+    import numpy as np
+
+    import deeplab_tf
+    from deeplab_tf.training import MultiScaleModel, paper
+
+    name = f"deeplabv2_resnet{args.depth}_aspp_l"
+    model = deeplab_tf.create_model(name, freeze_batchnorm=True)
+    if msc:
+        model = MultiScaleModel(model)
+    compile_args = paper(name, accumulation_steps=args.accumulation)
+    compile_args.pop("metrics", None)  # the loss step only, like the PyTorch step
+    model.compile(**compile_args, jit_compile=bool(args.jit_compile))
+    rng = np.random.default_rng(0)
+    batches = [
+        (
+            rng.integers(0, 256, (args.micro_batch, args.size, args.size, 3)).astype(np.uint8),
+            rng.integers(0, 21, (args.micro_batch, args.size, args.size)).astype(np.uint8),
+        )
+        for _ in range(args.accumulation)
+    ]
+    start = time.perf_counter()
+    model.train_on_batch(*batches[0])  # warm-up micro-batch: tracing
+    first = time.perf_counter() - start
+    # Finish the warm-up's accumulation cycle so timed steps start on an update boundary.
+    for x, y in batches[1:]:
+        model.train_on_batch(x, y)
+    times, losses = [], []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        for x, y in batches:
+            loss = model.train_on_batch(x, y)
+        times.append(time.perf_counter() - start)
+        losses.append(float(np.asarray(loss).reshape(-1)[0]))
+    return {
+        "times_s": times,
+        "first_call_s": first,
+        "losses": losses,
+        "peak_rss_mb": _common.peak_rss_mb(),
+        "threads": threads,
+    }
+
+
+def run_worker(args, framework: str, msc: bool) -> dict:
+    if framework == "torch":
+        cmd = [sys.executable, os.path.join(HERE, "_torch_worker.py"), "train",
+               "--depth", str(args.depth), "--size", str(args.size),
+               "--micro-batch", str(args.micro_batch), "--accumulation", str(args.accumulation),
+               "--steps", str(args.steps)] + (["--msc"] if msc else [])  # fmt: skip
+    else:
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "tf",
+               "--depth", str(args.depth), "--size", str(args.size),
+               "--micro-batch", str(args.micro_batch), "--accumulation", str(args.accumulation),
+               "--steps", str(args.steps), "--msc", "on" if msc else "off"]  # fmt: skip
+        if args.jit_compile:
+            cmd.append("--jit-compile")
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        return {"error": f"{framework} worker exited with {proc.returncode}:\n{tail}"}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = round(time.perf_counter() - start, 1)
+    t = _common.summarize(result.pop("times_s"), result.pop("first_call_s"))
+    result.update(t)
+    result["seconds_per_step"] = t["median_s"]
+    result["images_per_s"] = round(args.micro_batch * args.accumulation / t["median_s"], 3)
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker == "tf":
+        print(json.dumps(tf_worker(args, args.msc == ["on"])))
+        return
+    threads = _common.configure_threads(args.threads)
+    has_torch = importlib.util.find_spec("torch") is not None and not args.no_torch
+    info = _common.machine_info()
+    info["threads"] = threads
+    start = time.perf_counter()
+    rows = []
+    for msc in args.msc:
+        on = msc == "on"
+        row = {"msc": msc}
+        if has_torch:
+            row["torch"] = run_worker(args, "torch", on)
+        row["keras"] = run_worker(args, "tf", on)
+        k, t = row["keras"].get("seconds_per_step"), row.get("torch", {}).get("seconds_per_step")
+        row["time_vs_torch"] = _common.ratio(k, t)
+        row["target"] = TARGET
+        row["met"] = None if row["time_vs_torch"] is None else row["time_vs_torch"] <= TARGET
+        if has_torch and "peak_rss_mb" in row["keras"] and "peak_rss_mb" in row["torch"]:
+            row["rss_vs_torch"] = _common.ratio(
+                row["keras"]["peak_rss_mb"], row["torch"]["peak_rss_mb"]
+            )
+        rows.append(row)
+        _common.print_table(
+            [
+                {"msc": msc, "framework": f, **row[f]}
+                for f in ("torch", "keras")
+                if f in row and "error" not in row[f]
+            ],
+            ["msc", "framework", "seconds_per_step", "images_per_s", "first_call_s",
+             "peak_rss_mb"],
+        )  # fmt: skip
+        for f in ("torch", "keras"):
+            if "error" in row.get(f, {}):
+                print(row[f]["error"], file=sys.stderr)
+    info["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    report = {
+        "benchmark": "train",
+        "machine": info,
+        "model": f"deeplabv2_resnet{args.depth}_aspp_l",
+        "size": args.size,
+        "batch": args.micro_batch * args.accumulation,
+        "micro_batch": args.micro_batch,
+        "accumulation": args.accumulation,
+        "frozen_batchnorm": True,
+        "jit_compile": bool(args.jit_compile),
+        "torch": "same network and loss in PyTorch (benchmarks/torch_deeplab.py)"
+        if has_torch
+        else "torch not installed (pip install torch) or --no-torch: comparison skipped",
+        "results": rows,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:]),
+    }
+    _common.emit(report, args.json_out)
+    if any("error" in r.get(f, {}) for r in rows for f in ("torch", "keras")):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Smoke runs of the benchmark scripts: each runs once at its smallest setting (``--quick``) in
+a subprocess and must exit 0 and print a JSON report with its reference. Speed itself is never
+asserted here (benchmarks are not tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "benchmarks")
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def run_script(name, *args, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, name), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout), proc.stderr
+
+
+@pytest.mark.parametrize(
+    "name", ["bench_inference.py", "bench_train.py", "bench_tflite.py", "bench_tiling.py"]
+)
+def test_help(name):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, name), "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "usage:" in proc.stdout
+
+
+@pytest.mark.large
+def test_bench_inference_quick():
+    report, table = run_script("bench_inference.py", "--quick")
+    assert report["conv_limit_fp32"]["gflops_per_s"] > 0
+    target = report["target"]
+    assert set(target["variants"]) >= {"graph", "fused", "fused_bf16"}
+    for row in target["variants"].values():
+        assert row["median_s"] > 0 and 0.0 <= row["label_agreement_vs_fp32_graph"] <= 1.0
+    # The rewrite computes the same function as the model it was made from.
+    assert target["variants"]["fused"]["label_agreement_vs_fp32_graph"] >= 0.99
+    if HAS_TORCH:
+        assert "torch_fp32" in target["variants"]
+        assert target["variants"]["torch_fp32"]["label_agreement_vs_fp32_graph"] >= 0.99
+        assert set(target["verdict"]) == {"fp32", "bf16"}
+    assert {(r["size"], r["batch"]) for r in report["zoo"]} == {(33, 1), (33, 2)}
+    assert "median_s" in table
+
+
+@pytest.mark.large
+def test_bench_train_quick():
+    report, _ = run_script("bench_train.py", "--quick", "--msc", "off")
+    (row,) = report["results"]
+    assert row["keras"]["seconds_per_step"] > 0 and row["keras"]["peak_rss_mb"] > 0
+    if HAS_TORCH:
+        assert row["torch"]["seconds_per_step"] > 0 and row["time_vs_torch"] > 0
+
+
+@pytest.mark.large
+def test_bench_tflite_quick():
+    report, _ = run_script("bench_tflite.py", "--quick")
+    rows = report["results"]
+    assert set(rows) == {"tf_graph", "tf_fused", "tflite_fp32", "tflite_int8"}
+    assert rows["tflite_fp32"]["file_mb"] > rows["tflite_int8"]["file_mb"] > 0
+    assert rows["tflite_fp32"]["label_agreement_vs_tf_fp32"] > 0.95
+    assert rows["tf_fused"]["label_agreement_vs_tf_fp32"] >= 0.99
