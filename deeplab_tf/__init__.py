@@ -3,28 +3,66 @@
 Chen, Papandreou, Kokkinos, Murphy, Yuille, "DeepLab: Semantic Image Segmentation with Deep
 Convolutional Nets, Atrous Convolution, and Fully Connected CRFs", TPAMI 2017.
 
+Public names are imported lazily (PEP 562), so ``import deeplab_tf`` and ``deeplab-tf --help``
+do not pay for importing TensorFlow until a model, layer or dataset is actually used.
+
 Example:
     >>> from deeplab_tf import DeepLabV2
     >>> model = DeepLabV2(backbone="resnet101", head="aspp_l", num_classes=21)
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-from deeplab_tf import layers
-from deeplab_tf.models import (
-    DeepLabV2,
-    create_model,
-    get_model_config,
-    list_models,
-    output_stride_of,
+#: public name -> module that defines it
+_EXPORTS = {
+    "DeepLabV2": "deeplab_tf.models",
+    "create_model": "deeplab_tf.models",
+    "get_model_config": "deeplab_tf.models",
+    "list_models": "deeplab_tf.models",
+    "output_stride_of": "deeplab_tf.models",
+    "MultiScale": "deeplab_tf.inference",
+    "Predictor": "deeplab_tf.inference",
+    "load_inference_model": "deeplab_tf.inference",
+    "sliding_window": "deeplab_tf.inference",
+    "DenseCRF": "deeplab_tf.crf",
+    "DatasetInfo": "deeplab_tf.data",
+    "load_dataset": "deeplab_tf.data",
+    "export_saved_model": "deeplab_tf.export",
+    "export_tflite": "deeplab_tf.export",
+    "fold_batchnorm": "deeplab_tf.export",
+}
+_SUBMODULES = (
+    "cli",
+    "convert",
+    "crf",
+    "data",
+    "evaluation",
+    "export",
+    "inference",
+    "layers",
+    "models",
+    "recipes",
+    "training",
+    "visualize",
 )
 
-__all__ = [
-    "DeepLabV2",
-    "__version__",
-    "create_model",
-    "get_model_config",
-    "layers",
-    "list_models",
-    "output_stride_of",
-]
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"deeplab_tf.{name}")
+    else:
+        raise AttributeError(f"module 'deeplab_tf' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -322,3 +322,18 @@ def resize_by_scale(x, scale: float):
     size = tf.maximum(1, tf.cast(tf.floor(tf.cast(hw, tf.float32) * scale), tf.int32))
     out = tf.raw_ops.ResizeBilinear(images=tf.cast(x, tf.float32), size=size, align_corners=True)
     return tf.cast(out, x.dtype)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FoldedBatchNorm(keras.layers.Layer):
+    """Identity left where a frozen BatchNorm was folded into the preceding convolution.
+
+    Keeps the BN's name and call signature (``training``, ``mask``) so a folded model keeps its
+    graph and layer names; see ``deeplab_tf.export.optimize.fold_batchnorm``.
+    """
+
+    def call(self, x, training=None, mask=None):
+        return x
+
+    def compute_output_shape(self, s):
+        return s

@@ -1,15 +1,18 @@
 """Model builders: backbones, heads, the DeepLabV2 builder and the registry of named variants."""
 
-from deeplab_tf.models.deeplab import BACKBONES, HEADS, DeepLabV2, Logits, output_stride_of
-from deeplab_tf.models.registry import create_model, get_model_config, list_models
+from deeplab_tf._lazy import lazy_exports
 
-__all__ = [
-    "BACKBONES",
-    "HEADS",
-    "DeepLabV2",
-    "Logits",
-    "create_model",
-    "get_model_config",
-    "list_models",
-    "output_stride_of",
-]
+_DEEPLAB = "deeplab_tf.models.deeplab"
+_REGISTRY = "deeplab_tf.models.registry"
+_EXPORTS = {
+    "BACKBONES": _DEEPLAB,
+    "HEADS": _DEEPLAB,
+    "DeepLabV2": _DEEPLAB,
+    "Logits": _DEEPLAB,
+    "output_stride_of": _DEEPLAB,
+    "create_model": _REGISTRY,
+    "get_model_config": _REGISTRY,
+    "list_models": _REGISTRY,
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

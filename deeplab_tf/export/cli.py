@@ -1,0 +1,140 @@
+"""``deeplab-tf export``: SavedModel for TF Serving and, optionally, TFLite files."""
+
+from __future__ import annotations
+
+import os
+
+
+def _size(text):
+    import argparse
+
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 321x321, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return h, w
+
+
+def _scales(text):
+    import argparse
+
+    try:
+        return tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected scales such as 1,0.75,0.5, got {text!r}"
+        ) from None
+
+
+def register(sub):
+    p = sub.add_parser(
+        "export",
+        help="export a SavedModel for TF Serving (and TFLite files)",
+        description="Writes <out>/<version>/ (saved_model.pb, variables, warm-up requests) "
+        "atomically, ready for tensorflow_model_server --model_base_path=<out>. Signatures: "
+        "serving_default (float images), serving_uint8, serving_bytes (encoded JPEG/PNG) "
+        "and, with --crf, serving_crf.",
+    )
+    p.add_argument("model", help="a .keras file or a registry name (see `deeplab-tf models`)")
+    p.add_argument("--out", required=True, help="model base path, e.g. /models/deeplab")
+    p.add_argument("--version", help="positive integer version (default: next free)")
+    p.add_argument("--weights", help="weights file for a registry name")
+    p.add_argument("--num-classes", type=int, help="classes, for a registry name (default 21)")
+    p.add_argument("--scales", type=_scales, default=(1.0,), help="e.g. 1,0.75,0.5 (default 1)")
+    p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
+    p.add_argument("--fusion", choices=("max", "mean"), default="max")
+    p.add_argument("--upsample", choices=("caffe", "half_pixel"), default="caffe")
+    p.add_argument("--crf", action="store_true", help="add the serving_crf signature")
+    p.add_argument("--crf-preset", help="CRF parameters of this registry name (default: model's)")
+    p.add_argument("--fold-bn", action="store_true", help="fold frozen BatchNorm into convs")
+    p.add_argument("--bfloat16", action="store_true", help="compute in bfloat16 (I/O unchanged)")
+    p.add_argument("--no-warmup", action="store_true", help="skip TF Serving warm-up requests")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    p.add_argument(
+        "--tflite",
+        action="append",
+        choices=("fp32", "fp16", "int8"),
+        help="also write <out>/tflite/model_<q>.tflite (repeatable)",
+    )
+    p.add_argument("--tflite-size", type=_size, default=(321, 321), help="HxW, default 321x321")
+    p.add_argument("--calibration-dataset", default="synthetic", help="dataset name for int8")
+    p.add_argument("--calibration-root", help="dataset root for int8 calibration")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from deeplab_tf.cli import CLIError
+    from deeplab_tf.export.savedmodel import check_export_target
+
+    try:  # argument checks first: nothing is built or written before they pass
+        version = check_export_target(args.out, args.version, args.overwrite)
+        tflite_dir = os.path.join(args.out, "tflite")
+        if args.tflite and os.path.exists(tflite_dir) and not os.path.isdir(tflite_dir):
+            raise ValueError(f"{tflite_dir!r} exists and is not a folder")
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+    from deeplab_tf.export.optimize import fold_batchnorm, to_bfloat16
+    from deeplab_tf.export.savedmodel import export_saved_model
+    from deeplab_tf.inference.predict import load_inference_model
+
+    try:
+        model = load_inference_model(args.model, args.weights, args.num_classes)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    if args.fold_bn:
+        model = fold_batchnorm(model)
+    if args.bfloat16:
+        model = to_bfloat16(model)
+    crf = _build_crf(args, model) if args.crf else None
+    path = export_saved_model(
+        model,
+        args.out,
+        version,
+        scales=args.scales,
+        flip=args.flip,
+        fusion=args.fusion,
+        upsample=args.upsample,
+        crf=crf,
+        warmup=not args.no_warmup,
+        overwrite=args.overwrite,
+    )
+    print(f"SavedModel: {path}")
+    print(f"  inspect: saved_model_cli show --dir {path} --all")
+    for q in args.tflite or ():
+        from deeplab_tf.export.tflite import export_tflite
+
+        data = None
+        if q == "int8":
+            from deeplab_tf.data import load_dataset
+
+            data, _ = load_dataset(
+                args.calibration_dataset, split="train", root=args.calibration_root
+            )
+        out = export_tflite(
+            model,
+            os.path.join(tflite_dir, f"model_{q}.tflite"),
+            args.tflite_size,
+            quantization=q,
+            representative_data=data,
+            scales=args.scales,
+            upsample=args.upsample,
+        )
+        print(f"TFLite ({q}, {args.tflite_size[0]}x{args.tflite_size[1]}): {out}")
+    return 0
+
+
+def _build_crf(args, model):
+    from deeplab_tf.cli import CLIError
+
+    try:
+        from deeplab_tf.crf import DenseCRF
+    except ImportError as err:
+        raise CLIError(f"the dense CRF is not available: {err}") from None
+    preset = args.crf_preset or model.name
+    try:
+        return DenseCRF.from_preset(preset)
+    except ValueError:
+        return DenseCRF.from_preset("resnet101")

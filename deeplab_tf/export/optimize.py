@@ -1,0 +1,119 @@
+"""Inference-time rewrites of a trained DeepLab model: BatchNorm folding, bfloat16, fixed shapes.
+
+All three return a new functional model with the same layer names (those that survive) and
+leave the original untouched.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from deeplab_tf.layers import FoldedBatchNorm, Preprocess
+from deeplab_tf.models.deeplab import Logits
+
+_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+
+
+def _producer(tensor):
+    return tensor._keras_history.operation
+
+
+def foldable_pairs(model) -> dict[str, str]:
+    """``{batchnorm name: conv name}`` for every BN that directly follows a conv whose output
+    feeds nothing else (so folding cannot change any other path)."""
+    consumers: dict[str, int] = {}
+    for layer in model.layers:
+        for node in layer._inbound_nodes:
+            for t in node.input_tensors:
+                name = _producer(t).name
+                consumers[name] = consumers.get(name, 0) + 1
+    pairs = {}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization) or layer.trainable:
+            continue
+        if len(layer._inbound_nodes) != 1:
+            continue
+        conv = _producer(layer.input)
+        if isinstance(conv, _CONVS) and consumers.get(conv.name) == 1:
+            pairs[layer.name] = conv.name
+    return pairs
+
+
+def fold_batchnorm(model: keras.Model) -> keras.Model:
+    """Folds every frozen BatchNorm into the convolution before it.
+
+    ``BN(conv(x)) = conv'(x)`` with ``kernel' = kernel * s``, ``bias' = (bias - mean) * s +
+    beta`` and ``s = gamma / sqrt(var + eps)``; the BN layer becomes a ``FoldedBatchNorm`` identity.
+    Trainable (unfrozen) BatchNorms are left alone.
+
+    Returns:
+        A new model computing the same function (to float tolerance) with fewer ops.
+    """
+    pairs = foldable_pairs(model)
+    convs = set(pairs.values())
+
+    def clone(layer):
+        cfg = layer.get_config()
+        if layer.name in pairs:
+            return FoldedBatchNorm(name=layer.name)
+        if layer.name in convs:
+            cfg["use_bias"] = True
+        return layer.__class__.from_config(cfg)
+
+    folded = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if layer.name in pairs or not layer.weights:
+            continue
+        if layer.name not in convs:
+            folded.get_layer(layer.name).set_weights(layer.get_weights())
+    for bn_name, conv_name in pairs.items():
+        bn, conv = model.get_layer(bn_name), model.get_layer(conv_name)
+        gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
+        scale = gamma / np.sqrt(var + bn.epsilon)
+        kernel, *bias = (np.asarray(w, np.float64) for w in conv.get_weights())
+        bias = bias[0] if bias else np.zeros_like(mean)
+        if isinstance(conv, keras.layers.DepthwiseConv2D):  # (k, k, C, multiplier=1)
+            kernel = kernel * scale.reshape(1, 1, -1, kernel.shape[-1])
+        else:
+            kernel = kernel * scale
+        new_bias = (bias - mean) * scale + beta
+        folded.get_layer(conv_name).set_weights(
+            [kernel.astype(np.float32), new_bias.astype(np.float32)]
+        )
+    return folded
+
+
+def to_bfloat16(model: keras.Model) -> keras.Model:
+    """A twin computing in bfloat16 (``mixed_bfloat16``: float32 variables, bf16 math).
+
+    Preprocessing and the output stay float32, so callers still pass uint8/float images and get
+    float32 logits.
+    """
+
+    def clone(layer):
+        cfg = layer.get_config()
+        if not isinstance(layer, (Preprocess, Logits, keras.layers.InputLayer)):
+            cfg["dtype"] = "mixed_bfloat16"
+        else:
+            cfg["dtype"] = "float32"
+        return layer.__class__.from_config(cfg)
+
+    twin = keras.models.clone_model(model, clone_function=clone)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def with_input_shape(model: keras.Model, height: int, width: int, batch: int | None = 1):
+    """The same network with a fixed input size (TFLite then keeps dilated convs plain)."""
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer. Received: {value!r}")
+    config = model.get_config()
+    inputs = [layer for layer in config["layers"] if layer["class_name"] == "InputLayer"]
+    if len(inputs) != 1:
+        raise ValueError(f"Expected a model with one input. Received {len(inputs)} inputs.")
+    inputs[0]["config"]["batch_shape"] = [batch, int(height), int(width), 3]
+    fixed = model.__class__.from_config(config)
+    fixed.set_weights(model.get_weights())
+    return fixed

@@ -1,0 +1,281 @@
+"""SavedModel export for TF Serving (SPEC section 7).
+
+Layout: ``<base>/<version>/saved_model.pb`` + ``variables/`` + ``assets.extra/`` with warm-up
+requests. The version is written into a hidden temporary folder beside it (TF Serving only
+loads integer-named folders) and renamed into place when complete, because TF Serving loads a
+version the moment its folder appears.
+
+Signatures (inputs and outputs keep these names; ``saved_model_cli show --all`` prints them):
+
+* ``serving_default``: ``images`` float32 ``(N, H, W, 3)`` RGB 0..255 ->
+  ``labels`` int32 ``(N, H, W)``, ``probabilities`` float32 ``(N, H, W, C)``.
+* ``serving_uint8``: the same with ``images`` uint8.
+* ``serving_bytes``: ``image_bytes`` string ``(N,)`` (JPEG/PNG/BMP/GIF; the REST
+  ``{"b64": ...}`` form) -> ``labels`` int32 ``(N, Hmax, Wmax)`` (padded with -1),
+  ``heights``/``widths`` int32 ``(N,)`` (each image's own size) and ``label_png`` string
+  ``(N,)`` (each label map as a greyscale PNG of class ids, at the image's own size).
+* ``serving_crf`` (with a CRF): ``images`` float32 -> ``labels``, ``probabilities`` after the
+  dense CRF, plus ``labels_before_crf``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deeplab_tf.inference.multiscale import MultiScale
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+SIGNATURES = ("serving_default", "serving_uint8", "serving_bytes", "serving_crf")
+
+
+def _is_version_name(name: str) -> bool:
+    return name.isdigit() and not name.startswith("0")
+
+
+def existing_versions(base_dir: str) -> list[int]:
+    """Integer version folders under ``base_dir`` (what TF Serving would load)."""
+    if not os.path.isdir(base_dir):
+        return []
+    return sorted(int(n) for n in os.listdir(base_dir) if _is_version_name(n))
+
+
+def check_export_target(base_dir, version=None, overwrite: bool = False) -> int:
+    """Validates the output folder and version before any work; returns the version to write.
+
+    Raises:
+        ValueError: ``base_dir`` is a file, ``version`` is not a positive integer, or the
+            version exists and ``overwrite`` is False.
+    """
+    base_dir = os.fspath(base_dir)
+    if os.path.exists(base_dir) and not os.path.isdir(base_dir):
+        raise ValueError(f"The export base path is a file, not a folder. Received: {base_dir!r}")
+    if version is None:
+        versions = existing_versions(base_dir)
+        return versions[-1] + 1 if versions else 1
+    if isinstance(version, bool) or not (
+        isinstance(version, (int, np.integer)) or (isinstance(version, str) and version.isdigit())
+    ):
+        raise ValueError(
+            f"version must be a positive integer (TF Serving's folder name). Received: {version!r}"
+        )
+    version = int(version)
+    if version < 1:
+        raise ValueError(f"version must be a positive integer. Received: {version!r}")
+    target = os.path.join(base_dir, str(version))
+    if os.path.exists(target) and not overwrite:
+        raise ValueError(
+            f"Version {version} already exists at {target!r}; pass overwrite=True "
+            "(--overwrite) to replace it, or choose another version."
+        )
+    return version
+
+
+class _Serving:
+    """Builds the serving functions around a full-resolution probability model."""
+
+    def __init__(self, net, crf=None, bytes_max_side: int | None = 1024):
+        self.net = net
+        self.crf = crf
+        self.bytes_max_side = bytes_max_side
+        # One traced network shared by every signature (traced once, not once per endpoint).
+        self._probs = tf.function(
+            self._run_net, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)]
+        )
+
+    def _run_net(self, images):
+        return tf.cast(self.net(images, training=False), tf.float32)
+
+    def probs(self, images):
+        return self._probs(tf.cast(images, tf.float32))
+
+    def default(self, images):
+        probs = self.probs(images)
+        return {"labels": tf.argmax(probs, axis=-1, output_type=tf.int32), "probabilities": probs}
+
+    def with_crf(self, images):
+        probs = self.probs(images)
+        pixels = tf.cast(tf.clip_by_value(tf.round(tf.cast(images, tf.float32)), 0, 255), tf.uint8)
+        refined = tf.cast(self.crf(pixels, probs), tf.float32)
+        return {
+            "labels": tf.argmax(refined, axis=-1, output_type=tf.int32),
+            "probabilities": refined,
+            "labels_before_crf": tf.argmax(probs, axis=-1, output_type=tf.int32),
+        }
+
+    def _one_encoded(self, data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        size = tf.shape(image)[:2]
+        x = tf.cast(image, tf.float32)[None]
+        if self.bytes_max_side:
+            longest = tf.cast(tf.reduce_max(size), tf.float32)
+            factor = tf.minimum(1.0, float(self.bytes_max_side) / longest)
+            small = tf.maximum(1, tf.cast(tf.floor(tf.cast(size, tf.float32) * factor), tf.int32))
+            x = tf.raw_ops.ResizeBilinear(images=x, size=small, align_corners=True)
+        probs = self.probs(x)
+        probs = tf.raw_ops.ResizeBilinear(images=probs, size=size, align_corners=True)
+        labels = tf.argmax(probs[0], axis=-1, output_type=tf.int32)
+        png = tf.io.encode_png(tf.cast(labels, tf.uint8)[..., None])
+        return labels, size, png
+
+    def encoded(self, image_bytes):
+        def run(data):
+            labels, size, png = self._one_encoded(data)
+            return tf.reshape(labels, [-1]), size, png
+
+        flat, sizes, pngs = tf.map_fn(
+            run,
+            image_bytes,
+            fn_output_signature=(
+                tf.RaggedTensorSpec([None], tf.int32, ragged_rank=0),
+                tf.TensorSpec([2], tf.int32),
+                tf.TensorSpec([], tf.string),
+            ),
+        )
+        return {
+            "labels": _pad_flat_maps(flat, sizes),
+            "heights": sizes[:, 0],
+            "widths": sizes[:, 1],
+            "label_png": pngs,
+        }
+
+
+def _pad_flat_maps(flat, sizes):
+    """Ragged rows of flattened ``(H_i, W_i)`` maps -> ``(N, Hmax, Wmax)`` padded with -1."""
+    hmax = tf.reduce_max(sizes[:, 0])
+    wmax = tf.reduce_max(sizes[:, 1])
+    y = tf.range(hmax)[None, :, None]
+    x = tf.range(wmax)[None, None, :]
+    h = sizes[:, 0][:, None, None]
+    w = sizes[:, 1][:, None, None]
+    starts = tf.cast(flat.row_starts(), tf.int32)[:, None, None]
+    valid = (y < h) & (x < w)
+    index = tf.where(valid, starts + y * w + x, 0)
+    return tf.where(valid, tf.gather(flat.values, index), -1)
+
+
+def _inference_net(model, scales, flip, fusion, upsample):
+    if isinstance(model, MultiScale):
+        return model
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"model must be a keras.Model. Received: {type(model).__name__}")
+    return MultiScale(model, scales=scales, flip=flip, fusion=fusion, upsample=upsample)
+
+
+def write_warmup_requests(export_dir: str, image_size=(64, 64), num_requests: int = 1):
+    """Writes ``assets.extra/tf_serving_warmup_requests`` (PredictionLog TFRecords).
+
+    Each record is a ``serving_default`` PredictRequest with one image of ``image_size``, so
+    TF Serving runs (and compiles) the graph before the first real request.
+    """
+    try:
+        from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+    except ImportError as err:
+        raise ImportError(
+            "Warm-up requests need the TF Serving protos: pip install 'deeplab_tf[serving]' "
+            "(tensorflow-serving-api), or export with warmup=False."
+        ) from err
+    folder = os.path.join(export_dir, "assets.extra")
+    os.makedirs(folder, exist_ok=True)
+    h, w = image_size
+    rng = np.random.default_rng(0)
+    with tf.io.TFRecordWriter(os.path.join(folder, WARMUP_FILE)) as writer:
+        for _ in range(num_requests):
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(signature_name="serving_default")
+            )
+            image = rng.uniform(0, 255, (1, h, w, 3)).astype(np.float32)
+            request.inputs["images"].CopyFrom(tf.make_tensor_proto(image))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log.SerializeToString())
+
+
+def export_saved_model(
+    model,
+    base_dir,
+    version=None,
+    *,
+    scales=(1.0,),
+    flip: bool = False,
+    fusion: str = "max",
+    upsample: str = "caffe",
+    crf=None,
+    warmup: bool = True,
+    warmup_size=(64, 64),
+    bytes_max_side: int | None = 1024,
+    overwrite: bool = False,
+    verbose: bool = False,
+) -> str:
+    """Exports a DeepLab model as a TF Serving version folder, atomically.
+
+    Args:
+        model: a DeepLab ``keras.Model`` (logits) or a :class:`MultiScale` wrapper.
+        base_dir: the model's base path (``--model_base_path`` of TF Serving).
+        version: positive integer; default: one above the highest existing version.
+        scales, flip, fusion, upsample: multi-scale settings when ``model`` is a base model.
+        crf: a ``deeplab_tf.crf.DenseCRF`` (or any callable ``(uint8 images, probs) ->
+            probs`` made of TF ops) to add the ``serving_crf`` signature; None for none.
+        warmup: write TF Serving warm-up requests (needs ``tensorflow-serving-api``).
+        warmup_size: (H, W) of the warm-up image.
+        bytes_max_side: ``serving_bytes`` shrinks images whose longer side exceeds this before
+            the network and resizes the scores back to the image's size; None disables.
+        overwrite: replace an existing version folder (swapped in atomically).
+
+    Returns:
+        The path of the written version folder.
+
+    Example:
+        >>> export_saved_model(model, "/models/deeplab", version=3, scales=(1.0, 0.75, 0.5))
+    """
+    version = check_export_target(base_dir, version, overwrite)
+    base_dir = os.fspath(base_dir)
+    net = _inference_net(model, scales, flip, fusion, upsample)
+    serving = _Serving(net, crf=crf, bytes_max_side=bytes_max_side)
+
+    if not net.built:
+        net.build((None, None, None, 3))
+    archive = keras.export.ExportArchive()
+    archive.track(net)
+    if crf is not None and isinstance(crf, (tf.Module, keras.layers.Layer)):
+        archive.track(crf)
+    image_spec = lambda dtype: tf.TensorSpec([None, None, None, 3], dtype, name="images")
+    archive.add_endpoint("serving_default", serving.default, [image_spec(tf.float32)])
+    archive.add_endpoint("serving_uint8", serving.default, [image_spec(tf.uint8)])
+    archive.add_endpoint(
+        "serving_bytes", serving.encoded, [tf.TensorSpec([None], tf.string, name="image_bytes")]
+    )
+    if crf is not None:
+        archive.add_endpoint("serving_crf", serving.with_crf, [image_spec(tf.float32)])
+
+    os.makedirs(base_dir, exist_ok=True)
+    target = os.path.join(base_dir, str(version))
+    tmp = os.path.join(base_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    try:
+        archive.write_out(tmp, verbose=verbose)
+        if warmup:
+            write_warmup_requests(tmp, warmup_size)
+        _swap_into_place(tmp, target, base_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _swap_into_place(tmp: str, target: str, base_dir: str):
+    """``rename(tmp, target)``; an existing target is moved aside first and deleted after."""
+    old = None
+    if os.path.exists(target):
+        old = tempfile.mkdtemp(prefix=".old-", dir=base_dir)
+        os.rename(target, os.path.join(old, "v"))
+    os.rename(tmp, target)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)

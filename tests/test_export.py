@@ -1,0 +1,386 @@
+"""Export: TF Serving SavedModels (reloaded without deeplab_tf), TFLite in LiteRT, rewrites."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from deeplab_tf import DeepLabV2, MultiScale
+from deeplab_tf.cli import main as cli_main
+from deeplab_tf.export import (
+    export_saved_model,
+    export_tflite,
+    fold_batchnorm,
+    run_tflite,
+    tflite_ops,
+    to_bfloat16,
+)
+
+NUM_CLASSES = 4
+
+
+def _spread_model(backbone="mobilenetv2", **kwargs):
+    """A small random model whose labels vary with the image content.
+
+    A freshly initialised network washes the input out (its output hardly depends on the
+    image), which would make label-agreement checks meaningless. So the BatchNorm statistics are
+    set to the batch statistics of random images (one training-mode pass with momentum 0), the
+    classifier is scaled up and each class score is centred: then every class wins somewhere
+    and the labels follow the image.
+    """
+    model = DeepLabV2(
+        backbone=backbone, head="aspp_s", num_classes=NUM_CLASSES, freeze_batchnorm=False, **kwargs
+    )
+    rng = np.random.default_rng(7)
+    calib = rng.integers(0, 256, (4, 41, 41, 3)).astype(np.float32)
+    bns = [layer for layer in model.layers if layer.__class__.__name__ == "BatchNormalization"]
+    for bn in bns:
+        bn.momentum = 0.0
+    model(calib, training=True)
+    for bn in bns:
+        bn.momentum = 0.99
+        bn.trainable = False
+    for i in range(4):
+        head = model.get_layer(f"fc1_voc12_c{i}")
+        k, b = head.get_weights()
+        head.set_weights([k * 30.0, b])
+    logits = model(calib).numpy()
+    head = model.get_layer("fc1_voc12_c0")
+    k, b = head.get_weights()
+    head.set_weights([k, b - logits.mean(axis=(0, 1, 2))])
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _spread_model()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """MobileNetV2-ASPP trained briefly on the built-in synthetic shapes (a model whose labels
+    mean something, for quantisation checks); returns ``(model, val_images)``."""
+    import keras
+
+    from deeplab_tf.data.synthetic import synthetic_arrays
+    from deeplab_tf.training.losses import DeepLabLoss
+
+    keras.utils.set_random_seed(0)
+    images, labels, _ = synthetic_arrays("train", 64, 48, num_classes=NUM_CLASSES)
+    model = DeepLabV2(
+        "mobilenetv2", head="aspp", rates=(1, 2), num_classes=NUM_CLASSES, freeze_batchnorm=False
+    )
+    for layer in model.layers:  # short run: let the moving statistics catch up
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=DeepLabLoss())
+    model.fit(images, labels, batch_size=8, epochs=10, verbose=0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    val, _, _ = synthetic_arrays("val", 4, 48, num_classes=NUM_CLASSES)
+    return model, val
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A four-layer stride-8 segmenter: enough for the folder/version mechanics, cheap to trace."""
+    import keras
+
+    from deeplab_tf.layers import Preprocess
+    from deeplab_tf.models import Logits
+
+    images = keras.Input((None, None, 3), name="images")
+    x = Preprocess(name="preprocess")(images)
+    x = keras.layers.Conv2D(8, 3, strides=4, name="conv")(x)
+    x = keras.layers.Conv2D(NUM_CLASSES, 2, strides=2, name="fc8_voc12")(x)
+    return keras.Model(images, Logits(8, name="logits")(x), name="tiny")
+
+
+def _images(n=2, h=37, w=45, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n, h // 4 + 1, w // 4 + 1, 3)).astype(np.float32)
+    up = tf.image.resize(base, (h, w), method="bilinear").numpy()  # smooth, photo-like
+    return np.clip(np.round(up), 0, 255).astype(np.uint8)
+
+
+def _encode(image, fmt):
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+RELOAD_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "deeplab_tf" or name.startswith("deeplab_tf."):
+                raise ImportError("deeplab_tf must not be needed to serve: " + name)
+    sys.meta_path.insert(0, Block())
+    import numpy as np
+    import tensorflow as tf
+    path, inputs, out = sys.argv[1:4]
+    data = np.load(inputs)
+    loaded = tf.saved_model.load(path)
+    sigs = loaded.signatures
+    result = {"signatures": sorted(sigs.keys())}
+    f = sigs["serving_default"](images=tf.constant(data["images"].astype(np.float32)))
+    u = sigs["serving_uint8"](images=tf.constant(data["images"]))
+    encoded = [data["png"].tobytes(), data["jpeg"].tobytes()]
+    b = sigs["serving_bytes"](image_bytes=tf.constant(encoded))
+    arrays = {
+        "labels": f["labels"].numpy(), "probs": f["probabilities"].numpy(),
+        "labels_u8": u["labels"].numpy(), "bytes_labels": b["labels"].numpy(),
+        "heights": b["heights"].numpy(), "widths": b["widths"].numpy(),
+        "png0": np.frombuffer(b["label_png"].numpy()[0], np.uint8),
+    }
+    c = sigs["serving_crf"](images=tf.constant(data["images"].astype(np.float32)))
+    arrays["crf_labels"] = c["labels"].numpy()
+    arrays["crf_before"] = c["labels_before_crf"].numpy()
+    try:
+        sigs["serving_bytes"](image_bytes=tf.constant([b"definitely not an image"]))
+        result["garbage"] = "no error"
+    except tf.errors.InvalidArgumentError as err:
+        result["garbage"] = "InvalidArgumentError"
+    np.savez(out, **arrays)
+    print(json.dumps(result))
+    """
+)
+
+
+def test_saved_model_reloads_without_deeplab_tf(tmp_path, model):
+    images = _images()
+    small = _images(1, 29, 23, seed=3)[0]
+    msc = MultiScale(model, scales=(1.0, 0.5))
+    expected = msc(images).numpy()
+
+    from deeplab_tf import DenseCRF
+
+    crf = DenseCRF.from_preset("resnet101", iterations=5)
+    expected_crf = crf(images, expected).numpy()
+    base = tmp_path / "models" / "deeplab"
+    path = export_saved_model(
+        model, base, version=3, scales=(1.0, 0.5), bytes_max_side=None, crf=crf
+    )
+    assert path == os.path.join(base, "3")
+    assert sorted(os.listdir(base)) == ["3"]  # nothing half-written left beside it
+    assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+    inputs = tmp_path / "inputs.npz"
+    np.savez(
+        inputs,
+        images=images,
+        png=np.frombuffer(_encode(images[0], "PNG"), np.uint8),
+        jpeg=np.frombuffer(_encode(small, "JPEG"), np.uint8),
+    )
+    out = tmp_path / "out.npz"
+    proc = subprocess.run(
+        [sys.executable, "-c", RELOAD_SCRIPT, path, str(inputs), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert meta["signatures"] == [
+        "serving_bytes", "serving_crf", "serving_default", "serving_uint8"
+    ]  # fmt: skip
+    assert meta["garbage"] == "InvalidArgumentError"
+    got = np.load(out)
+    # Graph-mode kernels may round differently from eager ones: probabilities agree to ~1e-4
+    # and labels everywhere except at exact near-ties.
+    np.testing.assert_allclose(got["probs"], expected, rtol=1e-3, atol=1e-3)
+    assert (got["labels"] == expected.argmax(-1)).mean() > 0.998
+    np.testing.assert_array_equal(got["labels_u8"], got["labels"])
+    assert len(np.unique(got["labels"])) > 1
+    # Encoded bytes: each image at its own size, padded with -1 to the largest.
+    assert list(got["heights"]) == [37, 29] and list(got["widths"]) == [45, 23]
+    np.testing.assert_array_equal(got["bytes_labels"][0], got["labels"][0])
+    assert (got["bytes_labels"][1, 29:, :] == -1).all() and (
+        got["bytes_labels"][1, :, 23:] == -1
+    ).all()
+    jpeg_ref = msc(tf.image.decode_jpeg(_encode(small, "JPEG"))[None]).numpy()[0].argmax(-1)
+    assert (got["bytes_labels"][1, :29, :23] == jpeg_ref).mean() > 0.99
+    # The CRF signature refines the same probabilities as the in-process DenseCRF.
+    np.testing.assert_array_equal(got["crf_before"], got["labels"])
+    assert (got["crf_labels"] == expected_crf.argmax(-1)).mean() > 0.999
+    assert (got["crf_labels"] != got["labels"]).any()  # the CRF did change something
+    png0 = np.array(Image.open(io.BytesIO(got["png0"].tobytes())))
+    np.testing.assert_array_equal(png0, got["labels"][0])
+
+
+def test_warmup_requests_are_prediction_logs(tmp_path, tiny):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = export_saved_model(tiny, tmp_path, warmup_size=(24, 20))
+    assert path.endswith(os.sep + "1")
+    records = list(
+        tf.data.TFRecordDataset(
+            os.path.join(path, "assets.extra", "tf_serving_warmup_requests")
+        ).as_numpy_iterator()
+    )
+    assert len(records) == 1
+    log = prediction_log_pb2.PredictionLog.FromString(records[0])
+    request = log.predict_log.request
+    assert request.model_spec.signature_name == "serving_default"
+    assert tf.make_ndarray(request.inputs["images"]).shape == (1, 24, 20, 3)
+    # saved_model_cli (ships with TensorFlow) loads and runs it through the C++ loader path.
+    cli = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+    shown = subprocess.run(
+        [*cli, "show", "--dir", path, "--all"], capture_output=True, text=True, timeout=300
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for name in ("serving_default", "serving_bytes", "image_bytes", "probabilities", "label_png"):
+        assert name in shown.stdout
+    np.save(tmp_path / "images.npy", np.full((1, 24, 20, 3), 128, np.float32))
+    ran = subprocess.run(
+        [
+            *cli, "run", "--dir", path, "--tag_set", "serve", "--signature_def",
+            "serving_default", "--inputs", f"images={tmp_path / 'images.npy'}",
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "labels" in ran.stdout and "probabilities" in ran.stdout
+    # The next export without a version takes the next integer.
+    assert export_saved_model(tiny, tmp_path, warmup=False).endswith(os.sep + "2")
+
+
+def test_versions_are_protected_and_swapped_atomically(tmp_path, tiny, monkeypatch):
+    model = tiny
+    base = tmp_path / "m"
+    export_saved_model(model, base, version=1, warmup=False)
+    stamp = os.path.getmtime(base / "1" / "saved_model.pb")
+    with pytest.raises(ValueError, match="Version 1 already exists"):
+        export_saved_model(model, base, version=1)
+    import deeplab_tf.export.savedmodel as sm
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sm, "write_warmup_requests", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_saved_model(model, base, version=1, overwrite=True)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_saved_model(model, base, version=2)
+    assert sorted(os.listdir(base)) == ["1"]  # no half-written version, old one intact
+    assert os.path.getmtime(base / "1" / "saved_model.pb") == stamp
+    monkeypatch.undo()
+    export_saved_model(model, base, version=1, overwrite=True, warmup=False)
+    assert sorted(os.listdir(base)) == ["1"]
+
+
+@pytest.mark.parametrize(
+    "version,match",
+    [("abc", "Received: 'abc'"), (0, "positive integer"), (True, "Received: True"), (1.5, "1.5")],
+)
+def test_bad_versions(tmp_path, tiny, version, match):
+    model = tiny
+    with pytest.raises(ValueError, match=match):
+        export_saved_model(model, tmp_path, version=version)
+
+
+def test_cli_rejects_bad_arguments_before_work(tmp_path, capsys):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    assert cli_main(["export", "no_such_model", "--out", str(afile)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert cli_main(["export", "no_such_model", "--out", str(tmp_path), "--version", "v2"]) == 2
+    assert "Received: 'v2'" in capsys.readouterr().err
+    assert cli_main(["export", "no_such_model", "--out", str(tmp_path / "new")]) == 2
+    assert "Received: model='no_such_model'" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_exports_keras_file(tmp_path, tiny):
+    model = tiny
+    keras_path = tmp_path / "m.keras"
+    model.save(keras_path)
+    out = tmp_path / "serving"
+    assert cli_main(["export", str(keras_path), "--out", str(out), "--version", "5"]) == 0
+    loaded = tf.saved_model.load(str(out / "5"))
+    images = _images(1)
+    got = loaded.signatures["serving_uint8"](images=tf.constant(images))["labels"].numpy()
+    np.testing.assert_array_equal(got, MultiScale(model, scales=(1.0,))(images).numpy().argmax(-1))
+
+
+def test_tflite_fp32_matches_and_keeps_dilated_convs_plain(tmp_path, model):
+    images = _images(1, 41, 33)
+    expected = MultiScale(model, scales=(1.0,))(images).numpy()
+    path = export_tflite(model, tmp_path / "m.tflite", (41, 33))
+    out = run_tflite(path, images[0])
+    np.testing.assert_allclose(out["probabilities"], expected, rtol=1e-4, atol=1e-4)
+    assert (out["labels"] == expected.argmax(-1)).mean() > 0.999
+    ops = tflite_ops(path)
+    assert "CONV_2D" in ops and "DEPTHWISE_CONV_2D" in ops
+    assert "SPACE_TO_BATCH_ND" not in ops and "BATCH_TO_SPACE_ND" not in ops
+    with pytest.raises(ValueError, match=r"takes images of shape \(1, 41, 33, 3\)"):
+        run_tflite(path, np.zeros((40, 33, 3), np.uint8))
+
+
+@pytest.mark.large
+def test_tflite_fp16_and_int8_label_agreement(tmp_path, trained):
+    model, images = trained
+    calibration = list(images[:2])
+    expected = MultiScale(model, scales=(1.0,))(images).numpy().argmax(-1)
+    assert len(np.unique(expected)) >= 3  # the model has learnt several classes
+    sizes = {}
+    for q, threshold in (("fp16", 0.99), ("int8", 0.95)):
+        path = export_tflite(
+            model, tmp_path / f"m_{q}.tflite", (48, 48), q, representative_data=calibration
+        )
+        sizes[q] = os.path.getsize(path)
+        labels = np.concatenate([run_tflite(path, im)["labels"] for im in images])
+        agreement = (labels == expected).mean()
+        print(f"{q}: label agreement {agreement:.4f}, {sizes[q]} bytes")
+        assert agreement >= threshold, (q, agreement)
+    assert sizes["int8"] < sizes["fp16"]
+    with pytest.raises(ValueError, match="needs representative_data"):
+        export_tflite(model, tmp_path / "x.tflite", (48, 48), "int8")
+    with pytest.raises(ValueError, match="Received: quantization='int4'"):
+        export_tflite(model, tmp_path / "x.tflite", (48, 48), "int4")
+
+
+def _op_count(model, op_type):
+    fn = tf.function(lambda x: model(x)).get_concrete_function(
+        tf.TensorSpec([1, None, None, 3], tf.float32)
+    )
+    return sum(op_type in (None, op.type) for op in fn.graph.get_operations())
+
+
+def test_batchnorm_folding_same_outputs_fewer_ops():
+    model = _spread_model("resnet50")
+    folded = fold_batchnorm(model)
+    x = _images(1, 33, 41).astype(np.float32)
+    ref = model(x).numpy()
+    np.testing.assert_allclose(folded(x).numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert _op_count(model, "Rsqrt") == 53  # one per inference-mode BatchNorm
+    assert _op_count(folded, "Rsqrt") == 0
+    assert _op_count(folded, None) < _op_count(model, None) - 5 * 53
+    assert [layer.name for layer in folded.layers] == [layer.name for layer in model.layers]
+
+
+def test_bfloat16_twin_agrees_on_labels(model):
+    twin = to_bfloat16(model)
+    x = _images(2, 45, 37)
+    ref = model(x).numpy()
+    out = twin(x)
+    assert out.dtype == tf.float32
+    # This random model's class scores are deliberately sharp and chaotic (x30 classifier), a
+    # harsh case for 8-bit mantissas: scores stay within a few percent of their spread and
+    # most labels agree (measured: 0.87). Trained models agree far more (benchmarks/).
+    err = np.abs(out.numpy() - ref).mean() / ref.std()
+    assert err < 0.1, err
+    agreement = (out.numpy().argmax(-1) == ref.argmax(-1)).mean()
+    assert agreement >= 0.8, agreement
+    assert twin.get_layer("block_3_project").compute_dtype == "bfloat16"
+    assert twin.get_layer("preprocess").compute_dtype == "float32"
