@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "deeplab_tf.evaluation.cli",
     "deeplab_tf.data.cli",
     "deeplab_tf.export.cli",
+    "deeplab_tf.quickstart",
 ]
 
 
@@ -65,4 +66,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under ``python -m deeplab_tf.cli`` this file runs as ``__main__``; use the package
+    # module so that CLIError raised by sub-commands is the class caught in main().
+    from deeplab_tf.cli import main as _main
+
+    sys.exit(_main())
