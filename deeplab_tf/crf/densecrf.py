@@ -195,6 +195,8 @@ class DenseCRF(tf.Module):
         image, probs, squeeze = self._check_inputs(image, probs)
         if self.backend == "pydensecrf":
             out = self._pydensecrf(image, probs)
+        elif tf.executing_eagerly():
+            out = self._tf_eager(image, probs)
         else:
             out = self._tf(image, probs)
         return out[0] if squeeze else out
@@ -262,87 +264,111 @@ class DenseCRF(tf.Module):
             )
         return batch is None
 
-    def _normaliser(self, filt, points):
-        ones = filt(tf.ones([points, 1], tf.float32))[:, 0]
+    def _norm_from_k1(self, k1):
+        """Per-point normalisation from ``K 1`` (the filtered ones)."""
         if self.impl == "builtin":  # TFLite has no float64 kernels.
-            k1 = ones + np.float32(1e-20)
+            k1 = k1 + np.float32(1e-20)
             if self.normalization == "symmetric":
-                return (1.0 / tf.sqrt(k1))[:, None]
-            return (1.0 / k1)[:, None]
+                return 1.0 / tf.sqrt(k1)
+            return 1.0 / k1
         # The reference computes 1 / sqrt(K1 + 1e-20) in double.
-        k1 = tf.cast(ones, tf.float64) + 1e-20
+        k1 = tf.cast(k1, tf.float64) + 1e-20
         if self.normalization == "symmetric":
-            return tf.cast(1.0 / tf.sqrt(k1), tf.float32)[:, None]
-        return tf.cast(1.0 / k1, tf.float32)[:, None]
+            return tf.cast(1.0 / tf.sqrt(k1), tf.float32)
+        return tf.cast(1.0 / k1, tf.float32)
 
-    def _message(self, filt, norm, values):
-        if self.normalization == "symmetric":
-            return filt(values * norm) * norm
-        return filt(values) * norm
+    def _kernel_filter(self, lat, weight, k1=None, plan=None):
+        """The normalised, weighted message ``w * n K(n Q)`` (or ``w * K(Q) / K1``) as one
+        filter with the scales folded into its splat and slice weights; ``K 1`` is computed
+        on the same index structures when not given."""
+        if self.impl == "sparse" and plan is None:
+            plan = _lattice.sparse_plan(lat)
+        if k1 is None:
+            plain = _lattice.make_filter(lat, self.impl, plan=plan)
+            k1 = plain(tf.ones([tf.shape(lat.offsets)[0], 1], tf.float32))[:, 0]
+        norm = self._norm_from_k1(k1)
+        post = norm * np.float32(weight)
+        pre = norm if self.normalization == "symmetric" else None
+        return _lattice.make_filter(lat, self.impl, pre=pre, post=post, plan=plan)
 
-    def _tf(self, image, probs):
+    def _tf_eager(self, image, probs):
+        """Eager calls run one compiled graph (lattice build and all iterations), so
+        independent ops run side by side and nothing is dispatched from Python per step."""
+        n, height, width, _ = probs.shape.as_list()
+        if self.iterations > 0 and self.bi_w > 0:
+            self._key_budget(height, width, n, 5)  # clear errors before tracing
+        pos = None
+        if self.iterations > 0 and self.pos_w > 0:
+            self._key_budget(height, width, 1, 2)
+            pos = _position_kernel(height, width, self.pos_xy_std, self.max_vertices, self.impl)
+        holder = self.__dict__.get("_compiled")
+        if holder is None:
+            holder = _Compiled(tf.function(self._tf, reduce_retracing=True))
+            object.__setattr__(self, "_compiled", holder)
+        try:
+            return holder.fn(image, probs, pos)
+        except tf.errors.InvalidArgumentError as err:
+            raise ValueError(f"{err.message}. Received: image shape={image.shape}") from err
+
+    def _tf(self, image, probs, pos=None):
         shape = tf.shape(probs)
         batch, height, width = shape[0], shape[1], shape[2]
         static = probs.shape.as_list()
         classes = static[-1]
         points = height * width
-        unary = tf.reshape(self._unary(probs), [batch, points, classes])
-        neg_unary = -unary
+        neg_unary = -tf.reshape(self._unary(probs), [batch * points, classes])
         q = tf.nn.softmax(neg_unary, axis=-1)
         if self.iterations == 0:
             return tf.reshape(q, shape)
 
-        kernels = []
+        filters = []
         if self.pos_w > 0:
-            # Positions do not depend on the image: one lattice for the whole batch, filtering
-            # the batch's classes side by side; static sizes are built once and cached.
-            check = self._key_budget(static[1], static[2], 1, 2)
-            if static[1] is not None and static[2] is not None:
-                lat = _position_lattice(
-                    static[1], static[2], self.pos_xy_std, self.max_vertices, self.impl
-                )
-            else:
+            # Positions do not depend on the image: one lattice (and its K 1) per size, shared
+            # by the batch (tiled), built once and cached for static sizes.
+            if pos is None and static[1] is not None and static[2] is not None:
+                self._key_budget(static[1], static[2], 1, 2)
+                with tf.init_scope():
+                    pos = _position_kernel(
+                        static[1], static[2], self.pos_xy_std, self.max_vertices, self.impl
+                    )
+            if pos is None:
                 lat = _lattice.build_lattice(
                     _positions(height, width, self.pos_xy_std),
                     max_vertices=self.max_vertices,
-                    check_key_budget=check,
+                    check_key_budget=True,
+                    impl=self.impl,
                 )
-            filt = _lattice.make_filter(lat, self.impl)
-            norm = self._normaliser(filt, points)
-
-            def pos_message(qb, filt=filt, norm=norm):
-                cols = tf.reshape(tf.transpose(qb, [1, 0, 2]), [points, batch * classes])
-                msg = self._message(filt, norm, cols)
-                return tf.transpose(tf.reshape(msg, [points, batch, classes]), [1, 0, 2])
-
-            kernels.append((self.pos_w, pos_message))
+                k1 = plan = None
+            else:
+                lat, k1, plan = _lattice_from(pos), pos[4], pos[5]
+            if static[0] != 1:
+                lat, plan = _tile_lattice(lat, batch), None
+                k1 = None if k1 is None else tf.tile(k1, [batch])
+            filters.append(self._kernel_filter(lat, self.pos_w, k1, plan))
         if self.bi_w > 0:
             check = self._key_budget(static[1], static[2], static[0], 5)
-            pos = _positions(height, width, self.bi_xy_std)
-            pos = tf.tile(pos[None], [batch, 1, 1])
+            pos_feats = _positions(height, width, self.bi_xy_std)
+            pos_feats = tf.tile(pos_feats[None], [batch, 1, 1])
             rgb = tf.cast(tf.reshape(image, [batch, points, 3]), tf.float32) / np.float32(
                 self.bi_rgb_std
             )
-            feats = tf.reshape(tf.concat([pos, rgb], axis=-1), [batch * points, 5])
+            feats = tf.reshape(tf.concat([pos_feats, rgb], axis=-1), [batch * points, 5])
             bidx = None
             if static[0] != 1:
                 bidx = tf.repeat(tf.range(batch), points)
             lat = _lattice.build_lattice(
-                feats, batch_index=bidx, max_vertices=self.max_vertices, check_key_budget=check
+                feats,
+                batch_index=bidx,
+                max_vertices=self.max_vertices,
+                check_key_budget=check,
+                impl=self.impl,
             )
-            filt = _lattice.make_filter(lat, self.impl)
-            norm = self._normaliser(filt, batch * points)
-
-            def bi_message(qb, filt=filt, norm=norm):
-                msg = self._message(filt, norm, tf.reshape(qb, [batch * points, classes]))
-                return tf.reshape(msg, [batch, points, classes])
-
-            kernels.append((self.bi_w, bi_message))
+            filters.append(self._kernel_filter(lat, self.bi_w))
 
         for _ in range(self.iterations):
             total = neg_unary
-            for weight, message in kernels:
-                total = total + np.float32(weight) * message(q)
+            for filt in filters:
+                total = total + filt(q)
             q = tf.nn.softmax(total, axis=-1)
         return tf.reshape(q, shape)
 
@@ -396,19 +422,68 @@ def _positions(height, width, std):
     return tf.cast(pos, tf.float32) / np.float32(std)
 
 
+class _Compiled:
+    """Holds a DenseCRF's compiled eager path outside tf.Module attribute tracking (so it is
+    never exported with the module)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+
 @functools.lru_cache(maxsize=8)
-def _position_lattice_eager(height, width, std, max_vertices, impl):
-    del impl
-    return _lattice.build_lattice(
-        _positions(height, width, std), max_vertices=max_vertices, check_key_budget=False
+@tf.autograph.experimental.do_not_convert
+def _position_kernel_eager(height, width, std, max_vertices, impl):
+    def build(h, w):
+        lat = _lattice.build_lattice(
+            _positions(h, w, std), max_vertices=max_vertices, check_key_budget=False, impl=impl
+        )
+        plan = _lattice.sparse_plan(lat) if impl == "sparse" else None
+        k1 = _lattice.make_filter(lat, impl, plan=plan)(tf.ones([h * w, 1], tf.float32))[:, 0]
+        return lat.offsets, lat.weights, lat.neighbours, lat.num_vertices, k1, plan
+
+    fn = tf.function(build)
+    try:
+        return tuple(fn(tf.constant(height), tf.constant(width)))
+    except tf.errors.InvalidArgumentError as err:
+        raise ValueError(f"{err.message}. Received: height={height}, width={width}") from err
+
+
+@tf.autograph.experimental.do_not_convert
+def _position_kernel(height, width, std, max_vertices, impl):
+    """The positional kernel's lattice and ``K 1`` for one image of a static size, built
+    eagerly once per size (cached; constants in a traced graph).
+
+    Returns:
+        (offsets, weights, neighbours, num_vertices, k1, sparse plan or None), eager
+        tensors.
+    """
+    with tf.init_scope():
+        return _position_kernel_eager(int(height), int(width), float(std), max_vertices, impl)
+
+
+def _lattice_from(pos):
+    return _lattice.Lattice(
+        offsets=pos[0], weights=pos[1], neighbours=pos[2], num_vertices=pos[3], dim=2
     )
 
 
-def _position_lattice(height, width, std, max_vertices, impl):
-    """The positional kernel's lattice for a static size, built eagerly once (constants in a
-    traced graph)."""
-    with tf.init_scope():
-        return _position_lattice_eager(int(height), int(width), float(std), max_vertices, impl)
+def _tile_lattice(lat, copies):
+    """``copies`` independent copies of a lattice (block-diagonal), for a batch of images
+    that share positional features: copy b's rows are offset by b * (M + 1), so each copy
+    keeps its own zero row."""
+    m1 = lat.num_vertices + 1
+    shift = tf.range(copies) * m1
+    offsets = tf.reshape(lat.offsets[None] + shift[:, None, None], [-1, lat.dim + 1])
+    weights = tf.tile(lat.weights, [copies, 1])
+    nb = lat.neighbours[:, :, None, :] + shift[None, None, :, None]  # (d+1, 2, B, M+1)
+    neighbours = tf.reshape(nb, [lat.dim + 1, 2, -1])
+    return _lattice.Lattice(
+        offsets=offsets,
+        weights=weights,
+        neighbours=neighbours,
+        num_vertices=copies * m1 - 1,
+        dim=lat.dim,
+    )
 
 
 def crf_labels(image, probs, **kwargs):
