@@ -18,15 +18,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 #: Modules that contribute sub-commands (each defines ``register(subparsers)``).
 COMMAND_MODULES = [
-    "deeplab_tf.convert.cli",
-    "deeplab_tf.models.cli",
-    "deeplab_tf.crf.cli",
-    "deeplab_tf.training.cli",
-    "deeplab_tf.inference.cli",
-    "deeplab_tf.evaluation.cli",
-    "deeplab_tf.data.cli",
-    "deeplab_tf.export.cli",
     "deeplab_tf.quickstart",
+    "deeplab_tf.models.cli",
+    "deeplab_tf.data.cli",
+    "deeplab_tf.training.cli",
+    "deeplab_tf.evaluation.cli",
+    "deeplab_tf.inference.cli",
+    "deeplab_tf.crf.cli",
+    "deeplab_tf.export.cli",
+    "deeplab_tf.convert.cli",
 ]
 
 

@@ -17,17 +17,6 @@ def _size(text):
     return h, w
 
 
-def _scales(text):
-    import argparse
-
-    try:
-        return tuple(float(s) for s in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected scales such as 1,0.75,0.5, got {text!r}"
-        ) from None
-
-
 def register(sub):
     p = sub.add_parser(
         "export",
@@ -42,12 +31,21 @@ def register(sub):
     p.add_argument("--version", help="positive integer version (default: next free)")
     p.add_argument("--weights", help="weights file for a registry name")
     p.add_argument("--num-classes", type=int, help="classes, for a registry name (default 21)")
-    p.add_argument("--scales", type=_scales, default=(1.0,), help="e.g. 1,0.75,0.5 (default 1)")
+    p.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="image scales, e.g. 1 0.75 0.5 for the paper's MSC (default: 1)",
+    )
     p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
     p.add_argument("--fusion", choices=("max", "mean"), default="max")
     p.add_argument("--upsample", choices=("caffe", "half_pixel"), default="caffe")
     p.add_argument("--crf", action="store_true", help="add the serving_crf signature")
-    p.add_argument("--crf-preset", help="CRF parameters of this registry name (default: model's)")
+    p.add_argument(
+        "--crf-preset",
+        help="CRF parameters: resnet101, vgg16 or a registry name (default: from the model)",
+    )
     p.add_argument("--fold-bn", action="store_true", help="fold frozen BatchNorm into convs")
     p.add_argument("--bfloat16", action="store_true", help="compute in bfloat16 (I/O unchanged)")
     p.add_argument("--no-warmup", action="store_true", help="skip TF Serving warm-up requests")
@@ -88,12 +86,16 @@ def run(args):
         model = fold_batchnorm(model)
     if args.bfloat16:
         model = to_bfloat16(model)
-    crf = _build_crf(args, model) if args.crf else None
+    crf = None
+    if args.crf:
+        from deeplab_tf.inference.cli import build_crf
+
+        crf, _ = build_crf(args, model)
     path = export_saved_model(
         model,
         args.out,
         version,
-        scales=args.scales,
+        scales=tuple(args.scales),
         flip=args.flip,
         fusion=args.fusion,
         upsample=args.upsample,
@@ -119,22 +121,8 @@ def run(args):
             args.tflite_size,
             quantization=q,
             representative_data=data,
-            scales=args.scales,
+            scales=tuple(args.scales),
             upsample=args.upsample,
         )
         print(f"TFLite ({q}, {args.tflite_size[0]}x{args.tflite_size[1]}): {out}")
     return 0
-
-
-def _build_crf(args, model):
-    from deeplab_tf.cli import CLIError
-
-    try:
-        from deeplab_tf.crf import DenseCRF
-    except ImportError as err:
-        raise CLIError(f"the dense CRF is not available: {err}") from None
-    preset = args.crf_preset or model.name
-    try:
-        return DenseCRF.from_preset(preset)
-    except ValueError:
-        return DenseCRF.from_preset("resnet101")
