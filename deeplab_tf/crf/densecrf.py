@@ -282,14 +282,17 @@ class DenseCRF(tf.Module):
         filter with the scales folded into its splat and slice weights; ``K 1`` is computed
         on the same index structures when not given."""
         if self.impl == "sparse" and plan is None:
-            plan = _lattice.sparse_plan(lat)
+            plan = _lattice.sparse_plan(lat, parts=_PARTS)
         if k1 is None:
             plain = _lattice.make_filter(lat, self.impl, plan=plan)
             k1 = plain(tf.ones([tf.shape(lat.offsets)[0], 1], tf.float32))[:, 0]
         norm = self._norm_from_k1(k1)
         post = norm * np.float32(weight)
         pre = norm if self.normalization == "symmetric" else None
-        return _lattice.make_filter(lat, self.impl, pre=pre, post=post, plan=plan)
+        if self.impl == "sparse":
+            return _lattice.make_split_filter(lat, pre=pre, post=post, plan=plan)
+        filt = _lattice.make_filter(lat, self.impl, pre=pre, post=post)
+        return lambda blocks: [filt(blocks[0])]
 
     def _tf_eager(self, image, probs):
         """Eager calls run one compiled graph (lattice build and all iterations), so
@@ -365,11 +368,26 @@ class DenseCRF(tf.Module):
             )
             filters.append(self._kernel_filter(lat, self.bi_w))
 
+        # The sparse filters work on point blocks (independent splat / slice ops that run side
+        # by side); the mean-field state stays in blocks until the end.
+        parts = _PARTS if self.impl == "sparse" else 1
+        if parts == 1:
+            neg_blocks = [neg_unary]
+        else:
+            total_points = batch * points
+            sizes = [total_points * i // parts for i in range(parts + 1)]
+            sizes = tf.stack([sizes[i + 1] - sizes[i] for i in range(parts)])
+            neg_blocks = tf.split(neg_unary, sizes, axis=0, num=parts)
+        q = [tf.nn.softmax(x, axis=-1) for x in neg_blocks]
         for _ in range(self.iterations):
-            total = neg_unary
-            for filt in filters:
-                total = total + filt(q)
-            q = tf.nn.softmax(total, axis=-1)
+            messages = [filt(q) for filt in filters]
+            totals = []
+            for i, total in enumerate(neg_blocks):
+                for msg in messages:
+                    total = total + msg[i]
+                totals.append(total)
+            q = [tf.nn.softmax(x, axis=-1) for x in totals]
+        q = q[0] if parts == 1 else tf.concat(q, axis=0)
         return tf.reshape(q, shape)
 
     # --- pydensecrf backend ---
@@ -422,6 +440,10 @@ def _positions(height, width, std):
     return tf.cast(pos, tf.float32) / np.float32(std)
 
 
+#: Point blocks of the sparse mean-field loop (one per core of a typical CPU).
+_PARTS = 2
+
+
 class _Compiled:
     """Holds a DenseCRF's compiled eager path outside tf.Module attribute tracking (so it is
     never exported with the module)."""
@@ -437,7 +459,7 @@ def _position_kernel_eager(height, width, std, max_vertices, impl):
         lat = _lattice.build_lattice(
             _positions(h, w, std), max_vertices=max_vertices, check_key_budget=False, impl=impl
         )
-        plan = _lattice.sparse_plan(lat) if impl == "sparse" else None
+        plan = _lattice.sparse_plan(lat, parts=_PARTS) if impl == "sparse" else None
         k1 = _lattice.make_filter(lat, impl, plan=plan)(tf.ones([h * w, 1], tf.float32))[:, 0]
         return lat.offsets, lat.weights, lat.neighbours, lat.num_vertices, k1, plan
 

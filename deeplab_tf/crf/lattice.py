@@ -98,9 +98,16 @@ def elevate(features: tf.Tensor) -> tf.Tensor:
     Returns:
         float32 (P, d+1).
     """
-    d = int(features.shape[-1])
+    return tf.transpose(_elevate_t(tf.transpose(features)))
+
+
+def _elevate_t(features_t):
+    """:func:`elevate` on the transposed layout: (d, P) -> (d+1, P). The lattice build works
+    coordinate-major, where rows are contiguous (column slices and stacks of (P, d+1)
+    arrays are per-element copies in TF)."""
+    d = int(features_t.shape[0])
     sf = scale_factors(d)
-    cols = tf.unstack(features, axis=-1)
+    cols = tf.unstack(features_t, axis=0)
     elevated = [None] * (d + 1)
     sm = None
     for j in range(d, 0, -1):
@@ -109,7 +116,7 @@ def elevate(features: tf.Tensor) -> tf.Tensor:
         elevated[j] = -jcf if sm is None else sm - jcf
         sm = cf if sm is None else sm + cf
     elevated[0] = sm
-    return tf.stack(elevated, axis=-1)
+    return tf.stack(elevated, axis=0)
 
 
 def elevation_bounds(lo, hi) -> tuple[np.ndarray, np.ndarray]:
@@ -164,74 +171,75 @@ def _round_half_even_like_reference(elevated, d):
 
 
 def _simplex(elevated: tf.Tensor, d: int):
-    """Rounding, ranking and barycentric weights for (P, d+1) elevated points.
+    """Rounding, ranking and barycentric weights for (d+1, P) elevated points (transposed).
 
-    Returns the wrapped remainder-0 point (float), ``inv_rank`` (int32 (P, d+1): the coordinate
-    with rank r) and the (P, d+1) barycentric weights.
+    Returns the wrapped remainder-0 point (float (d+1, P)), ``inv_rank`` (int32 (d+1, P):
+    the coordinate with rank r) and the (d+1, P) barycentric weights.
     """
     dp1 = np.float32(d + 1)
     rem0, v = _round_half_even_like_reference(elevated, d)
-    total = tf.reduce_sum(v, axis=-1, keepdims=True)  # integer-valued float
+    total = tf.reduce_sum(v, axis=0, keepdims=True)  # integer-valued float (1, P)
     residual = elevated - rem0
     # The reference loop: for i < j, rank[i] += (r_i < r_j), rank[j] += !(r_i < r_j). So
-    # rank[i] = i + sum_{pairs (a, b), a < b} [r_a < r_b] ([a == i] - [b == i]): one compare
-    # per pair and an exact small-integer MatMul.
-    pair_a, pair_b = np.triu_indices(d + 1, 1)
-    signs = np.zeros((len(pair_a), d + 1), np.float32)
-    signs[np.arange(len(pair_a)), pair_a] = 1.0
-    signs[np.arange(len(pair_a)), pair_b] = -1.0
-    less = tf.gather(residual, pair_a, axis=1) < tf.gather(residual, pair_b, axis=1)
-    rank = tf.matmul(tf.cast(less, tf.float32), signs) + (
-        np.arange(d + 1, dtype=np.float32) + total
-    )
+    # rank[i] = i + sum_{a < b} [r_a < r_b] ([a == i] - [b == i]): one broadcast compare and
+    # an exact small-integer MatMul over the (a, b) pairs.
+    signs = np.zeros((d + 1, (d + 1) * (d + 1)), np.float32)
+    for pa in range(d + 1):
+        for pb in range(pa + 1, d + 1):
+            signs[pa, pa * (d + 1) + pb] = 1.0
+            signs[pb, pa * (d + 1) + pb] = -1.0
+    less = tf.cast(residual[:, None, :] < residual[None, :, :], tf.float32)  # (a, b, P)
+    rank = tf.matmul(signs, tf.reshape(less, [(d + 1) * (d + 1), -1]))
+    rank = rank + (np.arange(d + 1, dtype=np.float32)[:, None] + total)
     add = tf.cast(rank < 0.0, tf.float32) * dp1
     sub = tf.cast(rank >= dp1, tf.float32) * dp1
     rank = rank + (add - sub)
     rem0 = rem0 + (add - sub)
     vres = (elevated - rem0) * np.float32(1.0 / (d + 1))
     # v_by_rank[r] = vres[i] with rank[i] == r (a permutation: exactly one term is non-zero).
-    onehot = tf.cast(tf.equal(rank[:, :, None], np.arange(d + 1, dtype=np.float32)), tf.float32)
-    v_by_rank = tf.reduce_sum(vres[:, :, None] * onehot, axis=1)
+    ranks = np.arange(d + 1, dtype=np.float32)[None, :, None]
+    onehot = tf.cast(tf.equal(rank[:, None, :], ranks), tf.float32)  # (i, r, P)
+    v_by_rank = tf.reduce_sum(vres[:, None, :] * onehot, axis=0)  # (r, P)
     # inv_rank[r] = i with rank[i] == r, as an exact small-integer MatMul over (i, r) pairs.
-    pick = np.zeros(((d + 1) * (d + 1), d + 1), np.float32)
+    pick = np.zeros((d + 1, (d + 1) * (d + 1)), np.float32)
     for i in range(d + 1):
         for r in range(d + 1):
-            pick[i * (d + 1) + r, r] = i
-    flat = tf.reshape(onehot, [-1, (d + 1) * (d + 1)])
-    inv_rank = tf.cast(tf.matmul(flat, pick), tf.int32)
-    vr = tf.unstack(v_by_rank, axis=-1)
+            pick[r, i * (d + 1) + r] = i
+    inv_rank = tf.matmul(pick, tf.reshape(onehot, [(d + 1) * (d + 1), -1]))
+    inv_rank = tf.cast(inv_rank, tf.int32)
+    vr = tf.unstack(v_by_rank, axis=0)
     # barycentric[p] = v_by_rank[d-p] - v_by_rank[d-p+1]; slot 0 += 1 + slot d+1.
     bary = [vr[d] + (1.0 - vr[0])] + [vr[d - p] - vr[d - p + 1] for p in range(1, d + 1)]
-    weights = tf.stack(bary, axis=-1)
+    weights = tf.stack(bary, axis=0)
     return rem0, inv_rank, weights
 
 
 def _packed_keys(rem0, inv_rank, d, batch_index):
-    """Packed int64 keys (P, d+1) of every simplex corner, the mixed-radix strides and the
-    bits the packing needs.
+    """Packed int64 keys (d+1, P) of every simplex corner (transposed layout), the
+    mixed-radix strides and the bits the packing needs.
 
     Corner ``r`` of a point has coordinates ``key_i = rem0_i + r - (d+1) [rank_i > d - r]``
     (the reference's canonical simplex); packing is linear, so the packed key is
     ``base + r * sum(strides) - (d+1) * sum_{i: rank_i >= d-r+1} stride_i``.
     """
-    rem0_i = tf.cast(rem0[:, :d], tf.int64)  # (P, d)
+    rem0_i = tf.cast(rem0[:d], tf.int64)  # (d, P)
     margin = d + 1
-    lo = tf.reduce_min(rem0_i, axis=0) - d - margin  # (d,)
-    hi = tf.reduce_max(rem0_i, axis=0) + d + margin
+    lo = tf.reduce_min(rem0_i, axis=1) - d - margin  # (d,)
+    hi = tf.reduce_max(rem0_i, axis=1) + d + margin
     span = hi - lo + 1
     strides = _exclusive_cumprod(span, d)
-    base = tf.reduce_sum((rem0_i - lo) * strides, axis=-1)  # (P,)
+    base = tf.reduce_sum((rem0_i - lo[:, None]) * strides[:, None], axis=0)  # (P,)
     # stride of the coordinate that has rank k (coordinate d has no key digit).
     by_rank = tf.gather(tf.concat([strides, tf.zeros([1], tf.int64)], 0), inv_rank)
-    suffix = tf.cumsum(by_rank, axis=1, reverse=True)  # (P, d+1): sum_{k' >= k}
-    wrap = tf.concat([tf.zeros_like(suffix[:, :1]), tf.reverse(suffix[:, 1:], axis=[1])], 1)
+    suffix = tf.cumsum(by_rank, axis=0, reverse=True)  # (d+1, P): sum_{k' >= k}
+    wrap = tf.concat([tf.zeros_like(suffix[:1]), tf.reverse(suffix[1:], axis=[0])], 0)
     corner = tf.range(d + 1, dtype=tf.int64) * tf.reduce_sum(strides)
-    packed = base[:, None] + (corner[None, :] - wrap * (d + 1))
+    packed = base[None, :] + (corner[:, None] - wrap * (d + 1))
     total_span = strides[d - 1] * span[d - 1]
     bits = tf.reduce_sum(tf.math.log(tf.cast(span, tf.float64))) / math.log(2.0)
     if batch_index is not None:
         bidx = tf.cast(batch_index, tf.int64)
-        packed = packed + bidx[:, None] * total_span
+        packed = packed + bidx[None, :] * total_span
         nb = tf.cast(tf.reduce_max(bidx) + 1, tf.float64)
         bits = bits + tf.math.log(nb) / math.log(2.0)
     return packed, strides, span, bits
@@ -280,7 +288,7 @@ def build_lattice(
     if features.dtype != tf.float32:
         features = tf.cast(features, tf.float32)
     d = int(features.shape[-1])
-    elevated = elevate(features)
+    elevated = _elevate_t(tf.transpose(features))  # (d+1, P)
     rem0, inv_rank, weights = _simplex(elevated, d)
     packed, strides, span, bits = _packed_keys(rem0, inv_rank, d, batch_index)
     checks = []
@@ -348,8 +356,8 @@ def build_lattice(
     pad = tf.fill([d + 1, 2, 1], num_vertices)
     neighbours = tf.concat([nb, pad], axis=-1)
     return Lattice(
-        offsets=tf.reshape(offsets, [-1, d + 1]),
-        weights=weights,
+        offsets=tf.transpose(tf.reshape(offsets, [d + 1, -1])),
+        weights=tf.transpose(weights),
         neighbours=neighbours,
         num_vertices=num_vertices,
         dim=d,
@@ -414,14 +422,18 @@ def _sort_vertices(keys, offsets, num_vertices):
 
 def _neighbours_by_search(sorted_keys, shift, num_vertices):
     """n1 ids (d+1, M) of vertices numbered in ascending key order, by binary search of the
-    shifted keys (each direction's queries form an ascending run: cache-friendly searches);
-    missing neighbours get id M."""
+    shifted keys (each direction's queries form an ascending run: cache-friendly searches;
+    one search per direction, which a graph runs side by side); missing neighbours get id
+    M."""
     dp1 = int(shift.shape[0])
-    queries = tf.reshape(sorted_keys[None, :] + shift[:, None], [-1])
-    pos = tf.searchsorted(sorted_keys, queries, out_type=tf.int32)
-    pos = tf.minimum(pos, num_vertices - 1)
-    found = tf.equal(tf.gather(sorted_keys, pos), queries)
-    return tf.reshape(tf.where(found, pos, num_vertices), [dp1, -1])
+    last = num_vertices - 1
+    rows = []
+    for j in range(dp1):
+        queries = sorted_keys + shift[j]
+        pos = tf.minimum(tf.searchsorted(sorted_keys, queries, out_type=tf.int32), last)
+        found = tf.equal(tf.gather(sorted_keys, pos), queries)
+        rows.append(tf.where(found, pos, num_vertices))
+    return tf.stack(rows)
 
 
 def _exclusive_cumprod(span, d):
@@ -507,70 +519,160 @@ def make_filter(
         return apply
 
     plan = plan if plan is not None else sparse_plan(lattice, reverse)
-    indices, shape, blur_ops = plan
-    splat_op = tf.sparse.SparseTensor(indices, tf.reshape(splat_w, [-1]), shape)
-    slice_op = tf.sparse.SparseTensor(indices, tf.reshape(slice_w, [-1]), shape)
+    split = _sparse_split_filter(plan, splat_w, slice_w)
 
-    def apply_block(values):
-        grid = tf.sparse.sparse_dense_matmul(splat_op, values, adjoint_a=True)
-        for op in blur_ops:
-            grid = tf.sparse.sparse_dense_matmul(op, grid)
-        return tf.sparse.sparse_dense_matmul(slice_op, grid)
+    sizes = tf.stack([block[1][0] for block in plan[0]])
 
     def apply(values):
         values = tf.convert_to_tensor(values, tf.float32)
-        channels = values.shape[-1]
-        if channels is not None and channels < SPARSE_MAX_COLUMNS:
-            return apply_block(values)
-        if channels is None:
-            # Unknown width: blocks of a static width over a zero-padded copy.
-            width = tf.shape(values)[-1]
-            blocks = (width + SPARSE_BLOCK - 1) // SPARSE_BLOCK
-            padded = tf.pad(values, [[0, 0], [0, blocks * SPARSE_BLOCK - width]])
-            stacked = tf.transpose(tf.reshape(padded, [-1, blocks, SPARSE_BLOCK]), [1, 0, 2])
-            out = tf.map_fn(apply_block, stacked, fn_output_signature=tf.float32)
-            out = tf.reshape(tf.transpose(out, [1, 0, 2]), [-1, blocks * SPARSE_BLOCK])
-            return out[:, :width]
-        splits = [SPARSE_BLOCK] * (channels // SPARSE_BLOCK)
-        if channels % SPARSE_BLOCK:
-            splits.append(channels % SPARSE_BLOCK)
-        parts = tf.split(values, splits, axis=-1)
-        return tf.concat([apply_block(v) for v in parts], axis=-1)
+        if len(plan[0]) == 1:
+            return split([values])[0]
+        blocks = tf.split(values, tf.cast(sizes, tf.int32), axis=0, num=len(plan[0]))
+        return tf.concat(split(blocks), axis=0)
 
     return apply
 
 
-def sparse_plan(lattice: Lattice, reverse: bool = False):
+def make_split_filter(
+    lattice: Lattice,
+    pre: tf.Tensor | None = None,
+    post: tf.Tensor | None = None,
+    plan=None,
+):
+    """The ``"sparse"`` filter of :func:`make_filter` on points split into row blocks.
+
+    ``f([v_0, ..., v_k]) -> [out_0, ..., out_k]`` where the blocks are the consecutive point
+    ranges of ``plan`` (see :func:`sparse_plan`'s ``parts``): their splats and slices are
+    independent ops that a graph runs side by side, and a mean-field loop can keep its
+    per-point state in blocks without concatenating.
+
+    Args:
+        lattice: from :func:`build_lattice`.
+        pre: optional float32 (P,) scale of the values before splatting.
+        post: optional float32 (P,) scale of the filtered values.
+        plan: from :func:`sparse_plan`; built (one part) when None.
+
+    Returns:
+        A function mapping a list of float32 (P_i, C) blocks to a list of (P_i, C) blocks.
+    """
+    alpha = np.float32(1.0) / np.float32(1.0 + 2.0 ** (-lattice.dim))
+    splat_w = lattice.weights
+    if pre is not None:
+        splat_w = splat_w * tf.convert_to_tensor(pre, tf.float32)[:, None]
+    slice_w = lattice.weights * alpha
+    if post is not None:
+        slice_w = slice_w * tf.convert_to_tensor(post, tf.float32)[:, None]
+    plan = plan if plan is not None else sparse_plan(lattice)
+    return _sparse_split_filter(plan, splat_w, slice_w)
+
+
+def _sparse_split_filter(plan, splat_w, slice_w):
+    parts, blur_ops = plan
+    splat_values = tf.reshape(splat_w, [-1])
+    slice_values = tf.reshape(slice_w, [-1])
+    pieces = [
+        (idx, shape, splat_values[start:stop], slice_values[start:stop])
+        for idx, shape, start, stop in parts
+    ]
+
+    def apply_block(blocks):
+        grids = [
+            _spmm(idx, sv, shape, v, adjoint_a=True)
+            for (idx, shape, sv, _), v in zip(pieces, blocks)
+        ]
+        grid = grids[0] if len(grids) == 1 else tf.add_n(grids)
+        for op in blur_ops:
+            grid = _spmm(*op, grid)
+        return [_spmm(idx, lv, shape, grid) for idx, shape, _, lv in pieces]
+
+    def apply(blocks):
+        if len(blocks) != len(pieces):
+            raise ValueError(
+                f"expected {len(pieces)} blocks of points. Received: {len(blocks)} blocks"
+            )
+        blocks = [tf.convert_to_tensor(v, tf.float32) for v in blocks]
+        channels = blocks[0].shape[-1]
+        if channels is not None and channels < SPARSE_MAX_COLUMNS:
+            return apply_block(blocks)
+        if channels is None:
+            # Unknown width: blocks of a static width over a zero-padded copy.
+            width = tf.shape(blocks[0])[-1]
+            count = (width + SPARSE_BLOCK - 1) // SPARSE_BLOCK
+
+            def to_stack(v):
+                padded = tf.pad(v, [[0, 0], [0, count * SPARSE_BLOCK - width]])
+                return tf.transpose(tf.reshape(padded, [-1, count, SPARSE_BLOCK]), [1, 0, 2])
+
+            def from_stack(v):
+                v = tf.reshape(tf.transpose(v, [1, 0, 2]), [-1, count * SPARSE_BLOCK])
+                return v[:, :width]
+
+            out = tf.map_fn(
+                apply_block,
+                [to_stack(v) for v in blocks],
+                fn_output_signature=[tf.float32] * len(blocks),
+            )
+            return [from_stack(v) for v in out]
+        splits = [SPARSE_BLOCK] * (channels // SPARSE_BLOCK)
+        if channels % SPARSE_BLOCK:
+            splits.append(channels % SPARSE_BLOCK)
+        columns = [tf.split(v, splits, axis=-1) for v in blocks]
+        outs = [apply_block([c[k] for c in columns]) for k in range(len(splits))]
+        return [tf.concat([o[i] for o in outs], axis=-1) for i in range(len(blocks))]
+
+    return apply
+
+
+def sparse_plan(lattice: Lattice, reverse: bool = False, parts: int = 1):
     """Index structures of the ``"sparse"`` filter, to share between filters on one lattice.
 
     TF's CPU SparseTensorDenseMatMul runs a tight scalar loop below 32 dense columns (and a
-    much slower vectorised path from 32 up, so :func:`make_filter` feeds wide inputs in column
-    blocks).
+    much slower vectorised path from 32 up, so the filters feed wide inputs in column
+    blocks); int32 indices halve the index traffic of its loop. Blur entries of missing
+    neighbours (about half of them) are dropped rather than pointed at a zero row.
 
     Args:
         lattice: from :func:`build_lattice`.
         reverse: blur the directions in reverse order.
+        parts: number of consecutive point blocks the splat and slice are split into (see
+            :func:`make_split_filter`).
 
     Returns:
-        (splat/slice indices (P*(d+1), 2) int64, dense shape (P, M+1), blur SparseTensors).
+        (list of (indices (n_i, 2) int32, dense shape (P_i, M+1) int64, start, stop) point
+        blocks, where start:stop is the block's range of the flattened (P, d+1) weights;
+        list of (indices, values, dense shape) of the blur matrices).
     """
     d = lattice.dim
-    m1 = tf.cast(lattice.num_vertices + 1, tf.int64)
-    points = tf.shape(lattice.offsets, out_type=tf.int64)[0]
-    rows = tf.repeat(tf.range(points), d + 1)
-    cols = tf.cast(tf.reshape(lattice.offsets, [-1]), tf.int64)
-    indices = tf.stack([rows, cols], axis=1)
-    shape = tf.stack([points, m1])
-    ids = tf.range(m1)
-    blur_values = tf.tile(tf.constant([1.0, 0.5, 0.5], tf.float32), [m1])
-    blur_rows = tf.broadcast_to(ids[:, None], tf.stack([m1, 3]))
+    m = lattice.num_vertices
+    m1 = m + 1
+    points = tf.shape(lattice.offsets)[0]
+    blocks = []
+    for i in range(parts):
+        lo, hi = points * i // parts, points * (i + 1) // parts
+        rows = tf.repeat(tf.range(hi - lo), d + 1)
+        idx = tf.transpose(tf.stack([rows, tf.reshape(lattice.offsets[lo:hi], [-1])]))
+        shape = tf.cast(tf.stack([hi - lo, m1]), tf.int64)
+        blocks.append((idx, shape, lo * (d + 1), hi * (d + 1)))
+    ids = tf.range(m)
+    pattern = tf.tile(tf.constant([[1.0, 0.5, 0.5]], tf.float32), tf.stack([m, 1]))
+    blur_rows = tf.broadcast_to(ids[:, None], tf.stack([m, 3]))
+    blur_shape = tf.cast(tf.stack([m1, m1]), tf.int64)
     blur_ops = []
     for j in range(d, -1, -1) if reverse else range(d + 1):
-        nb = tf.cast(lattice.neighbours[j], tf.int64)  # (2, M+1)
-        blur_cols = tf.stack([ids, nb[0], nb[1]], axis=1)  # (M+1, 3)
-        blur_idx = tf.reshape(tf.stack([blur_rows, blur_cols], axis=-1), [-1, 2])
-        blur_ops.append(tf.sparse.SparseTensor(blur_idx, blur_values, tf.stack([m1, m1])))
-    return indices, shape, blur_ops
+        nb = lattice.neighbours[j, :, :m]  # (2, M)
+        blur_cols = tf.transpose(tf.stack([ids, nb[0], nb[1]]))  # (M, 3)
+        keep = tf.reshape(blur_cols < m, [-1])  # missing neighbours point at the zero row M
+        both = tf.stack([tf.reshape(blur_rows, [-1]), tf.reshape(blur_cols, [-1])])
+        blur_idx = tf.transpose(tf.boolean_mask(both, keep, axis=1))
+        blur_ops.append((blur_idx, tf.boolean_mask(tf.reshape(pattern, [-1]), keep), blur_shape))
+    return blocks, blur_ops
+
+
+def _spmm(indices, values, shape, dense, adjoint_a=False):
+    """SparseTensorDenseMatMul with int32 indices (``tf.sparse`` insists on int64)."""
+    return tf.raw_ops.SparseTensorDenseMatMul(
+        a_indices=indices, a_values=values, a_shape=shape, b=dense, adjoint_a=adjoint_a
+    )
 
 
 #: Dense columns below which TF's sparse-dense MatMul uses its fast scalar loop.
