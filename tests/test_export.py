@@ -328,6 +328,7 @@ def test_tflite_fp32_matches_and_keeps_dilated_convs_plain(tmp_path, model):
 
 
 @pytest.mark.large
+@pytest.mark.xdist_group("export_trained")
 def test_tflite_fp16_and_int8_label_agreement(tmp_path, trained):
     model, images = trained
     calibration = list(images[:2])
@@ -369,18 +370,16 @@ def test_batchnorm_folding_same_outputs_fewer_ops():
     assert [layer.name for layer in folded.layers] == [layer.name for layer in model.layers]
 
 
-def test_bfloat16_twin_agrees_on_labels(model):
+@pytest.mark.large
+@pytest.mark.xdist_group("export_trained")
+def test_bfloat16_twin_agrees_on_labels(trained):
+    model, images = trained
     twin = to_bfloat16(model)
-    x = _images(2, 45, 37)
-    ref = model(x).numpy()
-    out = twin(x)
+    ref = model(images).numpy()
+    out = twin(images)
     assert out.dtype == tf.float32
-    # This random model's class scores are deliberately sharp and chaotic (x30 classifier), a
-    # harsh case for 8-bit mantissas: scores stay within a few percent of their spread and
-    # most labels agree (measured: 0.87). Trained models agree far more (benchmarks/).
-    err = np.abs(out.numpy() - ref).mean() / ref.std()
-    assert err < 0.1, err
     agreement = (out.numpy().argmax(-1) == ref.argmax(-1)).mean()
-    assert agreement >= 0.8, agreement
+    print(f"bfloat16 vs float32: label agreement {agreement:.4f}")
+    assert agreement >= 0.98, agreement
     assert twin.get_layer("block_3_project").compute_dtype == "bfloat16"
     assert twin.get_layer("preprocess").compute_dtype == "float32"
