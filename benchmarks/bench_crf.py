@@ -2,10 +2,15 @@
 
 500x375 photo (tests/fixtures/coffee_500x375.jpg), 21 classes, 10 mean-field iterations,
 ResNet-101 preset (SPEC section 6). Prints JSON with the median wall time of each backend,
-the ratio tf / pydensecrf (target <= 0.75) and the label agreement.
+the ratio tf / pydensecrf (target <= 0.75) and the label agreement. The two backends run
+interleaved so that they share the machine's load; the JSON also records each backend's
+median process CPU time (their ratio is less sensitive to other users of a shared machine,
+though TensorFlow's thread pools count some spinning) and the 1-minute load average before
+and after.
 
 Usage:
     python benchmarks/bench_crf.py [--repeats 5] [--preset resnet101] [--impl sparse]
+        [--iterations 10]
 """
 
 import argparse
@@ -38,13 +43,11 @@ def coarse_probs(image, classes=21, block=8, confidence=0.15, seed=0):
     return (probs / probs.sum(-1, keepdims=True)).astype(np.float32)
 
 
-def timed(fn, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times, out
+def timed(fn):
+    """Runs fn once; returns (wall seconds, process CPU seconds, output)."""
+    start, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 def main(argv=None):
@@ -52,7 +55,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--preset", default="resnet101")
     parser.add_argument("--impl", default="sparse", choices=["sparse", "builtin"])
+    parser.add_argument("--iterations", type=int, default=10)
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.iterations < 1:
+        parser.error(
+            f"--repeats and --iterations must be >= 1. Received: repeats={args.repeats}, "
+            f"iterations={args.iterations}"
+        )
 
     import tensorflow as tf
 
@@ -60,20 +69,26 @@ def main(argv=None):
 
     image = np.array(Image.open(PHOTO).convert("RGB"))
     probs = coarse_probs(image)
-    tf_crf = DenseCRF.from_preset(args.preset, impl=args.impl)
-    ref_crf = DenseCRF.from_preset(args.preset, backend="pydensecrf")
+    tf_crf = DenseCRF.from_preset(args.preset, impl=args.impl, iterations=args.iterations)
+    ref_crf = DenseCRF.from_preset(args.preset, backend="pydensecrf", iterations=args.iterations)
     img_t, probs_t = tf.constant(image), tf.constant(probs)
 
-    tf_crf(img_t, probs_t)  # warm-up (op kernels, cached positional lattice)
+    # Warm-up: traces the compiled graph and caches the positional kernel for this size (the
+    # timed runs then build the bilateral lattice and run all iterations, as pydensecrf does).
+    tf_crf(img_t, probs_t)
     ref_crf(image, probs)
+    load_before = os.getloadavg()[0]
     # Interleave to share the machine's load fairly between the two.
-    t_tf, t_ref, out_tf, out_ref = [], [], None, None
+    t_tf, t_ref, c_tf, c_ref, out_tf, out_ref = [], [], [], [], None, None
     for _ in range(args.repeats):
-        _, tt, out_tf = timed(lambda: tf_crf(img_t, probs_t).numpy(), 1)
-        _, tr, out_ref = timed(lambda: ref_crf(image, probs).numpy(), 1)
-        t_tf += tt
-        t_ref += tr
+        wall, cpu, out_tf = timed(lambda: tf_crf(img_t, probs_t).numpy())
+        t_tf.append(wall)
+        c_tf.append(cpu)
+        wall, cpu, out_ref = timed(lambda: ref_crf(image, probs).numpy())
+        t_ref.append(wall)
+        c_ref.append(cpu)
     med_tf, med_ref = statistics.median(t_tf), statistics.median(t_ref)
+    cpu_tf, cpu_ref = statistics.median(c_tf), statistics.median(c_ref)
     result = {
         "image": f"{image.shape[1]}x{image.shape[0]}",
         "classes": probs.shape[-1],
@@ -86,10 +101,14 @@ def main(argv=None):
         "target_ratio": 0.75,
         "tf_runs_s": [round(t, 4) for t in t_tf],
         "pydensecrf_runs_s": [round(t, 4) for t in t_ref],
+        "tf_cpu_s": round(cpu_tf, 4),
+        "pydensecrf_cpu_s": round(cpu_ref, 4),
+        "cpu_ratio_tf_over_pydensecrf": round(cpu_tf / cpu_ref, 3),
         "label_agreement": float(np.mean(out_tf.argmax(-1) == out_ref.argmax(-1))),
         "max_abs_dq": float(np.abs(out_tf - out_ref).max()),
         "cpu_count": os.cpu_count(),
-        "load_avg_1min": os.getloadavg()[0],
+        "load_avg_1min_before": round(load_before, 2),
+        "load_avg_1min_after": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(result, indent=2))
     print(

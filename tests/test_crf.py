@@ -194,3 +194,72 @@ def test_presets_and_config_round_trip():
     assert DenseCRF.from_preset("deeplabv2_resnet101_aspp_l").bi_xy_std == 67.0
     clone = DenseCRF.from_config(crf.get_config())
     assert clone.get_config() == crf.get_config()
+
+
+def _canonical_neighbours(lat):
+    """Neighbour table with every vertex named by its first (point, corner) slot, so two
+    builds that number their vertices differently compare equal."""
+    offsets = lat.offsets.numpy().ravel()
+    m = int(lat.num_vertices)
+    first = np.full(m + 1, -1, np.int64)
+    first[offsets[::-1]] = np.arange(offsets.size)[::-1]
+    names = first[lat.neighbours.numpy()[..., :m]]  # (d+1, 2, M)
+    order = np.argsort(first[:m])
+    return names[..., order]
+
+
+@pytest.mark.parametrize("kind,xy_std,rgb_std", [("pos", 1.0, None), ("bi", 49.0, 5.0)])
+def test_sparse_and_builtin_builds_are_the_same_lattice(kind, xy_std, rgb_std):
+    image = load_photo(PHOTOS[0])
+    feats = tf.constant(_features(image, kind, xy_std, rgb_std))
+    sparse = build_lattice(feats, impl="sparse")
+    builtin = build_lattice(feats, impl="builtin")
+    assert int(sparse.num_vertices) == int(builtin.num_vertices)
+    np.testing.assert_array_equal(sparse.weights.numpy(), builtin.weights.numpy())
+    np.testing.assert_array_equal(_canonical_neighbours(sparse), _canonical_neighbours(builtin))
+    # Sorted build: vertex ids follow the packed keys, so every point's corners differ.
+    assert (np.diff(np.sort(sparse.offsets.numpy(), axis=1), axis=1) > 0).all()
+    with pytest.raises(ValueError, match="impl"):
+        build_lattice(feats, impl="cuda")
+
+
+def test_split_and_wide_filters_match_the_plain_filter():
+    image = load_photo(PHOTOS[1])
+    feats = tf.constant(_features(image, "bi", 49.0, 5.0))
+    lat = build_lattice(feats)
+    rng = np.random.default_rng(0)
+    points = feats.shape[0]
+    values = rng.uniform(size=(points, 40)).astype(np.float32)  # >= 32: column blocks
+    pre = rng.uniform(0.5, 1.5, size=points).astype(np.float32)
+    post = rng.uniform(0.5, 1.5, size=points).astype(np.float32)
+    expected = lattice_filter(lat, values * pre[:, None], impl="builtin").numpy() * post[:, None]
+    wide = lattice_lib.make_filter(lat, pre=pre, post=post)(values).numpy()
+    np.testing.assert_allclose(wide, expected, rtol=1e-5, atol=1e-6)
+    plan = lattice_lib.sparse_plan(lat, parts=3)
+    split = lattice_lib.make_split_filter(lat, pre=pre, post=post, plan=plan)
+    sizes = [int(block[1][0]) for block in plan[0]]
+    assert sum(sizes) == points and len(sizes) == 3
+    blocks = np.split(values[:, :21], np.cumsum(sizes)[:-1])
+    out = np.concatenate([b.numpy() for b in split(blocks)])
+    np.testing.assert_allclose(out, expected[:, :21], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="blocks"):
+        split(blocks[:2])
+    # Unknown channel count inside a graph: padded static blocks.
+    fn = tf.function(
+        lattice_lib.make_filter(lat, pre=pre, post=post),
+        input_signature=[tf.TensorSpec([points, None], tf.float32)],
+    )
+    np.testing.assert_allclose(fn(values).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_eager_call_reuses_one_graph_across_sizes():
+    image = load_photo(PHOTOS[1])
+    probs, _ = coarse_probs(image)
+    crf = DenseCRF.from_preset("vgg16", iterations=2)
+    for crop in ((64, 96), (48, 80), (40, 72), (64, 96)):
+        h, w = crop
+        ours = crf(image[:h, :w], probs[:h, :w]).numpy()
+        ref = DenseCRF.from_preset("vgg16", iterations=2, backend="pydensecrf")
+        np.testing.assert_allclose(ours, ref(image[:h, :w], probs[:h, :w]).numpy(), atol=1e-4)
+    # reduce_retracing: the first size, then one shape-generic trace.
+    assert crf._compiled.fn.experimental_get_tracing_count() <= 2

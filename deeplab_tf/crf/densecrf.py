@@ -52,6 +52,11 @@ class DenseCRF(tf.Module):
     builtin kernels (slower on CPU than the default ``"sparse"``). The ``"pydensecrf"``
     backend calls the reference C++ implementation (``pip install deeplab_tf[crf]``).
 
+    Eager calls run one compiled ``tf.function`` per instance (lattice build and all
+    iterations in one graph; traced for the first size, then shape-generic). The positional
+    kernel's lattice depends only on the image size, so it is built once per size and kept
+    in a small cache (8 sizes; about 40 MB for a 500x375 image).
+
     Args:
         iterations: mean-field iterations (10 in the paper).
         bi_w: bilateral (appearance) kernel weight w1.
@@ -381,11 +386,10 @@ class DenseCRF(tf.Module):
         q = [tf.nn.softmax(x, axis=-1) for x in neg_blocks]
         for _ in range(self.iterations):
             messages = [filt(q) for filt in filters]
-            totals = []
-            for i, total in enumerate(neg_blocks):
-                for msg in messages:
-                    total = total + msg[i]
-                totals.append(total)
+            # One AddN pass per block (same left-to-right order as chained adds).
+            totals = [
+                tf.add_n([neg] + [msg[i] for msg in messages]) for i, neg in enumerate(neg_blocks)
+            ]
             q = [tf.nn.softmax(x, axis=-1) for x in totals]
         q = q[0] if parts == 1 else tf.concat(q, axis=0)
         return tf.reshape(q, shape)
