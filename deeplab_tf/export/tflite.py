@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_tf.export.optimize import with_input_shape
+from deeplab_tf.inference.io import atomic_write
 from deeplab_tf.inference.multiscale import MultiScale
 
 QUANTIZATIONS = ("fp32", "fp16", "int8")
@@ -114,17 +115,13 @@ def export_tflite(
         blob = converter.convert()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tflite", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
             f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, write)
     return path
 
 
