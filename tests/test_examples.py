@@ -443,31 +443,68 @@ def test_notebook_is_generated_and_valid(tmp_path):
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 
-def test_notebook_code_runs_tiny(tmp_path):
-    import nbformat
+class _NotebookRun:
+    """The notebook's code cells as a script, running in a subprocess (started once)."""
 
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    cells = []
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            lines = cell.source.splitlines()
-            cells.append("\n".join(ln for ln in lines if not ln.lstrip().startswith(("!", "%"))))
-    script = tmp_path / "notebook.py"
-    script.write_text("\n\n".join(cells) + "\nprint('NOTEBOOK-DONE')\n")
-    voc_root = _fake_voc_sbd(str(tmp_path / "voc"), np.random.default_rng(1))
-    out_dir = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=_env(DEEPLAB_TINY="1", DEEPLAB_OUT=str(out_dir), DEEPLAB_VOC_ROOT=voc_root),
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "NOTEBOOK-DONE" in result.stdout
-    assert "skipping the VOC section" not in result.stdout  # the VOC cell ran on the fake tree
-    agree = re.search(r"served labels \(\d+, \d+\): ([\d.]+)% equal", result.stdout)
-    assert agree and float(agree.group(1)) >= 99.0, result.stdout[-2000:]  # served == Keras
+    def __init__(self, workdir):
+        import nbformat
+
+        nb = nbformat.read(NOTEBOOK, as_version=4)
+        cells = []
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                lines = cell.source.splitlines()  # shell (!) and magic (%) lines dropped
+                cells.append("\n".join(ln for ln in lines if ln.lstrip()[:1] not in "!%"))
+        script = workdir / "notebook.py"
+        script.write_text("\n\n".join(cells) + "\nprint('NOTEBOOK-DONE')\n")
+        voc_root = _fake_voc_sbd(str(workdir / "voc"), np.random.default_rng(1))
+        self.out_dir = workdir / "out"
+        self.log = open(workdir / "log.txt", "w+")
+        env = _env(DEEPLAB_TINY="1", DEEPLAB_OUT=str(self.out_dir), DEEPLAB_VOC_ROOT=voc_root)
+        self.process = subprocess.Popen(
+            [sys.executable, str(script)],
+            cwd=workdir,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+
+    def wait(self, timeout=900):
+        returncode = self.process.wait(timeout=timeout)
+        self.log.seek(0)
+        return returncode, self.log.read()
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def notebook_run(tmp_path_factory):
+    run = _NotebookRun(tmp_path_factory.mktemp("notebook"))
+    yield run
+    run.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_notebook_early(request):
+    """Starts the notebook subprocess when the module starts, so that it overlaps the other
+    tests (mostly single-threaded graph tracing) on the second core; not under xdist."""
+    selected = any(item.name == "test_notebook_code_runs_tiny" for item in request.session.items)
+    if selected and "PYTEST_XDIST_WORKER" not in os.environ:
+        request.getfixturevalue("notebook_run")
+
+
+def test_notebook_code_runs_tiny(notebook_run):
+    returncode, output = notebook_run.wait()
+    assert returncode == 0, output[-5000:]
+    assert "NOTEBOOK-DONE" in output
+    assert "skipping the VOC section" not in output  # the VOC cell ran on the fake tree
+    agree = re.search(r"served labels \(\d+, \d+\): ([\d.]+)% equal", output)
+    assert agree and float(agree.group(1)) >= 99.0, output[-2000:]  # served == Keras
+    out_dir = notebook_run.out_dir
     assert (out_dir / "serving" / "1" / "saved_model.pb").is_file()
     assert (out_dir / "samples.png").is_file() and (out_dir / "model.keras").is_file()
