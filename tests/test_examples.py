@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import io
 import json
 import os
 import re
@@ -274,7 +275,7 @@ def test_serve_md_names_match_the_export(served):
     assert not unknown, f"serve.md code uses names the export does not have: {sorted(unknown)}"
     for sig in set(re.findall(r"\bserving_\w+", text)):
         assert sig in real, sig
-    assert {"image_bytes", "label_png", "labels", "images"} <= keys  # the checks really scan
+    assert {"image_bytes", "label_png_bytes", "labels", "images"} <= keys  # the checks really scan
 
 
 class _FakeResponse:
@@ -411,9 +412,11 @@ def test_serve_md_clients_run_against_the_export(served, tmp_path, monkeypatch):
     answer = rest_predict(loaded, "http://localhost:8501/v1/models/deeplab:predict", body)
     prediction = answer["predictions"][0]
     assert (prediction["heights"], prediction["widths"]) == photo.shape[:2]
-    # label_png is not b64-encoded by TF Serving's REST (its name lacks "_bytes"): the doc's
-    # REST clients must not rely on it, and the doc says so.
-    assert not isinstance(prediction["label_png"], dict) and "_bytes" in text
+    # label_png_bytes ends in "_bytes", so TF Serving's REST sends it as {"b64": ...}: a PNG
+    # label map at the photo's size.
+    png = base64.b64decode(prediction["label_png_bytes"]["b64"])
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.size == (photo.shape[1], photo.shape[0])
 
 
 # === colab_quickstart.ipynb ===

@@ -140,7 +140,7 @@ RELOAD_SCRIPT = textwrap.dedent(
         "labels": f["labels"].numpy(), "probs": f["probabilities"].numpy(),
         "labels_u8": u["labels"].numpy(), "bytes_labels": b["labels"].numpy(),
         "heights": b["heights"].numpy(), "widths": b["widths"].numpy(),
-        "png0": np.frombuffer(b["label_png"].numpy()[0], np.uint8),
+        "png0": np.frombuffer(b["label_png_bytes"].numpy()[0], np.uint8),
     }
     c = sigs["serving_crf"](images=tf.constant(data["images"].astype(np.float32)))
     arrays["crf_labels"] = c["labels"].numpy()
@@ -239,7 +239,7 @@ def test_warmup_requests_are_prediction_logs(tmp_path, tiny):
         [*cli, "show", "--dir", path, "--all"], capture_output=True, text=True, timeout=300
     )
     assert shown.returncode == 0, shown.stderr[-2000:]
-    for name in ("serving_default", "serving_bytes", "image_bytes", "probabilities", "label_png"):
+    for name in ("serving_default", "serving_bytes", "image_bytes", "probabilities", "label_png_bytes"):
         assert name in shown.stdout
     np.save(tmp_path / "images.npy", np.full((1, 24, 20, 3), 128, np.float32))
     ran = subprocess.run(

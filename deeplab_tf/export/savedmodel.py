@@ -12,8 +12,9 @@ Signatures (inputs and outputs keep these names; ``saved_model_cli show --all`` 
 * ``serving_uint8``: the same with ``images`` uint8.
 * ``serving_bytes``: ``image_bytes`` string ``(N,)`` (JPEG/PNG/BMP/GIF; the REST
   ``{"b64": ...}`` form) -> ``labels`` int32 ``(N, Hmax, Wmax)`` (padded with -1),
-  ``heights``/``widths`` int32 ``(N,)`` (each image's own size) and ``label_png`` string
-  ``(N,)`` (each label map as a greyscale PNG of class ids, at the image's own size).
+  ``heights``/``widths`` int32 ``(N,)`` (each image's own size) and ``label_png_bytes``
+  string ``(N,)`` (each label map as a greyscale PNG of class ids, at the image's own size;
+  the ``_bytes`` suffix makes TF Serving's REST API return it as ``{"b64": ...}``).
 * ``serving_crf`` (with a CRF): ``images`` float32 -> ``labels``, ``probabilities`` after the
   dense CRF, plus ``labels_before_crf``.
 """
@@ -143,7 +144,7 @@ class _Serving:
             "labels": _pad_flat_maps(flat, sizes),
             "heights": sizes[:, 0],
             "widths": sizes[:, 1],
-            "label_png": pngs,
+            "label_png_bytes": pngs,
         }
 
 
