@@ -245,6 +245,28 @@ def calibrate_batchnorm(model, images) -> int:
     return count
 
 
+def dampen_residual_branches(model, gamma: float = 0.2) -> int:
+    """Sets gamma of the last BatchNorm of every residual branch (ResNet ``bn*_branch2c``,
+    MobileNetV2 ``*_project_BN`` of blocks with a skip connection) to ``gamma``.
+
+    Trained residual networks have small ones; with gamma 1 a calibrated random deep ResNet is
+    chaotic (any rounding changes most labels). Returns the number of layers changed.
+    """
+    import tensorflow as tf
+
+    names = {layer.name for layer in model.layers}
+    count = 0
+    for layer in model.layers:
+        name = layer.name
+        residual = (name.startswith("bn") and name.endswith("branch2c")) or (
+            name.endswith("project_BN") and name[: -len("project_BN")] + "add" in names
+        )
+        if residual:
+            layer.gamma.assign(tf.fill(layer.gamma.shape, gamma))
+            count += 1
+    return count
+
+
 def label_agreement(logits_a, logits_b, size) -> float:
     """Fraction of equal pixel labels after upsampling both logit maps to ``size`` (Caffe rule)."""
     import numpy as np

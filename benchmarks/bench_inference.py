@@ -18,9 +18,10 @@ ReLU, pooling and resizing left out). The limit is one large dense 3x3 convoluti
 (1x128x128x256 -> 256) timed in the same process.
 
 Weights are random (He/Glorot init, classifier N(0, 0.01)); BatchNorm statistics are calibrated
-on the photo so activations have trained-like scale, and for ResNets the last BN of each residual
-branch gets gamma 0.2 (trained ResNets have small ones; with gamma 1 a random 101-layer ResNet is
-chaotic and any rounding changes most labels). Labels of a random classifier have small margins,
+on the photo so activations have trained-like scale, and the last BN of each residual branch
+(ResNet ``bn*_branch2c``, MobileNetV2 ``*_project_BN``) gets gamma 0.2 (trained networks have
+small ones; with gamma 1 a random 101-layer ResNet is chaotic and any rounding changes most
+labels). Labels of a random classifier have small margins,
 so the agreement figure is a pessimistic estimate of that of trained weights.
 
 Prints JSON on stdout and a table on stderr. Usage::
@@ -86,14 +87,6 @@ def parse_args(argv=None):
     return args
 
 
-def _dampen_residuals(model, gamma: float = 0.2):
-    import tensorflow as tf
-
-    for layer in model.layers:
-        if layer.name.startswith("bn") and layer.name.endswith("branch2c"):
-            layer.gamma.assign(tf.fill(layer.gamma.shape, gamma))
-
-
 def build_variant(name, model, size, batch):
     """A callable ``images -> logits (numpy)`` for one variant."""
     import tensorflow as tf
@@ -134,8 +127,7 @@ def target_part(args, torch, limit, threads):
     calib = _common.photo(min(size, 161), min(size, 161))
     _common.calibrate_batchnorm(model, calib)
     is_resnet = "resnet" in args.target_model
-    if is_resnet:
-        _dampen_residuals(model)
+    damped = _common.dampen_residual_branches(model)
     gflop = _common.conv_flops(model) / 1e9
     runners, notes = {}, []
     for name in args.variants:
@@ -253,7 +245,7 @@ def target_part(args, torch, limit, threads):
         "batch": batch,
         "gflop_per_image": round(gflop, 2),
         "weights": "random; BN calibrated on the photo"
-        + ("; residual-branch BN gamma 0.2" if is_resnet else ""),
+        + (f"; residual-branch BN gamma 0.2 ({damped} layers)" if damped else ""),
         "input": "tests/fixtures/coffee_500x375.jpg resized (CC0 photo)",
         "variants": rows,
         "torch": torch_note
