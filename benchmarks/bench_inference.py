@@ -90,9 +90,8 @@ def parse_args(argv=None):
 def build_variant(name, model, size, batch):
     """A callable ``images -> logits (numpy)`` for one variant."""
     import tensorflow as tf
-    from _fused import fuse_for_inference
 
-    from deeplab_tf.export import fold_batchnorm, to_bfloat16
+    from deeplab_tf.export import fold_batchnorm, fuse_for_inference, to_bfloat16
 
     spec = [tf.TensorSpec((batch, size, size, 3), tf.uint8, name="images")]
     if name == "eager":
@@ -258,10 +257,9 @@ def target_part(args, torch, limit, threads):
 
 def zoo_part(args, limit):
     import tensorflow as tf
-    from _fused import fuse_for_inference
 
     import deeplab_tf
-    from deeplab_tf.export import fold_batchnorm, with_input_shape
+    from deeplab_tf.export import fold_batchnorm, fuse_for_inference, with_input_shape
 
     rows = []
     for name in args.zoo_models or deeplab_tf.list_models():

@@ -75,10 +75,9 @@ def main(argv=None):
     threads = _common.configure_threads(args.threads)
     import numpy as np
     import tensorflow as tf
-    from _fused import fuse_for_inference
 
     import deeplab_tf
-    from deeplab_tf.export import with_input_shape
+    from deeplab_tf.export import fuse_for_inference, with_input_shape
     from deeplab_tf.export.tflite import export_tflite, litert_interpreter, run_tflite
     from deeplab_tf.inference import MultiScale
 

@@ -337,3 +337,48 @@ class FoldedBatchNorm(keras.layers.Layer):
 
     def compute_output_shape(self, s):
         return s
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PaddedConv2D(keras.layers.Conv2D):
+    """A Caffe convolution in one op: symmetric explicit padding and native dilation.
+
+    The training graph builds each Caffe convolution as ``CaffePadding`` + a VALID ``Conv2D``,
+    which TensorFlow lowers (for dilated kernels) through SPACE_TO_BATCH_ND /
+    BATCH_TO_SPACE_ND because its CPU gradient needs it. For inference, ``tf.nn.conv2d`` with
+    explicit padding and ``dilations`` computes the same function as one (oneDNN-fused)
+    primitive; ``deeplab_tf.export.fuse_for_inference`` swaps these in.
+
+    Args:
+        pad: symmetric zero padding (Caffe's ``pad``).
+        **kwargs: ``keras.layers.Conv2D`` arguments (``padding`` must be ``"valid"``).
+    """
+
+    def __init__(self, pad: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if self.padding != "valid":
+            raise ValueError(
+                f"PaddedConv2D pads explicitly; padding must be 'valid'. Received: {self.padding!r}"
+            )
+        self.pad = int(pad)
+
+    def call(self, inputs):
+        p = self.pad
+        y = tf.nn.conv2d(
+            inputs,
+            tf.cast(self.kernel, inputs.dtype),
+            strides=self.strides,
+            padding=[[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID",
+            dilations=self.dilation_rate,
+        )
+        if self.use_bias:
+            y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype))
+        return self.activation(y) if self.activation is not None else y
+
+    def compute_output_shape(self, input_shape):
+        grow = lambda d: None if d is None else d + 2 * self.pad
+        n, h, w, c = input_shape
+        return super().compute_output_shape((n, grow(h), grow(w), c))
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}

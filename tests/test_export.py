@@ -18,6 +18,7 @@ from deeplab_tf.export import (
     export_saved_model,
     export_tflite,
     fold_batchnorm,
+    fuse_for_inference,
     run_tflite,
     tflite_ops,
     to_bfloat16,
@@ -239,7 +240,13 @@ def test_warmup_requests_are_prediction_logs(tmp_path, tiny):
         [*cli, "show", "--dir", path, "--all"], capture_output=True, text=True, timeout=300
     )
     assert shown.returncode == 0, shown.stderr[-2000:]
-    for name in ("serving_default", "serving_bytes", "image_bytes", "probabilities", "label_png_bytes"):
+    for name in (
+        "serving_default",
+        "serving_bytes",
+        "image_bytes",
+        "probabilities",
+        "label_png_bytes",
+    ):
         assert name in shown.stdout
     np.save(tmp_path / "images.npy", np.full((1, 24, 20, 3), 128, np.float32))
     ran = subprocess.run(
@@ -368,6 +375,22 @@ def test_batchnorm_folding_same_outputs_fewer_ops():
     assert _op_count(folded, "Rsqrt") == 0
     assert _op_count(folded, None) < _op_count(model, None) - 5 * 53
     assert [layer.name for layer in folded.layers] == [layer.name for layer in model.layers]
+
+
+def test_fused_inference_model_same_outputs_direct_dilated_convs(tmp_path):
+    import keras
+
+    model = _spread_model("resnet50")
+    fused = fuse_for_inference(model)
+    x = _images(1, 33, 41).astype(np.float32)
+    ref = model(x).numpy()
+    np.testing.assert_allclose(fused(x).numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert _op_count(model, "SpaceToBatchND") > 0  # how tf.nn.convolution runs dilated convs
+    assert _op_count(fused, "SpaceToBatchND") == 0 and _op_count(fused, "Rsqrt") == 0
+    assert type(fused.get_layer("res4b_branch2b")).__name__ == "PaddedConv2D"
+    fused.save(tmp_path / "fused.keras")
+    reloaded = keras.saving.load_model(tmp_path / "fused.keras", safe_mode=True)
+    np.testing.assert_allclose(reloaded(x).numpy(), fused(x).numpy(), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.large

@@ -7,6 +7,7 @@ _SM = "deeplab_tf.export.savedmodel"
 _TFL = "deeplab_tf.export.tflite"
 _EXPORTS = {
     "fold_batchnorm": _OPT,
+    "fuse_for_inference": _OPT,
     "to_bfloat16": _OPT,
     "with_input_shape": _OPT,
     "SIGNATURES": _SM,
