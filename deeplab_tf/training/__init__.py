@@ -6,7 +6,13 @@ Example:
     >>> model.compile(**deeplab_tf.recipes.paper("resnet101", steps=20000))
 """
 
-from deeplab_tf.training.callbacks import StepCheckpoint, list_checkpoints, training_callbacks
+from deeplab_tf.training.callbacks import (
+    AtomicBackupAndRestore,
+    StepCheckpoint,
+    list_checkpoints,
+    training_callbacks,
+)
+from deeplab_tf.training.distribute import make_strategy, per_replica_batch_size
 from deeplab_tf.training.losses import DeepLabLoss, shrink_labels
 from deeplab_tf.training.metrics import MeanIoU
 from deeplab_tf.training.msc import MultiScaleModel
@@ -21,6 +27,7 @@ from deeplab_tf.training.recipes import paper
 from deeplab_tf.training.trainer import resolve_config, train
 
 __all__ = [
+    "AtomicBackupAndRestore",
     "CaffeSGD",
     "DeepLabLoss",
     "MeanIoU",
@@ -31,7 +38,9 @@ __all__ = [
     "check_label_values",
     "eval_pipeline",
     "list_checkpoints",
+    "make_strategy",
     "paper",
+    "per_replica_batch_size",
     "poly_schedule",
     "resolve_config",
     "shrink_labels",

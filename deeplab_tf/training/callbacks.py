@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
+import shutil
+import tempfile
 
 import keras
+
+from deeplab_tf.training.distribute import is_chief, worker_dir
+
+BACKUP_WEIGHTS = "latest.weights.h5"
+BACKUP_METADATA = "training_metadata.json"
 
 
 class StepCheckpoint(keras.callbacks.Callback):
     """Saves ``ckpt-{step:06d}.weights.h5`` at each epoch end (use ``steps_per_epoch = N``).
 
     The step is the optimizer's update count. Files are written to a temporary name and moved
-    into place, so a killed run never leaves a half-written checkpoint.
+    into place, so a killed run never leaves a half-written checkpoint. Under a multi-worker
+    ``tf.distribute`` strategy only the chief writes into ``directory``; the other workers save
+    into a temporary directory that is deleted at once (the save itself must run everywhere).
 
     Args:
         directory: where checkpoints go (created if missing).
@@ -29,11 +39,17 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.model_to_save = model_to_save
 
     def on_epoch_end(self, epoch, logs=None):
-        os.makedirs(self.directory, exist_ok=True)
+        strategy = self.model.distribute_strategy
+        directory = worker_dir(self.directory, strategy)
+        chief = is_chief(strategy)
+        os.makedirs(directory, exist_ok=True)
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        final = os.path.join(self.directory, f"ckpt-{step:06d}.weights.h5")
-        tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-ckpt-{step:06d}.weights.h5")
+        final = os.path.join(directory, f"ckpt-{step:06d}.weights.h5")
+        tmp = os.path.join(directory, f".tmp-{os.getpid()}-ckpt-{step:06d}.weights.h5")
         (self.model_to_save or self.model).save_weights(tmp, overwrite=True)
+        if not chief:
+            shutil.rmtree(directory, ignore_errors=True)
+            return
         os.replace(tmp, final)
         if self.max_to_keep:
             for old in list_checkpoints(self.directory)[: -self.max_to_keep]:
@@ -46,6 +62,107 @@ def list_checkpoints(directory: str) -> list[str]:
     return sorted(files, key=lambda f: int(re.search(r"ckpt-(\d+)", os.path.basename(f)).group(1)))
 
 
+def latest_backup(backup_dir: str) -> str | None:
+    """The directory holding the newest complete :class:`AtomicBackupAndRestore` state, or None.
+
+    A save swaps ``backup_dir`` with a fully written sibling (via ``backup_dir + ".old"``); if a
+    kill fell between the two renames, the previous state in ``.old`` is still complete.
+    """
+    for candidate in (str(backup_dir), str(backup_dir) + ".old"):
+        if os.path.isfile(os.path.join(candidate, BACKUP_METADATA)) and os.path.isfile(
+            os.path.join(candidate, BACKUP_WEIGHTS)
+        ):
+            return candidate
+    return None
+
+
+def backup_epoch(backup_dir: str) -> int:
+    """The number of completed epochs recorded in a backup (0 when there is none)."""
+    src = latest_backup(backup_dir)
+    if src is None:
+        return 0
+    with open(os.path.join(src, BACKUP_METADATA)) as f:
+        return int(json.load(f)["epoch"])
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` with atomic, chief-only writes (epoch granularity).
+
+    Each epoch end writes ``latest.weights.h5`` (weights and optimizer state, including the step
+    counter) and ``training_metadata.json`` into a fresh temporary sibling directory, then swaps
+    it in with renames, so a kill at any moment leaves a complete backup (the new or the
+    previous one). Under a multi-worker strategy every worker runs the save (it reads variables
+    with collectives), but only the chief's copy is kept; the others delete theirs. A restarted
+    run restores from the chief's backup on every worker (the run directory must be on a file
+    system all workers see) and continues at the next epoch; the trainer also skips the input
+    pipeline to that epoch's first batch so the resumed run sees the same data as an
+    uninterrupted one.
+
+    Args:
+        backup_dir: backup directory (deleted by the chief once training completes).
+    """
+
+    def __init__(self, backup_dir: str):
+        super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=True)
+
+    def on_train_begin(self, logs=None):
+        self._load_model()
+
+    def _load_model(self):
+        src = latest_backup(self.backup_dir)
+        if src is None:
+            return
+        if not self.model.built:
+            raise ValueError(
+                f"To resume from {src}, the model must be built before fit(). "
+                f"Received an unbuilt model: {self.model.name!r}"
+            )
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(src, BACKUP_WEIGHTS))
+        with open(os.path.join(src, BACKUP_METADATA)) as f:
+            self.model._initial_epoch = int(json.load(f)["epoch"])
+
+    def _save_model(self):
+        strategy = self.model.distribute_strategy
+        chief = is_chief(strategy)
+        target = os.path.normpath(worker_dir(self.backup_dir, strategy))
+        parent = os.path.dirname(target) or "."
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}-writing-", dir=parent)
+        try:
+            self.model.save_weights(os.path.join(tmp, BACKUP_WEIGHTS), overwrite=True)
+            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            with open(os.path.join(tmp, BACKUP_METADATA), "w") as f:
+                json.dump({"epoch": self._current_epoch, "batch": 0, "step": step}, f)
+            if chief:
+                old = target + ".old"
+                shutil.rmtree(old, ignore_errors=True)
+                if os.path.exists(target):
+                    os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def on_train_end(self, logs=None):
+        if is_chief(self.model.distribute_strategy):
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+            shutil.rmtree(str(self.backup_dir) + ".old", ignore_errors=True)
+
+
+class RemoveWorkerDirs(keras.callbacks.Callback):
+    """Deletes the given directories when training ends (non-chief workers' scratch copies)."""
+
+    def __init__(self, paths):
+        super().__init__()
+        self.paths = [str(p) for p in paths]
+
+    def on_train_end(self, logs=None):
+        for path in self.paths:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def training_callbacks(
     workdir: str,
     tensorboard: bool = True,
@@ -53,15 +170,17 @@ def training_callbacks(
     resume: bool = True,
     max_to_keep: int | None = 5,
     model_to_save=None,
+    strategy=None,
 ) -> list:
     """The standard callbacks of a run in ``workdir``.
 
     Drive ``fit`` with ``steps_per_epoch = checkpoint interval``: every epoch end then writes
     ``workdir/checkpoints/ckpt-{step}.weights.h5``, TensorBoard scalars in ``workdir/logs`` and a
-    ``keras.callbacks.BackupAndRestore`` backup in ``workdir/backup`` (weights, optimizer state
-    and the epoch). A run killed mid-way and started again with the same arguments resumes from
+    :class:`AtomicBackupAndRestore` backup in ``workdir/backup`` (weights, optimizer state and
+    the epoch). A run killed mid-way and started again with the same arguments resumes from
     the last backup and ends with the same step count and schedule position as an
-    uninterrupted run (the partial epoch is redone).
+    uninterrupted run (the partial epoch is redone). Under a multi-worker strategy only the
+    chief writes into ``workdir``.
 
     Args:
         workdir: run directory.
@@ -70,6 +189,8 @@ def training_callbacks(
         resume: add ``BackupAndRestore`` (deleted when training completes).
         max_to_keep: checkpoints kept.
         model_to_save: see :class:`StepCheckpoint`.
+        strategy: the ``tf.distribute`` strategy of the run (default: the current one); decides
+            where non-chief workers' TensorBoard logs go (a scratch directory deleted at the end).
 
     Returns:
         A list of callbacks.
@@ -77,9 +198,7 @@ def training_callbacks(
     workdir = str(workdir)
     cbs = []
     if resume:
-        cbs.append(
-            keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup"), save_freq="epoch")
-        )
+        cbs.append(AtomicBackupAndRestore(os.path.join(workdir, "backup")))
     if checkpoints:
         cbs.append(StepCheckpoint(os.path.join(workdir, "checkpoints"), max_to_keep, model_to_save))
     if tensorboard:
@@ -90,5 +209,8 @@ def training_callbacks(
                 "TensorBoard logging needs the tensorboard package: pip install tensorboard "
                 "(or deeplab_tf[train]), or turn it off (output.tensorboard: false)."
             ) from None
-        cbs.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq="epoch"))
+        logs = worker_dir(os.path.join(workdir, "logs"), strategy)
+        cbs.append(keras.callbacks.TensorBoard(logs, update_freq="epoch"))
+        if not is_chief(strategy):
+            cbs.append(RemoveWorkerDirs([logs]))
     return cbs

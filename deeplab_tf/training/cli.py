@@ -78,6 +78,18 @@ def register(sub):
     )
     p.add_argument("--workdir", help="shortcut for --set output.workdir=DIR")
     p.add_argument("--steps", type=int, help="shortcut for --set train.steps=N")
+    p.add_argument(
+        "--strategy",
+        choices=("default", "mirrored", "multi_worker", "tpu"),
+        help="tf.distribute strategy (shortcut for --set distribute.strategy=NAME): all local "
+        "GPUs (mirrored), the hosts in TF_CONFIG (multi_worker) or a TPU (tpu); "
+        "train.batch_size is the global batch, split evenly over the replicas",
+    )
+    p.add_argument(
+        "--tpu",
+        help="with --strategy tpu: 'local' (TPU VM / Colab TPU runtime), a TPU name or "
+        "grpc://IP:8470 (shortcut for --set distribute.tpu=...)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--list-configs", action="store_true", help="list the shipped configs and exit")
     p.set_defaults(func=run)
@@ -101,6 +113,10 @@ def run(args):
         apply_override(config, f"output.workdir={args.workdir}")
     if args.steps is not None:
         apply_override(config, f"train.steps={args.steps}")
+    if args.strategy:
+        apply_override(config, f"distribute.strategy={args.strategy}")
+    if args.tpu:
+        config.setdefault("distribute", {})["tpu"] = args.tpu
 
     from deeplab_tf.training.trainer import resolve_config, train
 
@@ -112,7 +128,7 @@ def run(args):
             print(yaml.safe_dump(resolved, sort_keys=False))
             return 0
         model, history = train(config)
-    except ValueError as err:
+    except (ValueError, RuntimeError) as err:
         raise CLIError(str(err)) from None
     logs = {k: round(float(v[-1]), 4) for k, v in history.history.items()}
     print(f"trained {resolved['train']['steps']} steps; last epoch: {logs}")

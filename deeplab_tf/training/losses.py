@@ -77,7 +77,9 @@ class DeepLabLoss(keras.losses.Loss):
     ``label_mode="upsample_logits"`` instead upsamples the logits to the label size (Caffe
     ``Interp`` rule) and computes the loss at full resolution. The result is a scalar: the sum
     of per-pixel losses over valid pixels divided by their number (Caffe's ``VALID``
-    normalisation), divided by the number of replicas under ``tf.distribute``.
+    normalisation). Under ``tf.distribute`` each replica divides its sum by the valid-pixel count
+    of the whole global batch (an all-reduce), so the gradients that the strategy sums over
+    replicas equal those of one device processing the global batch.
 
     Args:
         ignore_label: label value excluded from the loss (255).
@@ -122,11 +124,15 @@ class DeepLabLoss(keras.losses.Loss):
         safe = tf.where(valid, labels, tf.zeros_like(labels))
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
         validf = tf.cast(valid, tf.float32)
-        loss = tf.math.divide_no_nan(tf.reduce_sum(ce * validf), tf.reduce_sum(validf))
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas > 1:
-            loss = loss / float(replicas)
-        return loss
+        count = tf.reduce_sum(validf)
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            # Normalise by the valid pixels of the *global* batch: the replicas' losses then sum
+            # (tf.distribute sums gradients) to exactly the single-device loss of that batch.
+            count = tf.stop_gradient(
+                replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(count))
+            )
+        return tf.math.divide_no_nan(tf.reduce_sum(ce * validf), count)
 
     def get_config(self):
         return {

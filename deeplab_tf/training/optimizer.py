@@ -75,6 +75,8 @@ class CaffeSGD(keras.optimizers.Optimizer):
 
     A learning-rate schedule sees the number of *applied updates* (``optimizer.iterations``),
     not micro-batches, so ``batch 5 x 2 accumulation`` follows the same poly curve as batch 10.
+    Accumulation also works under ``tf.distribute`` strategies (gradients are summed over the
+    replicas every micro-batch, then accumulated), which Keras's generic accumulation does not.
 
     Paper: SPEC section 4 (the authors' solvers).
 
@@ -130,6 +132,62 @@ class CaffeSGD(keras.optimizers.Optimizer):
         self._multipliers = [
             variable_multipliers(v, self.lr_mult, self.classifier_prefixes) for v in variables
         ]
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        import tensorflow as tf
+
+        replica = tf.distribute.get_replica_context()
+        if (
+            not self.gradient_accumulation_steps
+            or replica is None
+            or replica.num_replicas_in_sync == 1
+        ):
+            return super()._backend_apply_gradients(grads, trainable_variables)
+        # Keras's accumulation puts merge_call (the cross-replica update) inside ops.cond, which
+        # tf.distribute refuses. Instead: all-reduce every micro-batch's gradients in replica
+        # context, then branch once in cross-replica context, where updates need no merge_call.
+        if self.clipnorm or self.clipvalue or self.global_clipnorm:
+            raise ValueError(
+                "CaffeSGD does not clip gradients with gradient_accumulation_steps under a "
+                f"tf.distribute strategy. Received: clipnorm={self.clipnorm}, "
+                f"clipvalue={self.clipvalue}, global_clipnorm={self.global_clipnorm}"
+            )
+        variables = [v.value if hasattr(v, "value") else v for v in trainable_variables]
+        accumulators = [
+            self._accumulated_gradients[self._get_variable_index(v)].value
+            for v in trainable_variables
+        ]
+        grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, list(grads))
+        steps = self.gradient_accumulation_steps
+
+        def merge_fn(distribution, grads, variables, accumulators):
+            is_update_step = (self._iterations + 1) % steps == 0
+            learning_rate = self.learning_rate
+
+            def update_var(var, grad, acc, lr):
+                return self.update_step((grad + acc) / steps, var, lr)
+
+            def apply_update():
+                for grad, var, acc in zip(grads, variables, accumulators):
+                    distribution.extended.update(
+                        var, update_var, args=(grad, acc, learning_rate), group=False
+                    )
+                for acc in accumulators:
+                    distribution.extended.update(
+                        acc, lambda a: a.assign(tf.zeros_like(a)), group=False
+                    )
+                return tf.constant(True)
+
+            def accumulate():
+                for grad, acc in zip(grads, accumulators):
+                    distribution.extended.update(
+                        acc, lambda a, g: a.assign_add(g), args=(grad,), group=False
+                    )
+                return tf.constant(False)
+
+            tf.cond(is_update_step, apply_update, accumulate)
+
+        replica.merge_call(merge_fn, args=(grads, variables, accumulators))
 
     def _get_current_learning_rate(self):
         # Schedules count applied updates (Caffe iterations), not accumulated micro-batches.

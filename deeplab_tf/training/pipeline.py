@@ -234,6 +234,7 @@ def train_pipeline(
     repeat: bool = True,
     seed: int | None = None,
     num_classes: int | None = None,
+    start_batch: int = 0,
 ) -> tf.data.Dataset:
     """Training batches ``(image float32 (N, h, w, 3), label uint8 (N, h, w))``.
 
@@ -250,9 +251,15 @@ def train_pipeline(
         flip: random horizontal flips.
         shuffle_buffer: shuffle buffer size (0 disables shuffling).
         repeat: repeat the dataset forever.
-        seed: makes shuffling and augmentation deterministic.
+        seed: makes shuffling and augmentation deterministic (the first iterator's stream
+            depends on the seed alone; each further iterator of the same dataset object draws a
+            new shuffle order, so iterate once, as ``fit`` does).
         num_classes: when given, every label is checked in-graph (a clear error if a value is
             ``>= num_classes`` and not the ignore label).
+        start_batch: begin at this batch of the (seeded) stream, e.g. when resuming: examples
+            are skipped before augmentation, and augmentation seeds follow the example's position
+            in the stream, so batch ``k`` is identical to batch ``k`` of a run from the start.
+            Needs ``seed`` (an unseeded stream has no fixed order to resume).
 
     Returns:
         A batched, prefetched ``tf.data.Dataset``.
@@ -266,6 +273,13 @@ def train_pipeline(
         scales = tuple(float(s) for s in scales)
         if not scales or any(s <= 0 for s in scales):
             raise ValueError(f"scales must be positive numbers. Received: scales={scales!r}")
+    if not isinstance(start_batch, (int, np.integer)) or start_batch < 0:
+        raise ValueError(f"start_batch must be an int >= 0. Received: start_batch={start_batch!r}")
+    if start_batch and seed is None:
+        raise ValueError(
+            "start_batch needs a seed (an unseeded stream cannot be resumed in the same order). "
+            f"Received: start_batch={start_batch}, seed=None"
+        )
     ds = dataset
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -274,6 +288,8 @@ def train_pipeline(
     if seed is not None:
         counter = tf.data.Dataset.counter()
         ds = tf.data.Dataset.zip((ds, counter))
+        if start_batch:
+            ds = ds.skip(int(start_batch) * int(batch_size))
 
         def fn(element, i):
             return train_transform(
@@ -303,6 +319,7 @@ def eval_pipeline(
     mean=CAFFE_RGB_MEAN,
     ignore_label: int = 255,
     num_classes: int | None = None,
+    drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """Validation batches: pad bottom/right and centre crop to ``crop_size`` (no randomness).
 
@@ -313,6 +330,7 @@ def eval_pipeline(
         mean: RGB padding colour.
         ignore_label: label padding value.
         num_classes: when given, labels are checked in-graph.
+        drop_remainder: drop a last partial batch (static shapes, for TPUs).
 
     Returns:
         A batched, prefetched ``tf.data.Dataset`` of ``(image float32, label uint8)``.
@@ -324,4 +342,4 @@ def eval_pipeline(
     )
     if num_classes is not None:
         ds = ds.map(_label_guard(num_classes, ignore_label), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

@@ -10,6 +10,11 @@ A config has four sections; anything left out comes from the model's registry re
              scales: [0.5, 0.75, 1, 1.25, 1.5], msc: true, msc_scales: [1, 0.75, 0.5],
              optimizer: caffe_sgd, base_lr: 2.5e-4, label_mode: nearest, seed: null}
     output: {workdir: runs/x, checkpoint_every: 1000, tensorboard: true, resume: true}
+    distribute: {strategy: default, tpu: null, devices: null, communication: auto}
+
+Under a ``tf.distribute`` strategy (``distribute.strategy`` or ``train(strategy=...)``, see
+:mod:`deeplab_tf.training.distribute`) ``train.batch_size`` is the global batch of a
+micro-batch, split evenly over the replicas.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ SECTIONS = {
     },
     "val": {"crop_size", "batch_size", "max_examples"},
     "output": {"workdir", "checkpoint_every", "tensorboard", "resume", "max_to_keep"},
+    "distribute": {"strategy", "tpu", "devices", "communication"},
 }
 OPTIMIZERS = ("caffe_sgd", "adam")
 
@@ -89,7 +95,9 @@ def resolve_config(config: dict) -> dict:
     if unknown:
         raise ValueError(f"Unknown config sections {sorted(unknown)}. Allowed: {sorted(SECTIONS)}")
     cfg = {k: _section(config, k) for k in SECTIONS}
-    model, data, train, val, out = (cfg[k] for k in ("model", "data", "train", "val", "output"))
+    model, data, train, val, out, dist = (
+        cfg[k] for k in ("model", "data", "train", "val", "output", "distribute")
+    )
     if "name" not in model:
         raise ValueError(
             "Config needs model.name (e.g. deeplabv2_resnet101_aspp_l). Received none."
@@ -152,7 +160,26 @@ def resolve_config(config: dict) -> dict:
             f"steps={train['steps']}, checkpoint_every={every}"
         )
     out["checkpoint_every"] = every
-    return {"model": model, "data": data, "train": train, "val": val, "output": out}
+    from deeplab_tf.training.distribute import COMMUNICATIONS, STRATEGIES
+
+    dist = {"strategy": "default", "tpu": None, "devices": None, "communication": "auto", **dist}
+    if dist["strategy"] not in STRATEGIES:
+        raise ValueError(
+            f"distribute.strategy must be one of {STRATEGIES}. Received: {dist['strategy']!r}"
+        )
+    if dist["communication"] not in COMMUNICATIONS:
+        raise ValueError(
+            f"distribute.communication must be one of {COMMUNICATIONS}. "
+            f"Received: {dist['communication']!r}"
+        )
+    return {
+        "model": model,
+        "data": data,
+        "train": train,
+        "val": val,
+        "output": out,
+        "distribute": dist,
+    }
 
 
 def set_batchnorm_momentum(model, momentum: float) -> int:
@@ -207,27 +234,43 @@ def load_split(data: dict, which: str):
     return result, None
 
 
-def train(config: dict, callbacks=None, dataset_overrides=None):
+def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None):
     """Trains as the config says; returns ``(model, history)``.
 
     Validation happens before any training step: the config (unknown keys, bad values), the
     datasets' element spec (dtypes, ranks) and the label values of the first
     ``train.validate_examples`` examples.
 
+    Under a ``tf.distribute`` strategy the model is built and compiled in ``strategy.scope()``,
+    ``train.batch_size`` is the global batch (each replica gets ``batch_size / replicas``; a
+    remainder is an error), the schedule and accumulation count global updates, and only the
+    chief writes checkpoints, backups, logs and ``model.keras``. Multi-worker runs need
+    ``train.seed`` (every worker computes the same global batches and keeps its slice). A
+    restarted run resumes from the last backup and skips the input stream to the same batch.
+
     Args:
         config: a config dict (see the module docstring); defaults from the registry recipe.
         callbacks: extra Keras callbacks.
         dataset_overrides: ``{"train": (ds, info), "val": (ds, info)}`` to use instead of
             loading ``data`` (for programmatic use and tests).
+        strategy: a ``tf.distribute.Strategy`` or a name (``default``, ``mirrored``,
+            ``multi_worker``, ``tpu``); ``None`` uses ``distribute.strategy`` of the config.
+            Multi-worker and TPU strategies must be created before TensorFlow runs anything, so
+            with ``dataset_overrides`` create the strategy first and pass the object.
 
     Returns:
         ``(trained keras.Model, keras.callbacks.History)``; the trained network (the wrapped one
         for MSC) is also saved to ``{workdir}/model.keras``.
+
+    Example:
+        >>> strategy = make_strategy("mirrored")   # deeplab_tf.training.distribute
+        >>> model, history = train(load_config("voc12_vgg16_largefov"), strategy=strategy)
     """
     import keras
 
     from deeplab_tf.models.registry import create_model
-    from deeplab_tf.training.callbacks import training_callbacks
+    from deeplab_tf.training import distribute
+    from deeplab_tf.training.callbacks import backup_epoch, training_callbacks
     from deeplab_tf.training.losses import DeepLabLoss
     from deeplab_tf.training.metrics import MeanIoU
     from deeplab_tf.training.msc import MultiScaleModel
@@ -242,6 +285,30 @@ def train(config: dict, callbacks=None, dataset_overrides=None):
 
     cfg = resolve_config(copy.deepcopy(config))
     mcfg, tcfg, vcfg, ocfg = cfg["model"], cfg["train"], cfg["val"], cfg["output"]
+    dcfg = cfg["distribute"]
+    # First: multi-worker and TPU strategies must exist before TensorFlow runs anything.
+    if strategy is None:
+        strategy = distribute.make_strategy(
+            dcfg["strategy"], dcfg["devices"], dcfg["tpu"], dcfg["communication"]
+        )
+    else:
+        strategy = distribute.resolve_strategy(strategy)
+    replicas = strategy.num_replicas_in_sync
+    distribute.per_replica_batch_size(tcfg["batch_size"], replicas)
+    workers = distribute.num_workers(strategy)
+    if workers > 1 and tcfg["seed"] is None:
+        raise ValueError(
+            f"Multi-worker training ({workers} workers) needs train.seed: every worker computes "
+            "the same shuffled global batches and keeps its replicas' slices. Received: seed=None"
+        )
+    if replicas > 1 and tcfg["accumulation_steps"] > 1 and tcfg["optimizer"] != "caffe_sgd":
+        raise ValueError(
+            "train.accumulation_steps > 1 with several replicas needs optimizer caffe_sgd "
+            "(Keras's generic accumulation fails under tf.distribute). Received: "
+            f"optimizer={tcfg['optimizer']!r}, accumulation_steps={tcfg['accumulation_steps']}, "
+            f"replicas={replicas}"
+        )
+    on_tpu = distribute.strategy_name(strategy) == "tpu"
     overrides = dataset_overrides or {}
     train_split = overrides.get("train") or load_split(cfg["data"], "train")
     if train_split is None:
@@ -265,33 +332,39 @@ def train(config: dict, callbacks=None, dataset_overrides=None):
 
     build_kwargs = {k: v for k, v in mcfg.items() if k != "name"}
     build_kwargs["num_classes"] = num_classes
-    net = create_model(mcfg["name"], **build_kwargs)
-    mean = CAFFE_RGB_MEAN if net.get_layer("preprocess").mode == "caffe" else (127.5, 127.5, 127.5)
-    if tcfg["bn_momentum"] is not None:
-        set_batchnorm_momentum(net, tcfg["bn_momentum"])
-    model = MultiScaleModel(net, tcfg["msc_scales"]) if tcfg["msc"] else net
-
     accum = tcfg["accumulation_steps"]
-    schedule = PolyDecay(tcfg["base_lr"], tcfg["steps"], tcfg["power"])
-    if tcfg["optimizer"] == "caffe_sgd":
-        optimizer = CaffeSGD(
-            schedule,
-            momentum=tcfg["momentum"],
-            weight_decay=tcfg["weight_decay"],
-            lr_mult=tcfg["lr_mult"],
-            gradient_accumulation_steps=accum if accum > 1 else None,
+    with strategy.scope():
+        net = create_model(mcfg["name"], **build_kwargs)
+        if tcfg["bn_momentum"] is not None:
+            set_batchnorm_momentum(net, tcfg["bn_momentum"])
+        model = MultiScaleModel(net, tcfg["msc_scales"]) if tcfg["msc"] else net
+        schedule = PolyDecay(tcfg["base_lr"], tcfg["steps"], tcfg["power"])
+        if tcfg["optimizer"] == "caffe_sgd":
+            optimizer = CaffeSGD(
+                schedule,
+                momentum=tcfg["momentum"],
+                weight_decay=tcfg["weight_decay"],
+                lr_mult=tcfg["lr_mult"],
+                gradient_accumulation_steps=accum if accum > 1 else None,
+            )
+        else:
+            # Keras schedules see micro-batches: stretch the curve by the accumulation factor.
+            optimizer = keras.optimizers.Adam(
+                PolyDecay(tcfg["base_lr"], tcfg["steps"] * accum, tcfg["power"]),
+                gradient_accumulation_steps=accum if accum > 1 else None,
+            )
+        model.compile(
+            optimizer=optimizer,
+            loss=DeepLabLoss(ignore_label=ignore, label_mode=tcfg["label_mode"]),
+            metrics=[MeanIoU(num_classes, ignore_label=ignore)],
         )
-    else:
-        # Keras schedules see micro-batches: stretch the curve by the accumulation factor.
-        optimizer = keras.optimizers.Adam(
-            PolyDecay(tcfg["base_lr"], tcfg["steps"] * accum, tcfg["power"]),
-            gradient_accumulation_steps=accum if accum > 1 else None,
-        )
-    model.compile(
-        optimizer=optimizer,
-        loss=DeepLabLoss(ignore_label=ignore, label_mode=tcfg["label_mode"]),
-        metrics=[MeanIoU(num_classes, ignore_label=ignore)],
-    )
+    mean = CAFFE_RGB_MEAN if net.get_layer("preprocess").mode == "caffe" else (127.5, 127.5, 127.5)
+    workdir = ocfg["workdir"]
+    every = ocfg["checkpoint_every"]
+    # Resuming: start the (seeded) input stream at the first batch of the epoch to redo.
+    start_batch = 0
+    if ocfg["resume"] and tcfg["seed"] is not None:
+        start_batch = backup_epoch(os.path.join(workdir, "backup")) * every * accum
 
     train_batches = train_pipeline(
         train_ds,
@@ -305,7 +378,10 @@ def train(config: dict, callbacks=None, dataset_overrides=None):
         repeat=True,
         seed=tcfg["seed"],
         num_classes=num_classes,
+        start_batch=start_batch,
     )
+    if workers > 1:
+        train_batches = distribute.shard_by_data(train_batches)
     val_batches = None
     if val_split is not None:
         vds = (
@@ -314,16 +390,24 @@ def train(config: dict, callbacks=None, dataset_overrides=None):
             else val_split[0].take(vcfg["max_examples"])
         )
         val_batches = eval_pipeline(
-            vds, vcfg["crop_size"], vcfg["batch_size"], mean, ignore, num_classes
+            vds,
+            vcfg["crop_size"],
+            vcfg["batch_size"],
+            mean,
+            ignore,
+            num_classes,
+            drop_remainder=on_tpu,
         )
+        if workers > 1:
+            val_batches = distribute.shard_by_data(val_batches)
 
-    workdir = ocfg["workdir"]
     os.makedirs(workdir, exist_ok=True)
-    every = ocfg["checkpoint_every"]
     cbs = training_callbacks(
-        workdir, ocfg["tensorboard"], True, ocfg["resume"], ocfg["max_to_keep"], net
+        workdir, ocfg["tensorboard"], True, ocfg["resume"], ocfg["max_to_keep"], net, strategy
     )
-    history = model.fit(
+    history = distribute.fit(
+        model,
+        strategy,
         train_batches,
         epochs=math.ceil(tcfg["steps"] / every),
         steps_per_epoch=every * accum,
@@ -332,8 +416,13 @@ def train(config: dict, callbacks=None, dataset_overrides=None):
         verbose=tcfg["verbose"],
         shuffle=False,
     )
-    final = os.path.join(workdir, "model.keras")
-    tmp = os.path.join(workdir, f".tmp-{os.getpid()}-model.keras")
+    # Every worker saves (reads may be collective); only the chief's file is kept.
+    target = distribute.worker_dir(workdir, strategy)
+    os.makedirs(target, exist_ok=True)
+    tmp = os.path.join(target, f".tmp-{os.getpid()}-model.keras")
     net.save(tmp)
-    os.replace(tmp, final)
+    if distribute.is_chief(strategy):
+        os.replace(tmp, os.path.join(workdir, "model.keras"))
+    else:
+        distribute.remove_worker_dir(workdir, strategy)
     return model, history
