@@ -339,15 +339,120 @@ class FoldedBatchNorm(keras.layers.Layer):
         return s
 
 
+def atrous_conv2d(x, kernel, rate, pad: int = 0):
+    """Stride-1 dilated ("atrous") convolution with symmetric zero padding, NHWC.
+
+    TensorFlow's CPU kernels have no dilated ``Conv2DBackpropInput`` / ``Conv2DBackpropFilter``,
+    so a plain ``Conv2D(dilation_rate=r)`` trains through SPACE_TO_BATCH_ND, which turns a
+    rate-24 ASPP branch on a 41x41 map into a batch of 576 tiny images whose backward pass
+    costs several times its forward pass. Here every pass is dense MatMuls or one convolution:
+
+    * forward: one ``tf.nn.conv2d`` with ``dilations`` and explicit padding; when the output
+      is much narrower than the input (an ASPP classifier: 2048 -> 21 channels), instead one
+      ``(N*H*W, C_in) @ (C_in, kh*kw*C_out)`` MatMul followed by a shifted sum of the kh*kw
+      output planes (2-3x faster than the convolution there);
+    * gradient: the output gradient is shifted once per kernel tap into a
+      ``(N*H*W, kh*kw*C_out)`` stack ``D``; then ``d input = D @ K^T`` and
+      ``d kernel = input^T @ D`` (one MatMul each).
+
+    Args:
+        x: (N, H, W, C_in) float tensor.
+        kernel: (kh, kw, C_in, C_out) tensor of the same dtype.
+        rate: dilation, an int or an (rate_h, rate_w) pair.
+        pad: symmetric zero padding of both spatial dimensions (Caffe's ``pad``).
+
+    Returns:
+        (N, H + 2 pad - (kh - 1) rate_h, W + 2 pad - (kw - 1) rate_w, C_out).
+    """
+    rh, rw = (int(rate), int(rate)) if isinstance(rate, int) else (int(rate[0]), int(rate[1]))
+    pad = int(pad)
+    kh, kw, c_in, c_out = (int(d) for d in kernel.shape)
+    taps = kh * kw
+    # (C_in, kh*kw*C_out): column block t = i*kw + j holds kernel tap (i, j).
+    as_matrix = lambda k: tf.reshape(tf.transpose(k, [2, 0, 1, 3]), [c_in, taps * c_out])
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        shape = tf.shape(x)
+        n, height, width = shape[0], shape[1], shape[2]
+        out_h = height + 2 * pad - (kh - 1) * rh
+        out_w = width + 2 * pad - (kw - 1) * rw
+        if taps > 1 and taps * c_out <= c_in:
+            z = tf.matmul(tf.reshape(x, [-1, c_in]), as_matrix(kernel))
+            z = tf.reshape(z, [n, height, width, taps, c_out])
+            if pad:
+                z = tf.pad(z, [[0, 0], [pad, pad], [pad, pad], [0, 0], [0, 0]])
+            y = tf.add_n(
+                [
+                    z[:, i * rh : i * rh + out_h, j * rw : j * rw + out_w, i * kw + j, :]
+                    for i in range(kh)
+                    for j in range(kw)
+                ]
+            )
+        else:
+            paddings = [[0, 0], [pad, pad], [pad, pad], [0, 0]] if pad else "VALID"
+            y = tf.nn.conv2d(x, kernel, 1, paddings, dilations=[rh, rw])
+
+        def grad(dy):
+            # D_t[q] = dy[q - offset_t] (zero outside), offset_t = (i*rh - pad, j*rw - pad).
+            th, tw = (kh - 1) * rh, (kw - 1) * rw
+            dyp = tf.pad(dy, [[0, 0], [th, th], [tw, tw], [0, 0]]) if th or tw else dy
+            stack = tf.concat(
+                [
+                    dyp[
+                        :,
+                        th + pad - i * rh : th + pad - i * rh + height,
+                        tw + pad - j * rw : tw + pad - j * rw + width,
+                        :,
+                    ]
+                    for i in range(kh)
+                    for j in range(kw)
+                ],
+                axis=-1,
+            )
+            stack = tf.reshape(stack, [-1, taps * c_out])
+            dx = tf.matmul(stack, as_matrix(kernel), transpose_b=True)
+            dk = tf.matmul(tf.reshape(x, [-1, c_in]), stack, transpose_a=True)
+            dk = tf.transpose(tf.reshape(dk, [c_in, kh, kw, c_out]), [1, 2, 0, 3])
+            return tf.reshape(dx, shape), dk
+
+        return y, grad
+
+    return conv(x, kernel)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AtrousConv2D(keras.layers.Conv2D):
+    """``keras.layers.Conv2D`` (VALID, stride 1) whose dilated case trains fast on CPU.
+
+    Same arguments, weights and outputs as ``Conv2D``; with ``dilation_rate > 1`` on the
+    TensorFlow backend the convolution runs through :func:`atrous_conv2d` (a direct dilated
+    convolution with a gradient made of forward convolutions and MatMuls) instead of
+    SPACE_TO_BATCH_ND. The DeepLab builders use it for every dilated Caffe convolution.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if (
+            keras.backend.backend() == "tensorflow"
+            and max(self.dilation_rate) > 1
+            and self.padding == "valid"
+            and tuple(self.strides) == (1, 1)
+            and self.data_format == "channels_last"
+            and self.groups == 1
+        ):
+            return atrous_conv2d(inputs, tf.cast(kernel, inputs.dtype), self.dilation_rate)
+        return super().convolution_op(inputs, kernel)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class PaddedConv2D(keras.layers.Conv2D):
     """A Caffe convolution in one op: symmetric explicit padding and native dilation.
 
-    The training graph builds each Caffe convolution as ``CaffePadding`` + a VALID ``Conv2D``,
-    which TensorFlow lowers (for dilated kernels) through SPACE_TO_BATCH_ND /
-    BATCH_TO_SPACE_ND because its CPU gradient needs it. For inference, ``tf.nn.conv2d`` with
-    explicit padding and ``dilations`` computes the same function as one (oneDNN-fused)
-    primitive; ``deeplab_tf.export.fuse_for_inference`` swaps these in.
+    The training graph builds each Caffe convolution as ``CaffePadding`` + a VALID convolution
+    (a separate padded copy of the input). For inference, ``tf.nn.conv2d`` with explicit padding
+    and ``dilations`` computes the same function as one op;
+    ``deeplab_tf.export.fuse_for_inference`` swaps these in. Dilated stride-1 kernels run
+    through :func:`atrous_conv2d`, so a fused model still trains.
 
     Args:
         pad: symmetric zero padding (Caffe's ``pad``).
@@ -364,13 +469,17 @@ class PaddedConv2D(keras.layers.Conv2D):
 
     def call(self, inputs):
         p = self.pad
-        y = tf.nn.conv2d(
-            inputs,
-            tf.cast(self.kernel, inputs.dtype),
-            strides=self.strides,
-            padding=[[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID",
-            dilations=self.dilation_rate,
-        )
+        kernel = tf.cast(self.kernel, inputs.dtype)
+        if max(self.dilation_rate) > 1 and tuple(self.strides) == (1, 1):
+            y = atrous_conv2d(inputs, kernel, self.dilation_rate, p)
+        else:
+            y = tf.nn.conv2d(
+                inputs,
+                kernel,
+                strides=self.strides,
+                padding=[[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID",
+                dilations=self.dilation_rate,
+            )
         if self.use_bias:
             y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype))
         return self.activation(y) if self.activation is not None else y

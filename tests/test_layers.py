@@ -9,12 +9,15 @@ import tensorflow as tf
 
 from deeplab_tf.layers import (
     CAFFE_BGR_MEAN,
+    AtrousConv2D,
     CaffeAveragePooling2D,
     CaffeMaxPooling2D,
     CaffePadding,
+    PaddedConv2D,
     Preprocess,
     ResizeImages,
     ResizeLogits,
+    atrous_conv2d,
     caffe_conv_output_size,
     caffe_pool_output_size,
 )
@@ -111,6 +114,7 @@ def test_padding_is_symmetric():
         CaffeAveragePooling2D(3, 2, 1),
         ResizeLogits(mode="half_pixel", stride=16),
         ResizeImages(0.75),
+        AtrousConv2D(4, 3, dilation_rate=2),
     ],
     ids=lambda layer: type(layer).__name__,
 )
@@ -128,3 +132,72 @@ def test_bad_layer_arguments():
         ResizeLogits(mode="nearest")
     with pytest.raises(ValueError, match="Received: scale=0"):
         ResizeImages(0)
+
+
+# === Atrous convolution with its own gradient ===
+
+
+@pytest.mark.parametrize(
+    "n,h,w,c_in,c_out,k,rate,pad",
+    [
+        (2, 9, 11, 3, 4, 3, 2, 2),  # DeepLab's pad == rate, direct forward convolution
+        (1, 13, 7, 5, 2, 3, 4, 4),
+        (2, 8, 9, 4, 3, 3, 2, 0),  # no padding
+        (1, 12, 12, 2, 2, 3, 3, 5),  # padding wider than the kernel's reach
+        (2, 9, 10, 20, 2, 3, 2, 2),  # narrow output: MatMul + shifted-sum forward
+        (1, 5, 5, 40, 4, 3, 4, 4),  # rate 4 on a 5x5 map (most taps in the padding)
+        (1, 7, 8, 2, 3, 1, 2, 0),  # 1x1
+    ],
+)
+def test_atrous_conv2d_value_and_gradients_match_tensorflow(n, h, w, c_in, c_out, k, rate, pad):
+    """Against TensorFlow's own dilated convolution (SPACE_TO_BATCH path) and its autodiff,
+    in float64 so that only the summation order differs."""
+    rng = np.random.default_rng(h * 100 + c_in)
+    x = tf.constant(rng.normal(size=(n, h, w, c_in)))
+    kernel = tf.constant(rng.normal(size=(k, k, c_in, c_out)))
+
+    def reference(x, kernel):
+        padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+        return tf.nn.convolution(padded, kernel, padding="VALID", dilations=rate)
+
+    results = []
+    for fn in (reference, lambda x, kernel: atrous_conv2d(x, kernel, rate, pad)):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = fn(x, kernel)
+            weights = tf.sin(tf.reshape(tf.range(tf.size(y), dtype=tf.float64), tf.shape(y)))
+            loss = tf.reduce_sum(y * weights)
+        results.append([y, *tape.gradient(loss, [x, kernel])])
+    for ref, got, what in zip(*results, ("output", "d input", "d kernel")):
+        assert got.shape == ref.shape, what
+        np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-10, atol=1e-10, err_msg=what)
+
+
+def test_atrous_layers_train_without_space_to_batch():
+    """AtrousConv2D equals Conv2D with the same weights; both it and PaddedConv2D have CPU
+    gradients (TensorFlow's own dilated Conv2D has none) and no SPACE_TO_BATCH_ND."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 15, 13, 6)), tf.float32)
+    plain = keras.layers.Conv2D(5, 3, dilation_rate=3)
+    atrous = AtrousConv2D(5, 3, dilation_rate=3)
+    padded = PaddedConv2D(pad=3, filters=5, kernel_size=3, dilation_rate=3)
+    plain.build(x.shape)
+    atrous.build(x.shape)
+    padded.build(x.shape)
+    atrous.set_weights(plain.get_weights())
+    padded.set_weights(plain.get_weights())
+    np.testing.assert_allclose(atrous(x).numpy(), plain(x).numpy(), rtol=1e-5, atol=1e-5)
+    ref = plain(tf.pad(x, [[0, 0], [3, 3], [3, 3], [0, 0]])).numpy()
+    np.testing.assert_allclose(padded(x).numpy(), ref, rtol=1e-5, atol=1e-5)
+    for layer in (atrous, padded):
+
+        @tf.function
+        def step(x, layer=layer):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(layer(x) ** 2)
+            return tape.gradient(loss, layer.trainable_variables)
+
+        grads = step(x)
+        assert all(g is not None and np.isfinite(g.numpy()).all() for g in grads)
+        ops = {op.type for op in step.get_concrete_function(x).graph.get_operations()}
+        assert "SpaceToBatchND" not in ops, type(layer).__name__

@@ -9,10 +9,18 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from deeplab_tf.layers import CaffePadding, FoldedBatchNorm, PaddedConv2D, Preprocess
+from deeplab_tf.layers import (
+    AtrousConv2D,
+    CaffePadding,
+    FoldedBatchNorm,
+    PaddedConv2D,
+    Preprocess,
+)
 from deeplab_tf.models.deeplab import Logits
 
 _CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+#: Convolutions that fuse_for_inference may turn into PaddedConv2D (no subclass behaviour).
+_PLAIN_CONVS = (keras.layers.Conv2D, AtrousConv2D)
 
 
 def _producer(tensor):
@@ -103,8 +111,8 @@ def fuse_for_inference(model: keras.Model, fold: bool = True) -> keras.Model:
     2 CPU cores ResNet-101 ASPP-L at 513x513 ran in 0.47x a PyTorch implementation's time this
     way, against 0.86x for the plain graph (``benchmarks/bench_inference.py``).
 
-    The result is for inference (the explicit-padding dilated conv has no CPU gradient in
-    TensorFlow); it saves to ``.keras`` and exports to SavedModel like the original.
+    The result is meant for inference (with BatchNorm folded, SGD would see a different
+    parameterisation); it saves to ``.keras`` and exports to SavedModel like the original.
 
     Args:
         model: a DeepLab model (frozen BatchNorm).
@@ -121,13 +129,13 @@ def fuse_for_inference(model: keras.Model, fold: bool = True) -> keras.Model:
         for layer in model.layers
         if isinstance(layer, CaffePadding)
         and users.get(layer.name)
-        and all(type(u) is keras.layers.Conv2D and u.padding == "valid" for u in users[layer.name])
+        and all(type(u) in _PLAIN_CONVS and u.padding == "valid" for u in users[layer.name])
     }
     padded = {u.name: pad for name, pad in pads.items() for u in users[name]}
     direct = {
         layer.name
         for layer in model.layers
-        if type(layer) is keras.layers.Conv2D
+        if type(layer) in _PLAIN_CONVS
         and layer.padding == "valid"
         and (layer.name in padded or max(layer.dilation_rate) > 1)
     }

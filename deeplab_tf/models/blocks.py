@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from deeplab_tf.layers import CaffePadding
+from deeplab_tf.layers import AtrousConv2D, CaffePadding
 
 #: Caffe's BatchNorm epsilon (SPEC section 3); Keras' default 1e-3 would be wrong here.
 BN_EPSILON = 1e-5
@@ -24,11 +24,13 @@ def caffe_conv(
     """A Caffe ``Convolution``: symmetric zero padding by ``pad`` then a VALID convolution.
 
     The convolution layer carries the Caffe layer name, so converted weights load by name; the
-    padding layer is ``{name}_pad``.
+    padding layer is ``{name}_pad``. Dilated stride-1 convolutions are
+    :class:`~deeplab_tf.layers.AtrousConv2D` (a ``Conv2D`` with a direct dilated gradient).
     """
     if pad:
         x = CaffePadding(pad, name=f"{name}_pad")(x)
-    return keras.layers.Conv2D(
+    conv = AtrousConv2D if dilation > 1 and stride == 1 else keras.layers.Conv2D
+    return conv(
         filters,
         kernel,
         strides=stride,
