@@ -9,6 +9,12 @@ Modes:
     mirrored      first a default-strategy run, then MirroredStrategy on two logical CPUs, in
                   one process (--out gets both: ``ref_*`` and ``dist_*`` arrays).
     multi_worker  MultiWorkerMirroredStrategy from TF_CONFIG (set by the test).
+    drift         start weights whose BatchNorm statistics are fitted to the data (the whole
+                  backbone learns; this random network is chaotic), then three runs recording
+                  the weights after every update: default strategy (the reference), default
+                  strategy with the two halves of every batch swapped (the same sums in another
+                  float order) and MirroredStrategy on two logical CPUs. --out gets, per update,
+                  the relative distance of the last two runs from the reference.
 """
 
 import argparse
@@ -22,7 +28,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 MODEL = {"name": "deeplabv2_mobilenetv2_aspp_l", "head": "aspp", "rates": [1, 2]}
 
 
-def config(workdir, steps, every, accumulation, batch_size, weights=None):
+def config(workdir, steps, every, accumulation, batch_size, weights=None, base_lr=0.02):
     return {
         "model": {**MODEL, "freeze_batchnorm": True, "weights": weights},
         "data": {
@@ -39,7 +45,7 @@ def config(workdir, steps, every, accumulation, batch_size, weights=None):
             "scales": [0.75, 1.0, 1.25],
             "msc": False,
             "optimizer": "caffe_sgd",
-            "base_lr": 0.02,
+            "base_lr": base_lr,
             "seed": 3,
             "shuffle_buffer": 16,
             "validate_examples": 2,
@@ -51,7 +57,7 @@ def config(workdir, steps, every, accumulation, batch_size, weights=None):
 
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("--mode", choices=("single", "mirrored", "multi_worker"), required=True)
+    p.add_argument("--mode", choices=("single", "mirrored", "multi_worker", "drift"), required=True)
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=4)
@@ -65,7 +71,7 @@ def main(argv=None):
     import numpy as np
     import tensorflow as tf
 
-    if args.mode == "mirrored":
+    if args.mode in ("mirrored", "drift"):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2
@@ -81,18 +87,24 @@ def main(argv=None):
     from deeplab_tf.training import train
 
     class Count(keras.callbacks.Callback):
-        """Counts this process's batches (and can die like a killed worker)."""
+        """Counts this process's batches (and can die like a killed worker); keeps the weights
+        after every update (``record``)."""
 
-        def __init__(self):
+        def __init__(self, record=False):
             super().__init__()
             self.n = 0
             self.start = None
+            self.record = record
+            self.updates = []
 
         def on_train_begin(self, logs=None):  # runs after the backup was restored
             self.start = [np.array(w) for w in self.model.get_weights()]
 
         def on_train_batch_end(self, batch, logs=None):
             self.n += 1
+            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            if self.record and step > len(self.updates):
+                self.updates.append([np.array(w) for w in self.model.get_weights()])
             if args.exit_after_batches and self.n == args.exit_after_batches:
                 sys.stdout.flush()
                 os._exit(3)  # like a killed process: no cleanup, no exception handling
@@ -112,7 +124,9 @@ def main(argv=None):
         return weights, step, counter.n, loss, moved
 
     out = {}
-    if args.mode == "mirrored":
+    if args.mode == "drift":
+        out.update(drift(args, Count))
+    elif args.mode == "mirrored":
         w, step, n, loss, moved = run(os.path.join(args.workdir, "ref"), "default")
         out.update({"ref_step": step, "ref_batches": n, "ref_loss": loss, "ref_moved": moved})
         out.update({f"ref_w{i}": v for i, v in enumerate(w)})
@@ -140,6 +154,68 @@ def main(argv=None):
     np.savez(tmp, **out)
     os.replace(tmp, args.out)
     print("DONE", flush=True)
+
+
+def drift(args, count_callback):
+    """The ``drift`` mode: per-update distances of swapped-halves and mirrored runs."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks._common import calibrate_batchnorm
+    from deeplab_tf.data.synthetic import synthetic_dataset
+    from deeplab_tf.models.registry import create_model
+    from deeplab_tf.training import pipeline, train
+    from deeplab_tf.training.distribute import make_strategy
+
+    os.makedirs(args.workdir, exist_ok=True)
+    weights = os.path.join(args.workdir, "fitted.weights.h5")
+    keras.utils.set_random_seed(0)
+    net = create_model(**MODEL, num_classes=3, freeze_batchnorm=True)
+    ds, _ = synthetic_dataset("train", num_images=16, size=48, num_classes=3)
+    batches = pipeline.train_pipeline(ds, 40, 8, None, (127.5,) * 3, seed=1, repeat=False)
+    images = np.concatenate([x.numpy() for x, _ in batches])
+    calibrate_batchnorm(net, images)  # moving mean/variance = statistics of the data
+    net.save_weights(weights)
+    keras.backend.clear_session()
+
+    def run(name, strategy, swap=False):
+        keras.utils.set_random_seed(0)
+        counter = count_callback(record=True)
+        cfg = config(os.path.join(args.workdir, name), args.steps, args.steps, 2, 4, weights, 0.002)
+        original = pipeline.train_pipeline
+        if swap:  # the same examples in every batch, halves exchanged: only float order differs
+            pipeline.train_pipeline = lambda *a, **k: original(*a, **k).map(
+                lambda x, y: (tf.roll(x, 2, 0), tf.roll(y, 2, 0))
+            )
+        try:
+            model, _ = train(cfg, callbacks=[counter], strategy=strategy)
+        finally:
+            pipeline.train_pipeline = original
+        step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        keras.backend.clear_session()
+        assert step == len(counter.updates) == args.steps and counter.n == 2 * args.steps
+        return counter.start, counter.updates
+
+    def norm(arrays):
+        return float(np.sqrt(sum(np.sum(np.square(a.astype(np.float64))) for a in arrays)))
+
+    start, ref = run("ref", "default")
+    out = {
+        # how far the reference moved from the start, per update (all weights; first conv)
+        "moved": [norm([a - b for a, b in zip(w, start)]) for w in ref],
+        "stem_moved": [norm([w[0] - start[0]]) / norm([start[0]]) for w in ref],
+    }
+    mirrored = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    for name, strategy, swap in (("swap", "default", True), ("dist", mirrored, False)):
+        _, updates = run(name, strategy, swap)
+        out[name] = [
+            norm([a - b for a, b in zip(w, r)]) / m for w, r, m in zip(updates, ref, out["moved"])
+        ]
+        out[name + "_max"] = [
+            max(float(np.max(np.abs(a - b))) for a, b in zip(w, r)) for w, r in zip(updates, ref)
+        ]
+    return {k: np.asarray(v) for k, v in out.items()}
 
 
 if __name__ == "__main__":
