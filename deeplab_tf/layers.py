@@ -345,15 +345,17 @@ def atrous_conv2d(x, kernel, rate, pad: int = 0):
     TensorFlow's CPU kernels have no dilated ``Conv2DBackpropInput`` / ``Conv2DBackpropFilter``,
     so a plain ``Conv2D(dilation_rate=r)`` trains through SPACE_TO_BATCH_ND, which turns a
     rate-24 ASPP branch on a 41x41 map into a batch of 576 tiny images whose backward pass
-    costs several times its forward pass. Here every pass is dense MatMuls or one convolution:
+    costs several times its forward pass. Here every pass is forward convolutions and MatMuls:
 
     * forward: one ``tf.nn.conv2d`` with ``dilations`` and explicit padding; when the output
       is much narrower than the input (an ASPP classifier: 2048 -> 21 channels), instead one
       ``(N*H*W, C_in) @ (C_in, kh*kw*C_out)`` MatMul followed by a shifted sum of the kh*kw
       output planes (2-3x faster than the convolution there);
-    * gradient: the output gradient is shifted once per kernel tap into a
-      ``(N*H*W, kh*kw*C_out)`` stack ``D``; then ``d input = D @ K^T`` and
-      ``d kernel = input^T @ D`` (one MatMul each).
+    * input gradient: the same dilated convolution of the output gradient with the kernel
+      flipped in space and transposed in channels;
+    * kernel gradient: one ``(C_in, N*H*W) @ (N*H*W, C_out)`` MatMul per kernel tap on the
+      tap's window of the padded input, or, for narrow outputs, one MatMul of the input
+      against the output gradient shifted once per tap (a ``(N*H*W, kh*kw*C_out)`` stack).
 
     Args:
         x: (N, H, W, C_in) float tensor.
@@ -394,27 +396,65 @@ def atrous_conv2d(x, kernel, rate, pad: int = 0):
             y = tf.nn.conv2d(x, kernel, 1, paddings, dilations=[rh, rw])
 
         def grad(dy):
-            # D_t[q] = dy[q - offset_t] (zero outside), offset_t = (i*rh - pad, j*rw - pad).
-            th, tw = (kh - 1) * rh, (kw - 1) * rw
-            dyp = tf.pad(dy, [[0, 0], [th, th], [tw, tw], [0, 0]]) if th or tw else dy
-            stack = tf.concat(
-                [
-                    dyp[
-                        :,
-                        th + pad - i * rh : th + pad - i * rh + height,
-                        tw + pad - j * rw : tw + pad - j * rw + width,
-                        :,
-                    ]
-                    for i in range(kh)
-                    for j in range(kw)
-                ],
-                axis=-1,
+            # d input: the same dilated convolution of dy with the kernel flipped in space and
+            # transposed in channels, padded by the kernel's reach minus the forward padding.
+            flipped = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
+            qh, qw = (kh - 1) * rh - pad, (kw - 1) * rw - pad
+            dx = tf.nn.conv2d(
+                dy,
+                flipped,
+                1,
+                [[0, 0], [max(qh, 0), max(qh, 0)], [max(qw, 0), max(qw, 0)], [0, 0]],
+                dilations=[rh, rw],
             )
-            stack = tf.reshape(stack, [-1, taps * c_out])
-            dx = tf.matmul(stack, as_matrix(kernel), transpose_b=True)
-            dk = tf.matmul(tf.reshape(x, [-1, c_in]), stack, transpose_a=True)
-            dk = tf.transpose(tf.reshape(dk, [c_in, kh, kw, c_out]), [1, 2, 0, 3])
-            return tf.reshape(dx, shape), dk
+            if qh < 0 or qw < 0:  # padding wider than the kernel's reach: crop
+                ch, cw = max(-qh, 0), max(-qw, 0)
+                dx = dx[:, ch : tf.shape(dx)[1] - ch, cw : tf.shape(dx)[2] - cw, :]
+            out_h, out_w = tf.shape(dy)[1], tf.shape(dy)[2]
+            if taps > 1 and taps * c_out <= c_in:
+                # Narrow output: shift dy once per tap, D_t[q] = dy[q - offset_t] (zero
+                # outside), into one (N*H*W, taps*C_out) stack; d kernel = x^T D.
+                th, tw = (kh - 1) * rh, (kw - 1) * rw
+                dyp = tf.pad(dy, [[0, 0], [th, th], [tw, tw], [0, 0]])
+                stack = tf.concat(
+                    [
+                        dyp[
+                            :,
+                            th + pad - i * rh : th + pad - i * rh + height,
+                            tw + pad - j * rw : tw + pad - j * rw + width,
+                            :,
+                        ]
+                        for i in range(kh)
+                        for j in range(kw)
+                    ],
+                    axis=-1,
+                )
+                dk = tf.matmul(
+                    tf.reshape(x, [-1, c_in]),
+                    tf.reshape(stack, [-1, taps * c_out]),
+                    transpose_a=True,
+                )
+                dk = tf.transpose(tf.reshape(dk, [c_in, kh, kw, c_out]), [1, 2, 0, 3])
+            else:
+                # One (C_in, N*H*W) @ (N*H*W, C_out) MatMul per tap on its input window.
+                xp = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]]) if pad else x
+                dy2 = tf.reshape(dy, [-1, c_out])
+                dk = tf.stack(
+                    [
+                        tf.matmul(
+                            tf.reshape(
+                                xp[:, i * rh : i * rh + out_h, j * rw : j * rw + out_w, :],
+                                [-1, c_in],
+                            ),
+                            dy2,
+                            transpose_a=True,
+                        )
+                        for i in range(kh)
+                        for j in range(kw)
+                    ]
+                )
+                dk = tf.reshape(dk, [kh, kw, c_in, c_out])
+            return dx, dk
 
         return y, grad
 
@@ -422,37 +462,16 @@ def atrous_conv2d(x, kernel, rate, pad: int = 0):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class AtrousConv2D(keras.layers.Conv2D):
-    """``keras.layers.Conv2D`` (VALID, stride 1) whose dilated case trains fast on CPU.
-
-    Same arguments, weights and outputs as ``Conv2D``; with ``dilation_rate > 1`` on the
-    TensorFlow backend the convolution runs through :func:`atrous_conv2d` (a direct dilated
-    convolution with a gradient made of forward convolutions and MatMuls) instead of
-    SPACE_TO_BATCH_ND. The DeepLab builders use it for every dilated Caffe convolution.
-    """
-
-    def convolution_op(self, inputs, kernel):
-        if (
-            keras.backend.backend() == "tensorflow"
-            and max(self.dilation_rate) > 1
-            and self.padding == "valid"
-            and tuple(self.strides) == (1, 1)
-            and self.data_format == "channels_last"
-            and self.groups == 1
-        ):
-            return atrous_conv2d(inputs, tf.cast(kernel, inputs.dtype), self.dilation_rate)
-        return super().convolution_op(inputs, kernel)
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
 class PaddedConv2D(keras.layers.Conv2D):
-    """A Caffe convolution in one op: symmetric explicit padding and native dilation.
+    """A Caffe convolution in one layer: symmetric explicit padding and native dilation.
 
-    The training graph builds each Caffe convolution as ``CaffePadding`` + a VALID convolution
-    (a separate padded copy of the input). For inference, ``tf.nn.conv2d`` with explicit padding
-    and ``dilations`` computes the same function as one op;
-    ``deeplab_tf.export.fuse_for_inference`` swaps these in. Dilated stride-1 kernels run
-    through :func:`atrous_conv2d`, so a fused model still trains.
+    The DeepLab builders use it for every dilated stride-1 convolution (ResNet res4/res5,
+    VGG conv5/fc6, the ASPP branches), which run through :func:`atrous_conv2d`: no padded copy
+    of the input (a separate ``CaffePadding`` would copy a 2048-channel map per ASPP branch)
+    and no SPACE_TO_BATCH_ND in the forward or backward pass. Undilated convolutions keep
+    ``CaffePadding`` + ``Conv2D`` for training; ``deeplab_tf.export.fuse_for_inference``
+    merges those into this layer too (forward only: a direct ``tf.nn.conv2d`` with explicit
+    padding).
 
     Args:
         pad: symmetric zero padding (Caffe's ``pad``).

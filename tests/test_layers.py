@@ -9,7 +9,6 @@ import tensorflow as tf
 
 from deeplab_tf.layers import (
     CAFFE_BGR_MEAN,
-    AtrousConv2D,
     CaffeAveragePooling2D,
     CaffeMaxPooling2D,
     CaffePadding,
@@ -114,7 +113,7 @@ def test_padding_is_symmetric():
         CaffeAveragePooling2D(3, 2, 1),
         ResizeLogits(mode="half_pixel", stride=16),
         ResizeImages(0.75),
-        AtrousConv2D(4, 3, dilation_rate=2),
+        PaddedConv2D(pad=2, filters=4, kernel_size=3, dilation_rate=2),
     ],
     ids=lambda layer: type(layer).__name__,
 )
@@ -173,31 +172,40 @@ def test_atrous_conv2d_value_and_gradients_match_tensorflow(n, h, w, c_in, c_out
         np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-10, atol=1e-10, err_msg=what)
 
 
-def test_atrous_layers_train_without_space_to_batch():
-    """AtrousConv2D equals Conv2D with the same weights; both it and PaddedConv2D have CPU
-    gradients (TensorFlow's own dilated Conv2D has none) and no SPACE_TO_BATCH_ND."""
+def test_padded_conv_trains_without_space_to_batch():
+    """PaddedConv2D equals CaffePadding + Conv2D with the same weights and, dilated, has a CPU
+    gradient (TensorFlow's own explicit-padding dilated Conv2D has none) with no
+    SPACE_TO_BATCH_ND (the path of Keras' dilated Conv2D) anywhere in the step."""
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(2, 15, 13, 6)), tf.float32)
     plain = keras.layers.Conv2D(5, 3, dilation_rate=3)
-    atrous = AtrousConv2D(5, 3, dilation_rate=3)
     padded = PaddedConv2D(pad=3, filters=5, kernel_size=3, dilation_rate=3)
-    plain.build(x.shape)
-    atrous.build(x.shape)
+    plain.build(CaffePadding(3).compute_output_shape(x.shape))
     padded.build(x.shape)
-    atrous.set_weights(plain.get_weights())
     padded.set_weights(plain.get_weights())
-    np.testing.assert_allclose(atrous(x).numpy(), plain(x).numpy(), rtol=1e-5, atol=1e-5)
-    ref = plain(tf.pad(x, [[0, 0], [3, 3], [3, 3], [0, 0]])).numpy()
+    ref = plain(CaffePadding(3)(x)).numpy()
     np.testing.assert_allclose(padded(x).numpy(), ref, rtol=1e-5, atol=1e-5)
-    for layer in (atrous, padded):
 
-        @tf.function
-        def step(x, layer=layer):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(layer(x) ** 2)
-            return tape.gradient(loss, layer.trainable_variables)
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(padded(x) ** 2)
+        return tape.gradient(loss, padded.trainable_variables)
 
-        grads = step(x)
-        assert all(g is not None and np.isfinite(g.numpy()).all() for g in grads)
-        ops = {op.type for op in step.get_concrete_function(x).graph.get_operations()}
-        assert "SpaceToBatchND" not in ops, type(layer).__name__
+    grads = step(x)
+    assert len(grads) == 2 and all(np.isfinite(g.numpy()).all() for g in grads)
+    ops = {op.type for op in step.get_concrete_function(x).graph.get_operations()}
+    assert "SpaceToBatchND" not in ops and "Conv2D" in ops
+
+
+def test_dilated_caffe_convs_are_padded_convs():
+    """Dilated Caffe convolutions carry their padding (no CaffePadding copy in front)."""
+    from deeplab_tf import DeepLabV2
+
+    model = DeepLabV2(backbone="resnet50", head="aspp_l", num_classes=3, input_shape=(65, 65, 3))
+    for name, pad in (("res4b_branch2b", 2), ("res5a_branch2b", 4), ("fc1_voc12_c3", 24)):
+        layer = model.get_layer(name)
+        assert type(layer) is PaddedConv2D and layer.pad == pad == layer.dilation_rate[0]
+        assert name + "_pad" not in {la.name for la in model.layers}
+    assert type(model.get_layer("res2a_branch2b")) is keras.layers.Conv2D  # undilated
+    assert type(model.get_layer("res2a_branch2b_pad")) is CaffePadding

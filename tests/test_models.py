@@ -89,12 +89,14 @@ def test_resnet101_count_names_dilations_and_forward():
     assert model.get_layer("res3a_branch1").strides == (2, 2)
     assert model.get_layer("res3a_branch2b").strides == (1, 1)
     assert model.get_layer("res4b22_branch2b").dilation_rate == (2, 2)
-    assert model.get_layer("res4b22_branch2b_pad").pad == 2
+    assert model.get_layer("res4b22_branch2b").pad == 2  # PaddedConv2D: padding inside
     assert model.get_layer("res5c_branch2b").dilation_rate == (4, 4)
+    assert model.get_layer("res5c_branch2b").pad == 4
     assert not model.get_layer("res5c_branch2b").use_bias
     for i, rate in enumerate((6, 12, 18, 24)):
         head = model.get_layer(f"fc1_voc12_c{i}")
         assert head.dilation_rate == (rate, rate) and head.use_bias and head.kernel_size == (3, 3)
+        assert head.pad == rate
     for name in ["conv1", "bn_conv1", "res2c", "res3b3", "res4b1", "bn5a_branch1", "fc1_voc12"]:
         model.get_layer(name)
     out = model(np.random.default_rng(0).uniform(0, 255, (1, 65, 65, 3)).astype(np.float32))

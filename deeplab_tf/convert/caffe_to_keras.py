@@ -5,7 +5,8 @@ Mapping (SPEC sections 3 and 5):
 * ``Convolution``: kernel OIHW -> HWIO, bias as is. Every convolution's kernel (from the weight
   blob), stride, dilation and pad is checked against the Keras layer (kernel from its weights,
   stride and dilation from its config, pad from the ``{name}_pad`` ``CaffePadding`` layer in front
-  of it), as are ``group == 1`` and the presence of a bias.
+  of it or, for dilated convolutions, from the ``PaddedConv2D`` itself), as are ``group == 1``
+  and the presence of a bias.
 * ``BatchNorm`` + ``Scale``: one Keras ``BatchNormalization`` named like the Caffe BatchNorm
   (``bn2a_branch1``): moving mean and variance are the stored sums divided by the scale-factor
   blob (Caffe: a zero factor means zero statistics), gamma/beta come from the ``Scale`` layer
@@ -130,8 +131,10 @@ def _keras_weighted_layers(model) -> dict:
 
 
 def _keras_pad(model, name: str):
-    from deeplab_tf.layers import CaffePadding
+    from deeplab_tf.layers import CaffePadding, PaddedConv2D
 
+    if isinstance(model.get_layer(name), PaddedConv2D):  # padding inside the conv
+        return (model.get_layer(name).pad, model.get_layer(name).pad)
     try:
         pad_layer = model.get_layer(f"{name}_pad")
     except ValueError:

@@ -9,18 +9,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from deeplab_tf.layers import (
-    AtrousConv2D,
-    CaffePadding,
-    FoldedBatchNorm,
-    PaddedConv2D,
-    Preprocess,
-)
+from deeplab_tf.layers import CaffePadding, FoldedBatchNorm, PaddedConv2D, Preprocess
 from deeplab_tf.models.deeplab import Logits
 
 _CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
-#: Convolutions that fuse_for_inference may turn into PaddedConv2D (no subclass behaviour).
-_PLAIN_CONVS = (keras.layers.Conv2D, AtrousConv2D)
 
 
 def _producer(tensor):
@@ -105,11 +97,12 @@ def fuse_for_inference(model: keras.Model, fold: bool = True) -> keras.Model:
     """The fastest CPU inference form of a DeepLab model, computing the same function.
 
     Folds frozen BatchNorm into the convolutions (:func:`fold_batchnorm`), then merges every
-    ``CaffePadding`` -> ``Conv2D`` pair (and every dilated VALID conv) into one
-    :class:`~deeplab_tf.layers.PaddedConv2D`: a direct ``tf.nn.conv2d`` with explicit padding
-    and native dilation instead of pad + SPACE_TO_BATCH_ND + conv + BATCH_TO_SPACE_ND. On
-    2 CPU cores ResNet-101 ASPP-L at 513x513 ran in 0.47x a PyTorch implementation's time this
-    way, against 0.86x for the plain graph (``benchmarks/bench_inference.py``).
+    remaining ``CaffePadding`` -> ``Conv2D`` pair (the builders already make dilated convs
+    :class:`~deeplab_tf.layers.PaddedConv2D`; models saved before that may still have dilated
+    VALID ``Conv2D`` layers, which are converted too) into one ``PaddedConv2D``: a direct
+    ``tf.nn.conv2d`` with explicit padding, no separate pad copy and no SPACE_TO_BATCH_ND. On
+    2 idle CPU cores ResNet-101 ASPP-L at 513x513 ran in 0.96x a PyTorch implementation's time
+    this way, against 1.06x for the plain graph (``benchmarks/bench_inference.py``).
 
     The result is meant for inference (with BatchNorm folded, SGD would see a different
     parameterisation); it saves to ``.keras`` and exports to SavedModel like the original.
@@ -129,13 +122,13 @@ def fuse_for_inference(model: keras.Model, fold: bool = True) -> keras.Model:
         for layer in model.layers
         if isinstance(layer, CaffePadding)
         and users.get(layer.name)
-        and all(type(u) in _PLAIN_CONVS and u.padding == "valid" for u in users[layer.name])
+        and all(type(u) is keras.layers.Conv2D and u.padding == "valid" for u in users[layer.name])
     }
     padded = {u.name: pad for name, pad in pads.items() for u in users[name]}
     direct = {
         layer.name
         for layer in model.layers
-        if type(layer) in _PLAIN_CONVS
+        if type(layer) is keras.layers.Conv2D
         and layer.padding == "valid"
         and (layer.name in padded or max(layer.dilation_rate) > 1)
     }

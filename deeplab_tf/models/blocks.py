@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from deeplab_tf.layers import AtrousConv2D, CaffePadding
+from deeplab_tf.layers import CaffePadding, PaddedConv2D
 
 #: Caffe's BatchNorm epsilon (SPEC section 3); Keras' default 1e-3 would be wrong here.
 BN_EPSILON = 1e-5
@@ -23,23 +23,26 @@ def caffe_conv(
 ):
     """A Caffe ``Convolution``: symmetric zero padding by ``pad`` then a VALID convolution.
 
-    The convolution layer carries the Caffe layer name, so converted weights load by name; the
-    padding layer is ``{name}_pad``. Dilated stride-1 convolutions are
-    :class:`~deeplab_tf.layers.AtrousConv2D` (a ``Conv2D`` with a direct dilated gradient).
+    The convolution layer carries the Caffe layer name, so converted weights load by name.
+    Dilated stride-1 convolutions are one :class:`~deeplab_tf.layers.PaddedConv2D` (padding
+    inside, a direct dilated convolution with a MatMul gradient); the others are a
+    ``CaffePadding`` layer named ``{name}_pad`` (when ``pad`` > 0) and a ``Conv2D``.
     """
-    if pad:
-        x = CaffePadding(pad, name=f"{name}_pad")(x)
-    conv = AtrousConv2D if dilation > 1 and stride == 1 else keras.layers.Conv2D
-    return conv(
-        filters,
-        kernel,
+    kwargs = dict(
+        filters=filters,
+        kernel_size=kernel,
         strides=stride,
         padding="valid",
         dilation_rate=dilation,
         use_bias=use_bias,
         kernel_initializer=kernel_initializer,
         name=name,
-    )(x)
+    )
+    if dilation > 1 and stride == 1:
+        return PaddedConv2D(pad=pad, **kwargs)(x)
+    if pad:
+        x = CaffePadding(pad, name=f"{name}_pad")(x)
+    return keras.layers.Conv2D(**kwargs)(x)
 
 
 def batch_norm(x, name: str, frozen: bool, epsilon: float = BN_EPSILON):
