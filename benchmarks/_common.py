@@ -19,10 +19,12 @@ PHOTO = os.path.join(REPO, "tests", "fixtures", "coffee_500x375.jpg")
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "avx_vnni")
 
 
-def configure_threads(threads: int | None) -> int:
+def configure_threads(threads: int | None, inter_op: int | None = 1) -> int:
     """Pins TensorFlow (and torch, when imported later) to ``threads`` intra-op threads.
 
-    Must run before TensorFlow executes anything. Returns the thread count used.
+    ``inter_op`` is TensorFlow's inter-op pool (how many independent ops run at once); None
+    keeps TensorFlow's default (one per core). Must run before TensorFlow executes anything.
+    Returns the intra-op thread count used.
     """
     threads = int(threads or os.cpu_count() or 1)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -31,7 +33,8 @@ def configure_threads(threads: int | None) -> int:
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    if inter_op is not None:
+        tf.config.threading.set_inter_op_parallelism_threads(int(inter_op))
     return threads
 
 
@@ -69,7 +72,15 @@ def machine_info() -> dict:
 
     info["tensorflow"] = tf.__version__
     info["keras"] = keras.__version__
-    info["onednn_opts"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86 Linux)")
+    try:  # TensorFlow turns oneDNN on by default only on CPUs with AVX512/AMX features
+        from tensorflow.python.util import _pywrap_util_port
+
+        onednn = "on" if _pywrap_util_port.IsMklEnabled() else "off"
+    except (ImportError, AttributeError):
+        onednn = "unknown"
+    setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    how = f" (TF_ENABLE_ONEDNN_OPTS={setting})" if setting else " (default)"
+    info["onednn_opts"] = onednn + how
     if "torch" in sys.modules:
         info["torch"] = sys.modules["torch"].__version__
     return info

@@ -8,8 +8,11 @@ reference (``benchmarks/torch_deeplab.py``: SGD momentum 0.9, weight decay 5e-4,
 classifier, the same loss and MSC), measured in the same run.
 
 Each configuration runs in its own process (peak RSS is then its own, and the two frameworks'
-thread pools do not compete). A warm-up micro-batch (tracing) precedes the timed steps; its
-time is reported as ``first_call_s``. Images and labels are random (timing only).
+thread pools do not compete). The Keras step runs as ``deeplab-tf train`` runs it: TensorFlow's
+default inter-op pool (one thread per core) and ``TF_CPU_ALLOCATOR_USE_BFC=true``
+(``--inter-op 1`` and ``--no-bfc`` measure without them); PyTorch runs with its defaults.
+A warm-up micro-batch (tracing) precedes the timed steps; its time is reported as
+``first_call_s``. Images and labels are random (timing only).
 
 Prints JSON on stdout and a table on stderr. Usage::
 
@@ -51,6 +54,19 @@ def parse_args(argv=None):
     p.add_argument("--msc", nargs="+", default=["off", "on"], choices=("off", "on"))
     p.add_argument("--jit-compile", action="store_true", help="compile the Keras step with XLA")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--no-bfc",
+        action="store_true",
+        help="run the Keras step with TensorFlow's default host allocator instead of "
+        "TF_CPU_ALLOCATOR_USE_BFC=true (which `deeplab-tf` commands set)",
+    )
+    p.add_argument(
+        "--inter-op",
+        type=int,
+        default=0,
+        help="TensorFlow inter-op threads (0: TensorFlow's default, one per core; a training "
+        "step's independent gradient ops then overlap)",
+    )
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--json-out", default=None)
     p.add_argument("--worker", choices=("tf", "torch"), help=argparse.SUPPRESS)
@@ -66,7 +82,7 @@ def parse_args(argv=None):
 
 
 def tf_worker(args, msc: bool) -> dict:
-    threads = _common.configure_threads(args.threads)
+    threads = _common.configure_threads(args.threads, args.inter_op or None)
     import numpy as np
 
     import deeplab_tf
@@ -106,6 +122,8 @@ def tf_worker(args, msc: bool) -> dict:
         "losses": losses,
         "peak_rss_mb": _common.peak_rss_mb(),
         "threads": threads,
+        "inter_op": args.inter_op or "tf default",
+        "bfc_allocator": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "unset"),
     }
 
 
@@ -124,7 +142,11 @@ def run_worker(args, framework: str, msc: bool) -> dict:
             cmd.append("--jit-compile")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if framework == "tf":
+        cmd += ["--inter-op", str(args.inter_op)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    if framework == "tf":
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = "false" if args.no_bfc else "true"
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
