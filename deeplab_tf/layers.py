@@ -370,8 +370,7 @@ def atrous_conv2d(x, kernel, rate, pad: int = 0):
     pad = int(pad)
     kh, kw, c_in, c_out = (int(d) for d in kernel.shape)
     taps = kh * kw
-    # (C_in, kh*kw*C_out): column block t = i*kw + j holds kernel tap (i, j).
-    as_matrix = lambda k: tf.reshape(tf.transpose(k, [2, 0, 1, 3]), [c_in, taps * c_out])
+    narrow = taps > 1 and taps * c_out <= c_in  # e.g. an ASPP classifier, 2048 -> 21
 
     @tf.custom_gradient
     def conv(x, kernel):
@@ -379,8 +378,10 @@ def atrous_conv2d(x, kernel, rate, pad: int = 0):
         n, height, width = shape[0], shape[1], shape[2]
         out_h = height + 2 * pad - (kh - 1) * rh
         out_w = width + 2 * pad - (kw - 1) * rw
-        if taps > 1 and taps * c_out <= c_in:
-            z = tf.matmul(tf.reshape(x, [-1, c_in]), as_matrix(kernel))
+        if narrow:
+            # (C_in, kh*kw*C_out): column block t = i*kw + j holds kernel tap (i, j).
+            matrix = tf.reshape(tf.transpose(kernel, [2, 0, 1, 3]), [c_in, taps * c_out])
+            z = tf.matmul(tf.reshape(x, [-1, c_in]), matrix)
             z = tf.reshape(z, [n, height, width, taps, c_out])
             if pad:
                 z = tf.pad(z, [[0, 0], [pad, pad], [pad, pad], [0, 0], [0, 0]])
@@ -410,8 +411,7 @@ def atrous_conv2d(x, kernel, rate, pad: int = 0):
             if qh < 0 or qw < 0:  # padding wider than the kernel's reach: crop
                 ch, cw = max(-qh, 0), max(-qw, 0)
                 dx = dx[:, ch : tf.shape(dx)[1] - ch, cw : tf.shape(dx)[2] - cw, :]
-            out_h, out_w = tf.shape(dy)[1], tf.shape(dy)[2]
-            if taps > 1 and taps * c_out <= c_in:
+            if narrow:
                 # Narrow output: shift dy once per tap, D_t[q] = dy[q - offset_t] (zero
                 # outside), into one (N*H*W, taps*C_out) stack; d kernel = x^T D.
                 th, tw = (kh - 1) * rh, (kw - 1) * rw

@@ -100,6 +100,31 @@ def _wait(procs_logs, timeout=TIMEOUT):
     return codes
 
 
+def _start_workers(procs, tmp_path, tag, workdir, weights, extra=None):
+    """Starts two ``multi_worker`` processes on free local ports (TF_CONFIG), appending
+    ``(process, log)`` to ``procs`` as they start (so a caller's ``finally`` kills every one);
+    worker ``i`` logs to ``{tag}{i}.log`` and writes ``{tag}{i}.npz``. ``extra``: ``{i: args}``."""
+    ports = _free_ports(2)
+    for i in range(2):
+        log = tmp_path / f"{tag}{i}.log"
+        args = ["--mode", "multi_worker", "--workdir", workdir, "--out", tmp_path / f"{tag}{i}.npz"]
+        args += ["--weights", weights, *(extra or {}).get(i, [])]
+        procs.append((_start(args, log, _tf_config(ports, i)), log))
+
+
+def _run_workers(tmp_path, tag, workdir, weights):
+    """Runs two workers to completion; returns their loaded ``.npz`` results."""
+    procs = []
+    try:
+        _start_workers(procs, tmp_path, tag, workdir, weights)
+        codes = _wait(procs)
+    finally:
+        for p, _ in procs:
+            _kill(p)
+    assert codes == [0, 0], "\n".join(_tail(log) for _, log in procs)
+    return [np.load(tmp_path / f"{tag}{i}.npz") for i in range(2)]
+
+
 def _weights(npz, prefix):
     keys = sorted(
         (k for k in npz.files if k.startswith(prefix + "w")),
@@ -189,20 +214,7 @@ def reference(tmp_path_factory, drift):
 def test_multi_worker_matches_single_device(reference, tmp_path):
     """Two workers (1 CPU replica each), global batch 4 x 2 accumulated, 4 updates, seed 3."""
     workdir = tmp_path / "run"
-    ports = _free_ports(2)
-    procs = []
-    try:
-        for i in range(2):
-            log = tmp_path / f"worker{i}.log"
-            args = ["--mode", "multi_worker", "--workdir", workdir, "--out", tmp_path / f"w{i}.npz"]
-            args += ["--weights", reference.weights]
-            procs.append((_start(args, log, _tf_config(ports, i)), log))
-        codes = _wait(procs)
-    finally:
-        for p, _ in procs:
-            _kill(p)
-    assert codes == [0, 0], "\n".join(_tail(log) for _, log in procs)
-    w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
+    w0, w1 = _run_workers(tmp_path, "w", workdir, reference.weights)
     ref = reference.result()
     assert int(w0["replicas"]) == 2
     assert int(w0["step"]) == int(w1["step"]) == int(ref["ref_step"]) == 4
@@ -262,14 +274,8 @@ def test_killed_worker_resumes_from_chief_backup(reference, tmp_path):
     workdir = tmp_path / "run"
     procs = []
     try:
-        ports = _free_ports(2)
-        for i in range(2):
-            log = tmp_path / f"killed{i}.log"
-            args = ["--mode", "multi_worker", "--workdir", workdir, "--out", tmp_path / f"k{i}.npz"]
-            args += ["--weights", reference.weights]
-            if i == 1:
-                args += ["--exit-after-batches", 6]  # epoch 1 = 4 micro-batches; dies in epoch 2
-            procs.append((_start(args, log, _tf_config(ports, i)), log))
+        dies = {1: ["--exit-after-batches", 6]}  # epoch 1 = 4 micro-batches; dies in epoch 2
+        _start_workers(procs, tmp_path, "k", workdir, reference.weights, dies)
         (code1,) = _wait([procs[1]])
         assert code1 == 3, _tail(procs[1][1])
         # The chief now waits in a collective for its dead peer (or fails): like a cluster
@@ -283,20 +289,7 @@ def test_killed_worker_resumes_from_chief_backup(reference, tmp_path):
     assert meta["epoch"] == 1 and meta["step"] == 2
     assert os.listdir(workdir / "checkpoints") == ["ckpt-000002.weights.h5"]
 
-    procs = []
-    try:
-        ports = _free_ports(2)
-        for i in range(2):
-            log = tmp_path / f"resumed{i}.log"
-            args = ["--mode", "multi_worker", "--workdir", workdir, "--out", tmp_path / f"r{i}.npz"]
-            args += ["--weights", reference.weights]
-            procs.append((_start(args, log, _tf_config(ports, i)), log))
-        codes = _wait(procs)
-    finally:
-        for p, _ in procs:
-            _kill(p)
-    assert codes == [0, 0], "\n".join(_tail(log) for _, log in procs)
-    r0, r1 = np.load(tmp_path / "r0.npz"), np.load(tmp_path / "r1.npz")
+    r0, r1 = _run_workers(tmp_path, "r", workdir, reference.weights)
     for r in (r0, r1):
         assert int(r["step"]) == 4  # the right final step count...
         assert int(r["batches"]) == 4  # ...after redoing only epoch 2 (2 updates x 2)

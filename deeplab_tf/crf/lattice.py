@@ -501,15 +501,9 @@ def make_filter(
     if impl not in ("sparse", "builtin"):
         raise ValueError(f"impl must be 'sparse' or 'builtin'. Received: impl={impl!r}")
     d = lattice.dim
-    alpha = np.float32(1.0) / np.float32(1.0 + 2.0 ** (-d))
     order = list(range(d, -1, -1) if reverse else range(d + 1))
     m1 = lattice.num_vertices + 1
-    splat_w = lattice.weights
-    if pre is not None:
-        splat_w = splat_w * tf.convert_to_tensor(pre, tf.float32)[:, None]
-    slice_w = lattice.weights * alpha
-    if post is not None:
-        slice_w = slice_w * tf.convert_to_tensor(post, tf.float32)[:, None]
+    splat_w, slice_w = _scaled_weights(lattice, pre, post)
     if impl == "builtin":
         flat_offsets = tf.reshape(lattice.offsets, [-1])
         slice_w = slice_w[:, None, :]  # (P, 1, d+1)
@@ -564,6 +558,13 @@ def make_split_filter(
     Returns:
         A function mapping a list of float32 (P_i, C) blocks to a list of (P_i, C) blocks.
     """
+    plan = plan if plan is not None else sparse_plan(lattice)
+    return _sparse_split_filter(plan, *_scaled_weights(lattice, pre, post))
+
+
+def _scaled_weights(lattice, pre, post):
+    """(P, d+1) splat weights scaled by ``pre`` and slice weights scaled by the reference's
+    ``1 / (1 + 2^-d)`` and ``post`` (per-point scales folded into the filter)."""
     alpha = np.float32(1.0) / np.float32(1.0 + 2.0 ** (-lattice.dim))
     splat_w = lattice.weights
     if pre is not None:
@@ -571,8 +572,7 @@ def make_split_filter(
     slice_w = lattice.weights * alpha
     if post is not None:
         slice_w = slice_w * tf.convert_to_tensor(post, tf.float32)[:, None]
-    plan = plan if plan is not None else sparse_plan(lattice)
-    return _sparse_split_filter(plan, splat_w, slice_w)
+    return splat_w, slice_w
 
 
 def _sparse_split_filter(plan, splat_w, slice_w):
