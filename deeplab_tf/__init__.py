@@ -3,8 +3,12 @@
 Chen, Papandreou, Kokkinos, Murphy, Yuille, "DeepLab: Semantic Image Segmentation with Deep
 Convolutional Nets, Atrous Convolution, and Fully Connected CRFs", TPAMI 2017.
 
-Public names are imported lazily (PEP 562), so ``import deeplab_tf`` and ``deeplab-tf --help``
-do not pay for importing TensorFlow until a model, layer or dataset is actually used.
+``import deeplab_tf`` imports Keras and TensorFlow and registers every class the library saves
+(layers, models, wrappers, optimizer, loss, metric), so that a new process loads any ``.keras``
+file written by this library with ``keras.saving.load_model(path)`` in safe mode. It also checks
+that the installed Keras and TensorFlow are in the supported range (``deeplab_tf._registration``).
+Public names are then imported lazily (PEP 562). The ``deeplab-tf`` command defers the
+registration until it has parsed a verb, so ``deeplab-tf --help`` answers without TensorFlow.
 
 Example:
     >>> from deeplab_tf import DeepLabV2
@@ -14,6 +18,8 @@ Example:
 from __future__ import annotations
 
 import importlib
+
+from deeplab_tf import _registration
 
 __version__ = "0.1.0"
 
@@ -66,3 +72,7 @@ def __getattr__(name):
 
 def __dir__():
     return __all__
+
+
+if not _registration.launched_as_command():
+    _registration.register_all()

@@ -1,9 +1,12 @@
 """The ``deeplab-tf`` command line.
 
 Each sub-command lives next to the code it drives, in a module that defines
-``register(subparsers)``; this file only collects them. Modules are imported when the
-command line is built, and heavy imports (TensorFlow) happen inside the command functions so
-that ``deeplab-tf --help`` stays fast.
+``register(subparsers)``; this file only collects them. Command modules import nothing heavy at
+module level, and ``import deeplab_tf`` defers its Keras registration in this process, so
+``deeplab-tf --help`` and every verb's ``--help`` answer without importing TensorFlow (a test
+runs the parser with ``tensorflow`` and ``keras`` blocked). Once a verb is parsed, :func:`main`
+registers the library's Keras classes (``deeplab_tf._registration.register_all``) before running
+it, so every verb loads saved ``.keras`` files.
 """
 
 from __future__ import annotations
@@ -59,6 +62,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
+        return 2
+    try:
+        from deeplab_tf import _registration
+
+        _registration.register_all()
+    except ImportError as err:
+        print(f"deeplab-tf: error: {err}", file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)

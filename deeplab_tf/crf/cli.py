@@ -91,14 +91,16 @@ def run(args):
     if not os.path.isfile(args.model):
         raise CLIError(f"--model must be an existing .keras file. Received: {args.model!r}")
 
-    import keras
     import tensorflow as tf
 
-    import deeplab_tf  # noqa: F401  (registers the custom layers)
     from deeplab_tf.crf.search import format_table, grid_search
+    from deeplab_tf.inference.predict import load_inference_model
     from deeplab_tf.layers import resize_logits
 
-    model = keras.models.load_model(args.model, compile=False)
+    try:
+        model = load_inference_model(args.model)
+    except ValueError as err:
+        raise CLIError(str(err)) from err
     num_classes = args.num_classes or int(model.outputs[0].shape[-1])
     if args.dataset:
         try:

@@ -1,51 +1,44 @@
 """Training with ``model.fit``: the paper's solver, loss, metric, input pipeline, MSC, recipes.
 
+Names are imported lazily (PEP 562), so that the ``train`` command module, which lives in this
+package, is registered with the command line without importing TensorFlow.
+
 Example:
     >>> import deeplab_tf
     >>> model = deeplab_tf.DeepLabV2(backbone="resnet101", head="aspp_l", num_classes=21)
     >>> model.compile(**deeplab_tf.recipes.paper("resnet101", steps=20000))
 """
 
-from deeplab_tf.training.callbacks import (
-    AtomicBackupAndRestore,
-    StepCheckpoint,
-    list_checkpoints,
-    training_callbacks,
-)
-from deeplab_tf.training.distribute import make_strategy, per_replica_batch_size
-from deeplab_tf.training.losses import DeepLabLoss, shrink_labels
-from deeplab_tf.training.metrics import MeanIoU
-from deeplab_tf.training.msc import MultiScaleModel
-from deeplab_tf.training.optimizer import CaffeSGD, PolyDecay, poly_schedule, variable_multipliers
-from deeplab_tf.training.pipeline import (
-    check_element_spec,
-    check_label_values,
-    eval_pipeline,
-    train_pipeline,
-)
-from deeplab_tf.training.recipes import paper
-from deeplab_tf.training.trainer import resolve_config, train
+from deeplab_tf._lazy import lazy_exports
 
-__all__ = [
-    "AtomicBackupAndRestore",
-    "CaffeSGD",
-    "DeepLabLoss",
-    "MeanIoU",
-    "MultiScaleModel",
-    "PolyDecay",
-    "StepCheckpoint",
-    "check_element_spec",
-    "check_label_values",
-    "eval_pipeline",
-    "list_checkpoints",
-    "make_strategy",
-    "paper",
-    "per_replica_batch_size",
-    "poly_schedule",
-    "resolve_config",
-    "shrink_labels",
-    "train",
-    "train_pipeline",
-    "training_callbacks",
-    "variable_multipliers",
-]
+_CALLBACKS = "deeplab_tf.training.callbacks"
+_DISTRIBUTE = "deeplab_tf.training.distribute"
+_LOSSES = "deeplab_tf.training.losses"
+_OPTIMIZER = "deeplab_tf.training.optimizer"
+_PIPELINE = "deeplab_tf.training.pipeline"
+_TRAINER = "deeplab_tf.training.trainer"
+_EXPORTS = {
+    "AtomicBackupAndRestore": _CALLBACKS,
+    "StepCheckpoint": _CALLBACKS,
+    "list_checkpoints": _CALLBACKS,
+    "training_callbacks": _CALLBACKS,
+    "make_strategy": _DISTRIBUTE,
+    "per_replica_batch_size": _DISTRIBUTE,
+    "DeepLabLoss": _LOSSES,
+    "shrink_labels": _LOSSES,
+    "MeanIoU": "deeplab_tf.training.metrics",
+    "MultiScaleModel": "deeplab_tf.training.msc",
+    "CaffeSGD": _OPTIMIZER,
+    "PolyDecay": _OPTIMIZER,
+    "poly_schedule": _OPTIMIZER,
+    "variable_multipliers": _OPTIMIZER,
+    "check_element_spec": _PIPELINE,
+    "check_label_values": _PIPELINE,
+    "eval_pipeline": _PIPELINE,
+    "train_pipeline": _PIPELINE,
+    "paper": "deeplab_tf.training.recipes",
+    "resolve_config": _TRAINER,
+    "train": _TRAINER,
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

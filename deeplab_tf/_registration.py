@@ -1,0 +1,96 @@
+"""The Keras registration contract, and the supported Keras / TensorFlow versions.
+
+Every class this library saves into a ``.keras`` file (layers, models, wrappers, the optimizer,
+its schedule, the loss and the metric) is registered with
+``keras.saving.register_keras_serializable(package="deeplab_tf")`` when its module is imported.
+:func:`register_all` imports all of those modules, so that after ``import deeplab_tf`` alone a
+new process loads any saved model with ``keras.saving.load_model(path)`` in safe mode.
+
+``import deeplab_tf`` calls it, except in the ``deeplab-tf`` command's own process, where the
+command line calls it once it has parsed a verb (so ``deeplab-tf --help`` does not start
+TensorFlow).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+
+#: Supported ranges, ``[lower, upper)``: the lower bounds are the first releases with every API
+#: the library uses (Keras 3.10: ``Optimizer.add_optimizer_variables``; TensorFlow 2.16: Keras 3
+#: as ``tf.keras``); the upper bounds are the newest minors the test suite has run on, because
+#: several classes override private Keras methods that may change in any minor release.
+#: Keep in step with ``install_requires`` in setup.cfg.
+SUPPORTED = {"keras": ("3.10", "3.16"), "tensorflow": ("2.16", "2.22")}
+
+#: Every module that defines a registered (``deeplab_tf>...``) class.
+SERIALIZABLE_MODULES = (
+    "deeplab_tf.layers",
+    "deeplab_tf.models.deeplab",
+    "deeplab_tf.inference.multiscale",
+    "deeplab_tf.training.losses",
+    "deeplab_tf.training.metrics",
+    "deeplab_tf.training.msc",
+    "deeplab_tf.training.optimizer",
+)
+
+_registered = False
+_COMMAND_SCRIPTS = {"deeplab-tf", "deeplab-tf.exe", "deeplab-tf-script.py"}
+_CLI = "deeplab_tf.cli"
+
+
+def _minor(version: str) -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match[1]), int(match[2])) if match else (0, 0)
+
+
+def check_version(package: str, version: str) -> None:
+    """Raises ImportError when ``version`` of ``package`` is outside :data:`SUPPORTED`."""
+    lower, upper = SUPPORTED[package]
+    if not _minor(lower) <= _minor(version) < _minor(upper):
+        raise ImportError(
+            f"deeplab_tf supports {package} >={lower},<{upper}. Received: {package} {version}. "
+            f'Install a supported version, e.g. pip install "{package}>={lower},<{upper}".'
+        )
+
+
+def register_all() -> None:
+    """Imports every module that registers a ``deeplab_tf>`` Keras class (idempotent).
+
+    Raises:
+        ImportError: Keras or TensorFlow is missing or outside the supported range.
+    """
+    global _registered
+    if _registered:
+        return
+    import keras
+    import tensorflow as tf
+
+    check_version("keras", keras.version())
+    check_version("tensorflow", tf.__version__)
+    for module in SERIALIZABLE_MODULES:
+        importlib.import_module(module)
+    _registered = True
+
+
+def launched_as_command() -> bool:
+    """True in the process of the ``deeplab-tf`` command (console script or ``python -m``)."""
+    if sys.argv and os.path.basename(sys.argv[0]) in _COMMAND_SCRIPTS:
+        return True
+    # ``python -m deeplab_tf``: the package is imported before runpy rewrites sys.argv[0].
+    argv = list(getattr(sys, "orig_argv", ()))[1:]
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "-m":
+            return argv[i + 1 : i + 2] == ["deeplab_tf"] or argv[i + 1 : i + 2] == [_CLI]
+        elif arg.startswith("-m"):
+            return arg[2:] in ("deeplab_tf", _CLI)
+        elif arg in ("-X", "-W"):
+            skip = True
+        elif arg == "-c" or not arg.startswith("-"):
+            return False  # a -c program or a script
+    return False
