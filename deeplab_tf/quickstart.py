@@ -15,6 +15,7 @@ an interrupted run (Ctrl-C) removes its partial folder.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -194,14 +195,19 @@ def _run(work, steps, num_train, num_val, num_samples, sample_size, crf_iteratio
     tflite_path = export_tflite(
         net, os.path.join(work, "tflite", "model_fp32.tflite"), (size, size)
     )
-    val_images = np.stack([e["image"] for e in val_ds.take(4).as_numpy_iterator()])
-    keras_labels = MultiScale(net, scales=(1.0,))(val_images).numpy().argmax(-1)
-    lite_labels = np.concatenate([run_tflite(tflite_path, im)["labels"] for im in val_images])
-    tflite_agreement = float((lite_labels == keras_labels).mean())
     print(f"SavedModel: {os.path.relpath(serving, work)}  (signatures: serving_default, ")
-    print("  serving_uint8, serving_bytes, serving_crf)")
-    print(f"TFLite: {os.path.relpath(tflite_path, work)}  (LiteRT vs Keras labels: ")
-    print(f"  {tflite_agreement:.4%} equal)")
+    print("  serving_uint8, serving_bytes, serving_crf; TF Serving warm-up requests)")
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        tflite_agreement = None
+        print(f"TFLite: {os.path.relpath(tflite_path, work)}  (not run: LiteRT is not installed")
+        print("  here; pip install ai-edge-litert)")
+    else:
+        val_images = np.stack([e["image"] for e in val_ds.take(4).as_numpy_iterator()])
+        keras_labels = MultiScale(net, scales=(1.0,))(val_images).numpy().argmax(-1)
+        lite = np.concatenate([run_tflite(tflite_path, im)["labels"] for im in val_images])
+        tflite_agreement = float((lite == keras_labels).mean())
+        print(f"TFLite: {os.path.relpath(tflite_path, work)}  (LiteRT vs Keras labels: ")
+        print(f"  {tflite_agreement:.4%} equal)")
 
     _stage("5/5 Drawing the summary figure")
     figure = os.path.join(work, "summary.png")

@@ -219,6 +219,35 @@ def test_saved_model_reloads_without_deeplab_tf(tmp_path, model):
     np.testing.assert_array_equal(png0, got["labels"][0])
 
 
+def test_warmup_records_are_byte_identical_to_tf_serving_protos():
+    """The project's own warm-up messages serialize exactly as tensorflow-serving-api's."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    from deeplab_tf.export.warmup import predict_log_record
+
+    image = np.random.default_rng(0).uniform(0, 255, (1, 5, 7, 3)).astype(np.float32)
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(signature_name="serving_uint8")
+    )
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(image))
+    request.inputs["other"].CopyFrom(tf.make_tensor_proto(np.arange(3, dtype=np.int32)))
+    official = prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    )
+    ours = predict_log_record(
+        {"images": image, "other": np.arange(3, dtype=np.int32)}, "serving_uint8"
+    )
+    parsed = prediction_log_pb2.PredictionLog.FromString(ours)
+    assert parsed == official
+    assert parsed.WhichOneof("log_type") == "predict_log"
+    # Byte for byte (a single map entry, so map ordering cannot differ).
+    del request.inputs["other"]
+    one = prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    )
+    assert predict_log_record({"images": image}, "serving_uint8") == one.SerializeToString()
+
+
 def test_warmup_requests_are_prediction_logs(tmp_path, tiny):
     from tensorflow_serving.apis import prediction_log_pb2
 

@@ -13,7 +13,7 @@ _EXPORTS = {
     "SIGNATURES": _SM,
     "check_export_target": _SM,
     "export_saved_model": _SM,
-    "write_warmup_requests": _SM,
+    "write_warmup_requests": "deeplab_tf.export.warmup",
     "export_tflite": _TFL,
     "litert_interpreter": _TFL,
     "run_tflite": _TFL,

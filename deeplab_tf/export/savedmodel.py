@@ -30,9 +30,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deeplab_tf.export.warmup import write_warmup_requests
 from deeplab_tf.inference.multiscale import MultiScale
 
-WARMUP_FILE = "tf_serving_warmup_requests"
 SIGNATURES = ("serving_default", "serving_uint8", "serving_bytes", "serving_crf")
 
 
@@ -170,36 +170,6 @@ def _inference_net(model, scales, flip, fusion, upsample):
     return MultiScale(model, scales=scales, flip=flip, fusion=fusion, upsample=upsample)
 
 
-def write_warmup_requests(export_dir: str, image_size=(64, 64), num_requests: int = 1):
-    """Writes ``assets.extra/tf_serving_warmup_requests`` (PredictionLog TFRecords).
-
-    Each record is a ``serving_default`` PredictRequest with one image of ``image_size``, so
-    TF Serving runs (and compiles) the graph before the first real request.
-    """
-    try:
-        from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-    except ImportError as err:
-        raise ImportError(
-            "Warm-up requests need the TF Serving protos: pip install 'deeplab_tf[serving]' "
-            "(tensorflow-serving-api), or export with warmup=False."
-        ) from err
-    folder = os.path.join(export_dir, "assets.extra")
-    os.makedirs(folder, exist_ok=True)
-    h, w = image_size
-    rng = np.random.default_rng(0)
-    with tf.io.TFRecordWriter(os.path.join(folder, WARMUP_FILE)) as writer:
-        for _ in range(num_requests):
-            request = predict_pb2.PredictRequest(
-                model_spec=model_pb2.ModelSpec(signature_name="serving_default")
-            )
-            image = rng.uniform(0, 255, (1, h, w, 3)).astype(np.float32)
-            request.inputs["images"].CopyFrom(tf.make_tensor_proto(image))
-            log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request)
-            )
-            writer.write(log.SerializeToString())
-
-
 def export_saved_model(
     model,
     base_dir,
@@ -225,7 +195,8 @@ def export_saved_model(
         scales, flip, fusion, upsample: multi-scale settings when ``model`` is a base model.
         crf: a ``deeplab_tf.crf.DenseCRF`` (or any callable ``(uint8 images, probs) ->
             probs`` made of TF ops) to add the ``serving_crf`` signature; None for none.
-        warmup: write TF Serving warm-up requests (needs ``tensorflow-serving-api``).
+        warmup: write TF Serving warm-up requests (``assets.extra``; see
+            :mod:`deeplab_tf.export.warmup`).
         warmup_size: (H, W) of the warm-up image.
         bytes_max_side: ``serving_bytes`` shrinks images whose longer side exceeds this before
             the network and resizes the scores back to the image's size; None disables.

@@ -135,7 +135,8 @@ def litert_interpreter(path, num_threads: int | None = None, delegates: bool = T
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError as err:
         raise ImportError(
-            "Running TFLite files needs LiteRT: pip install 'deeplab_tf[litert]' (ai-edge-litert)"
+            "Running TFLite files needs LiteRT, installed with deeplab_tf where it has wheels "
+            "(Linux, macOS): pip install ai-edge-litert"
         ) from err
     resolver = (
         OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
