@@ -5,7 +5,8 @@ The notebook is generated so that it stays reviewable as plain Python in diffs, 
 
     python examples/_make_notebook.py
 
-Settings the notebook reads from the environment (the test uses them; Colab users need not):
+Settings the notebook reads from the environment (the test uses them; Colab users set
+``DEEPLAB_TF_SOURCE`` in the install cell instead): ``DEEPLAB_TF_SOURCE`` (what to pip-install),
 ``DEEPLAB_TINY=1`` (2 training steps, 48-pixel images), ``DEEPLAB_OUT`` (output folder) and
 ``DEEPLAB_VOC_ROOT`` (a VOC + SBD tree for the optional VOC section).
 """
@@ -38,19 +39,62 @@ Convolution, and Fully Connected CRFs* (TPAMI 2017), with `deeplab_tf`:
 On Colab, a GPU runtime (*Runtime > Change runtime type*) makes training faster, but every
 cell also runs on a CPU in a few minutes.""",
     ),
-    ("md", "## Install"),
     (
-        "code",
+        "md",
         """\
-# From the repository (replace with the project's URL or a release), or, in a local checkout,
-# `pip install -e .`
-!pip install -q "git+https://github.com/YOUR_ORG/deeplab_tf.git\"""",
+## Install
+
+Set `DEEPLAB_TF_SOURCE` to where `deeplab_tf` comes from: the repository's git URL
+(`git+https://<host>/<owner>/deeplab_tf.git`), a checkout or wheel on a mounted Drive
+(`/content/drive/MyDrive/deeplab_tf`), or leave it empty when this notebook runs inside a
+checkout (`examples/` of the repository) or where `deeplab_tf` is already installed. The plain
+install is all this notebook needs: TF Serving warm-up requests and LiteRT come with it.""",
     ),
     (
         "code",
         """\
+import importlib.util
 import os
+import subprocess
+import sys
 
+DEEPLAB_TF_SOURCE = os.environ.get("DEEPLAB_TF_SOURCE", "")  # git URL, checkout, wheel, or ""
+
+
+def deeplab_tf_source(source=DEEPLAB_TF_SOURCE, here="."):
+    \"\"\"What to pip-install: the given source, the checkout around `here`, or None.\"\"\"
+    if source:
+        if source.startswith(("git+", "http://", "https://")):
+            return source
+        path = os.path.abspath(os.path.expanduser(source))
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"DEEPLAB_TF_SOURCE={source!r}: no such file or folder")
+        return path
+    for folder in (here, os.path.join(here, "..")):
+        cfg = os.path.join(folder, "setup.cfg")
+        if os.path.isfile(cfg) and "name = deeplab_tf" in open(cfg).read():
+            return os.path.abspath(folder)
+    return None
+
+
+def pip_command(spec):
+    return [sys.executable, "-m", "pip", "install", "-q", spec]
+
+
+spec = deeplab_tf_source()
+if spec is not None:
+    print("$", " ".join(pip_command(spec)))
+    subprocess.run(pip_command(spec), check=True)
+    importlib.invalidate_caches()
+elif importlib.util.find_spec("deeplab_tf") is None:
+    raise RuntimeError(
+        "deeplab_tf is not installed and this notebook is not inside a checkout: set "
+        "DEEPLAB_TF_SOURCE above to the repository's git URL, a checkout or a wheel."
+    )""",
+    ),
+    (
+        "code",
+        """\
 import matplotlib.pyplot as plt
 
 import deeplab_tf
@@ -63,7 +107,9 @@ SIZE = 48 if TINY else 64  # image side
 NUM_TRAIN = 8 if TINY else 512
 NUM_CLASSES = 5  # background + 4 shapes
 os.makedirs(OUT, exist_ok=True)
-print("deeplab_tf", deeplab_tf.__version__, "| tiny" if TINY else "")""",
+where = os.path.dirname(deeplab_tf.__file__)
+print("deeplab_tf", deeplab_tf.__version__, "imported from", where)
+print("tiny run" if TINY else "full run")""",
     ),
     (
         "md",
@@ -213,8 +259,8 @@ writes TFLite files too.""",
 import tensorflow as tf
 
 path = deeplab_tf.export_saved_model(
-    model, os.path.join(OUT, "serving"), crf=crf, warmup=not TINY, overwrite=True, version=1
-)
+    model, os.path.join(OUT, "serving"), crf=crf, overwrite=True, version=1
+)  # with TF Serving warm-up requests (assets.extra/)
 print("SavedModel:", path)
 
 loaded = tf.saved_model.load(path)

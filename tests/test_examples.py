@@ -9,8 +9,10 @@ clients run against it, and the Colab notebook's code executes end to end.
   clients run against the SavedModel through stand-ins for TF Serving's REST and gRPC front
   ends that follow TF Serving's JSON rules (row/columnar forms, ``{"b64": ...}``, ``_bytes``).
 * ``colab_quickstart.ipynb`` is what ``_make_notebook.py`` writes, is valid nbformat v4, and its
-  code cells (``!``/``%`` lines dropped) run in a subprocess with ``DEEPLAB_TINY=1``, including
-  the VOC cell on a fake tree.
+  code cells run as written (no shell or magic lines) in a new virtual environment that does
+  not have ``deeplab_tf``: the install cell pip-installs this checkout (``DEEPLAB_TF_SOURCE``),
+  then every cell runs with ``DEEPLAB_TINY=1``, including the VOC cell on a fake tree and the
+  export with warm-up requests.
 """
 
 from __future__ import annotations
@@ -441,7 +443,14 @@ def test_notebook_is_generated_and_valid(tmp_path):
         "colab_quickstart.ipynb is stale: run python examples/_make_notebook.py"
     )
     sources = "\n".join(c.source for c in nb.cells)
-    for needle in ("!pip install", "model.fit", "MultiScale", "DenseCRF", "export_saved_model"):
+    for needle in (
+        "pip_command(spec)",
+        "DEEPLAB_TF_SOURCE",
+        "model.fit",
+        "MultiScale",
+        "DenseCRF",
+        "export_saved_model",
+    ):
         assert needle in sources, needle
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
@@ -453,19 +462,31 @@ class _NotebookRun:
         import nbformat
 
         nb = nbformat.read(NOTEBOOK, as_version=4)
-        cells = []
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                lines = cell.source.splitlines()  # shell (!) and magic (%) lines dropped
-                cells.append("\n".join(ln for ln in lines if ln.lstrip()[:1] not in "!%"))
+        cells = [cell.source for cell in nb.cells if cell.cell_type == "code"]
+        shell = [ln for c in cells for ln in c.splitlines() if ln.lstrip()[:1] in ("!", "%")]
+        assert not shell, f"the notebook must run as plain Python: {shell}"
         script = workdir / "notebook.py"
         script.write_text("\n\n".join(cells) + "\nprint('NOTEBOOK-DONE')\n")
         voc_root = _fake_voc_sbd(str(workdir / "voc"), np.random.default_rng(1))
         self.out_dir = workdir / "out"
         self.log = open(workdir / "log.txt", "w+")
-        env = _env(DEEPLAB_TINY="1", DEEPLAB_OUT=str(self.out_dir), DEEPLAB_VOC_ROOT=voc_root)
+        # A new environment without deeplab_tf (TensorFlow and the other dependencies come from
+        # this one, so that the install cell only builds and installs the checkout).
+        self.venv = venv = workdir / "venv"
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True
+        )
+        python = str(venv / "bin" / "python")
+        env = _env(
+            DEEPLAB_TINY="1",
+            DEEPLAB_OUT=str(self.out_dir),
+            DEEPLAB_VOC_ROOT=voc_root,
+            DEEPLAB_TF_SOURCE=ROOT,
+            PIP_DISABLE_PIP_VERSION_CHECK="1",
+        )
+        env.pop("PYTHONPATH")  # the notebook must import the copy its install cell installed
         self.process = subprocess.Popen(
-            [sys.executable, str(script)],
+            [python, str(script)],
             cwd=workdir,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -505,9 +526,13 @@ def test_notebook_code_runs_tiny(notebook_run):
     returncode, output = notebook_run.wait()
     assert returncode == 0, output[-5000:]
     assert "NOTEBOOK-DONE" in output
+    assert f"-m pip install -q {ROOT}" in output  # the install cell installed this checkout
+    where = re.search(r"deeplab_tf \S+ imported from (\S+)", output)
+    assert where and where.group(1).startswith(str(notebook_run.venv)), output[-3000:]
     assert "skipping the VOC section" not in output  # the VOC cell ran on the fake tree
     agree = re.search(r"served labels \(\d+, \d+\): ([\d.]+)% equal", output)
     assert agree and float(agree.group(1)) >= 99.0, output[-2000:]  # served == Keras
     out_dir = notebook_run.out_dir
     assert (out_dir / "serving" / "1" / "saved_model.pb").is_file()
+    assert (out_dir / "serving" / "1" / "assets.extra" / "tf_serving_warmup_requests").is_file()
     assert (out_dir / "samples.png").is_file() and (out_dir / "model.keras").is_file()
