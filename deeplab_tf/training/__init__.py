@@ -24,7 +24,7 @@ from deeplab_tf.training.pipeline import (
     train_pipeline,
 )
 from deeplab_tf.training.recipes import paper
-from deeplab_tf.training.trainer import resolve_config, train
+from deeplab_tf.training.trainer import RunFinished, resolve_config, run_status, train
 
 __all__ = [
     "AtomicBackupAndRestore",
@@ -33,6 +33,7 @@ __all__ = [
     "MeanIoU",
     "MultiScaleModel",
     "PolyDecay",
+    "RunFinished",
     "StepCheckpoint",
     "check_element_spec",
     "check_label_values",
@@ -43,6 +44,7 @@ __all__ = [
     "per_replica_batch_size",
     "poly_schedule",
     "resolve_config",
+    "run_status",
     "shrink_labels",
     "train",
     "train_pipeline",
