@@ -9,17 +9,19 @@
    file in LiteRT against the Keras model;
 5. draws a one-page summary (training curve, IoU per class, before/after CRF).
 
-Everything is written into ``<out>.partial-<pid>`` and renamed to ``<out>`` only when complete;
-an interrupted run (Ctrl-C) removes its partial folder.
+Everything is written into a hidden temporary folder beside ``<out>`` and renamed to ``<out>``
+only when complete (an existing ``<out>``, with ``--overwrite``, is swapped out atomically); an
+interrupted run (Ctrl-C) removes its partial folder, and a killed run's is removed by the next
+run.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import shutil
 import time
+
+from deeplab_tf import atomic
 
 QUICKSTART_CONFIG = "synthetic_tiny"
 MSC_SCALES = (1.0, 0.75, 0.5)
@@ -27,13 +29,6 @@ MSC_SCALES = (1.0, 0.75, 0.5)
 
 def _stage(title):
     print(f"\n== {title}", flush=True)
-
-
-def _write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def check_output(out: str, overwrite: bool) -> None:
@@ -76,25 +71,12 @@ def run_quickstart(
     check_output(out, overwrite)
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive int. Received: steps={steps!r}")
-    work = f"{out}.partial-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
-    try:
+    with atomic.atomic_dir(out, overwrite=overwrite) as work:
         summary = _run(
             work, steps, num_train, num_val, num_samples, sample_size, crf_iterations, verbose
         )
         summary["output"] = out
-        _write_json(os.path.join(work, "summary.json"), summary)
-        if os.path.exists(out):
-            old = f"{out}.old-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(work, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        atomic.write_json(os.path.join(work, "summary.json"), summary)
     return summary
 
 
@@ -151,7 +133,7 @@ def _run(work, steps, num_train, num_val, num_samples, sample_size, crf_iteratio
     scores = evaluate(predictor, val_ds.as_numpy_iterator(), num_classes)
     scores.pop("confusion_matrix", None)
     print(format_table(scores, info.class_names))
-    _write_json(os.path.join(work, "metrics.json"), scores)
+    atomic.write_json(os.path.join(work, "metrics.json"), scores)
 
     _stage(f"3/5 Segmenting {num_samples} sample images with MSC + dense CRF")
     images, labels, ids = synthetic_arrays("samples", num_samples, sample_size, num_classes, seed=2)
@@ -306,10 +288,10 @@ def draw_summary(path, curve, scores, class_names, image, before, after, info):
         ax.axis("off")
     fig.suptitle("deeplab-tf quickstart: DeepLabV2 (MobileNetV2 ASPP) on synthetic scenes")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def register(sub):

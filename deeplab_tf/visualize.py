@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from deeplab_tf.atomic import atomic_write
 from deeplab_tf.data.palettes import IGNORE_LABEL, voc_palette
-from deeplab_tf.inference.io import atomic_write
 
 
 def _palette(palette):
@@ -57,18 +57,24 @@ def label_image(label, palette=None):
     return img
 
 
-def save_label_png(path, label, palette=None):
-    """Writes a class-id map as a palette PNG (VOC style), atomically. Returns ``path``."""
+def save_label_png(path, label, palette=None, overwrite: bool = True):
+    """Writes a class-id map as a palette PNG (VOC style), atomically. Returns ``path``.
+
+    With ``overwrite=False`` an existing ``path`` raises :class:`FileExistsError`.
+    """
     img = label_image(label, palette)
-    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG", optimize=True))
+    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG", optimize=True), overwrite)
 
 
-def save_rgb_png(path, image):
-    """Writes an ``(H, W, 3)`` uint8 RGB array as a PNG, atomically. Returns ``path``."""
+def save_rgb_png(path, image, overwrite: bool = True):
+    """Writes an ``(H, W, 3)`` uint8 RGB array as a PNG, atomically. Returns ``path``.
+
+    With ``overwrite=False`` an existing ``path`` raises :class:`FileExistsError`.
+    """
     from PIL import Image
 
     img = Image.fromarray(_check_image(image), mode="RGB")
-    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), overwrite)
 
 
 def boundaries(label) -> np.ndarray:

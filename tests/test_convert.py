@@ -270,6 +270,34 @@ def test_cli_errors_leave_no_output(vgg_largefov, tmp_path, capsys):
     assert os.listdir(tmp_path) == ["x.weights.h5"]
 
 
+def test_cli_never_replaces_outputs_unless_asked(vgg_largefov, tmp_path, capsys):
+    from deeplab_tf.cli import main
+
+    path, _ = vgg_largefov
+    out = tmp_path / "x.weights.h5"
+    manifest = tmp_path / "manifest.json"
+    argv = ["convert-caffe", path, "--arch", "vgg16-largefov", "--out", str(out),
+            "--manifest", str(manifest), "--name", "x"]  # fmt: skip
+    assert main(argv) == 0
+    first = out.read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2  # refused before converting
+    err = capsys.readouterr().err
+    assert "x.weights.h5' already exists; pass --overwrite" in err and "Traceback" not in err
+    assert main([*argv[:-2], "--name", "y", "--out", str(tmp_path / "y.weights.h5")]) == 0
+    capsys.readouterr()
+    out.unlink()
+    assert main(argv) == 2  # the manifest still has an entry "x"
+    assert "already has an entry 'x'" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert out.read_bytes() == first
+    names = [m["name"] for m in json.loads(manifest.read_text())["models"]]
+    assert sorted(names) == ["x", "y"]
+    assert main([*argv[:4], "--out", str(tmp_path / "z.weights.h5"), "--manifest", path]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["manifest.json", "x.weights.h5", "y.weights.h5"]
+
+
 def test_release_manifest_is_well_formed():
     from deeplab_tf.convert import parse_arch, read_manifest
 

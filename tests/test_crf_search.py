@@ -93,6 +93,16 @@ def test_crf_search_command_on_image_and_mask_folders(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert len(result["settings"]) == 2 and result["num_images"] == 2
     assert "best:" in capsys.readouterr().out
+    # Outputs never replace an existing file unless asked, nor an input even when asked.
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    mask = (masks / "0.png").read_bytes()
+    assert main([*argv[:-1], str(masks / "0.png"), "--overwrite"]) == 2
+    assert "inside the input folder" in capsys.readouterr().err
+    assert (masks / "0.png").read_bytes() == mask
+    assert main([*argv[:-1], model_path, "--overwrite"]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
     # User errors are reported cleanly.
     assert main(["crf-search", "--model", model_path, "--images", str(images)]) == 2
     assert main(["crf-search", "--model", str(tmp_path / "missing.keras"), "--dataset", "x"]) == 2

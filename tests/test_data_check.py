@@ -69,6 +69,23 @@ def test_cli_json_output_and_exit_status(broken_voc, tmp_path, capsys):
     assert printed["splits"]["val"]["num_ok"] == 1
     assert not [n for n in os.listdir(tmp_path / "reports") if n.startswith(".tmp")]
 
+    # An existing report is replaced only with --overwrite; a list file is never an output.
+    with open(out, "w") as f:
+        f.write("mine")
+    assert main(["data", "check", root, "--dataset", "voc2012", "--output", out]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert open(out).read() == "mine"
+    assert main(["data", "check", root, "--dataset", "voc2012", "--output", out, "--overwrite"])
+    assert json.load(open(out)) == saved
+    capsys.readouterr()
+    listing = os.path.join(tmp_path, "val.txt")
+    with open(listing, "w") as f:
+        f.write("2007_000032\n")
+    argv = ["data", "check", root, "--dataset", "voc2012", "--list-file", listing]
+    assert main([*argv, "--output", listing, "--overwrite"]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert open(listing).read() == "2007_000032\n"
+
     rc = main(["data", "check", root, "--dataset", "voc2012", "--split", "val"])
     text = capsys.readouterr().out
     assert rc == 0

@@ -315,6 +315,73 @@ def test_versions_are_protected_and_swapped_atomically(tmp_path, tiny, monkeypat
     assert sorted(os.listdir(base)) == ["1"]
 
 
+def _export_during_write_out(monkeypatch, other):
+    """Runs ``other()`` (a concurrent export) while the first export writes its files."""
+    import keras
+
+    cls = type(keras.export.ExportArchive())  # the backend's subclass does the writing
+    real = cls.write_out
+    state = {"nested": False}
+
+    def write_out(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        if not state["nested"]:
+            state["nested"] = True
+            other()
+        return result
+
+    monkeypatch.setattr(cls, "write_out", write_out)
+
+
+def test_concurrent_exports_get_distinct_versions(tmp_path, tiny, monkeypatch, capsys):
+    """The version is claimed when publishing: a concurrent export never replaces another."""
+    keras_path = tmp_path / "m.keras"
+    tiny.save(keras_path)
+    out = tmp_path / "serving"
+    argv = ["export", str(keras_path), "--out", str(out), "--no-warmup"]
+    inner = []
+    _export_during_write_out(monkeypatch, lambda: inner.append(cli_main(argv)))
+    assert cli_main(argv) == 0 and inner == [0]
+    printed = [line for line in capsys.readouterr().out.splitlines() if "SavedModel:" in line]
+    assert printed == [f"SavedModel: {out / '1'}", f"SavedModel: {out / '2'}"]
+    assert sorted(os.listdir(out)) == ["1", "2"]  # both complete, no temporaries left
+    for v in ("1", "2"):
+        assert os.path.isfile(out / v / "saved_model.pb")
+    # An explicit version taken meanwhile by another export: a clear error, the other stays.
+    monkeypatch.undo()
+    inner.clear()
+    stamp = None
+
+    def other():
+        nonlocal stamp
+        inner.append(cli_main([*argv, "--version", "7"]))
+        stamp = os.path.getmtime(out / "7" / "saved_model.pb")
+
+    _export_during_write_out(monkeypatch, other)
+    assert cli_main([*argv, "--version", "7"]) == 2 and inner == [0]
+    err = capsys.readouterr().err
+    assert "Version 7 already exists" in err and "Traceback" not in err
+    assert os.path.getmtime(out / "7" / "saved_model.pb") == stamp
+    assert sorted(os.listdir(out)) == ["1", "2", "7"]
+
+
+def test_stale_export_temporaries_are_cleaned(tmp_path, tiny):
+    from deeplab_tf import atomic
+
+    base = tmp_path / "m"
+    base.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = base / f".tmp-{atomic._host()}~{dead.pid}.~0badf00d-export"
+    stale.mkdir()
+    (stale / "saved_model.pb").write_text("half")
+    live = base / f".tmp-{atomic.owner_tag()}~0badf00d-export"  # this (live) process's
+    live.mkdir()
+    atomic._cleaned.discard(str(base))
+    export_saved_model(tiny, base, warmup=False)
+    assert sorted(os.listdir(base)) == sorted(["1", live.name])
+
+
 @pytest.mark.parametrize(
     "version,match",
     [("abc", "Received: 'abc'"), (0, "positive integer"), (True, "Received: True"), (1.5, "1.5")],

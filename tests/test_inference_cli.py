@@ -143,7 +143,7 @@ def test_evaluate_folder_dataset_report(model_file, tmp_path, rng, capsys):
         40 * (32 + i) for i in range(3)
     )
     assert sorted(os.listdir(vis)) == ["0000_im0.png", "0001_im1.png"]
-    assert main([*argv[:-1], "--num-classes", "5"]) == 2
+    assert main([*argv[:-1], "--overwrite", "--num-classes", "5"]) == 2
     assert "disagrees" in capsys.readouterr().err
 
 
@@ -166,3 +166,59 @@ def test_crf_flag(model_file, tmp_path, rng, capsys):
     want = DenseCRF.from_preset("vgg16")(image[None], probs).numpy()[0]
     got = np.load(out / "x_probs.npy").astype(np.float32)
     np.testing.assert_allclose(got, want, atol=2e-3)
+
+
+def test_predict_never_overwrites_inputs_or_its_own_outputs(model_file, tmp_path, rng, capsys):
+    """Refused before any inference, naming the paths; --overwrite replaces old outputs only."""
+    folder = tmp_path / "inplace"
+    folder.mkdir()
+    Image.fromarray(_photo(rng, 20, 22)).save(folder / "photo.png")
+    photo = (folder / "photo.png").read_bytes()
+    base = ["--model", model_file, "--no-progress"]
+    assert main(["predict", str(folder), "--out", str(folder), *base]) == 2
+    err = capsys.readouterr().err
+    assert "photo.png" in err and "would overwrite the input" in err and "Traceback" not in err
+    assert (folder / "photo.png").read_bytes() == photo and os.listdir(folder) == ["photo.png"]
+    # Two inputs whose outputs collide (a.jpg and a.png -> a.png), and an input that is the
+    # overlay output of another one.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.jpg", "a.png"):
+        Image.fromarray(_photo(rng, 20, 22)).save(src / name)
+    out = tmp_path / "out"
+    assert main(["predict", str(src), "--out", str(out), *base]) == 2
+    err = capsys.readouterr().err
+    assert "a.jpg" in err and "a.png" in err and "would both write" in err
+    assert not out.exists()
+    os.remove(src / "a.png")
+    Image.fromarray(_photo(rng, 20, 22)).save(src / "a_overlay.png")
+    assert main(["predict", str(src), "--out", str(out), *base]) == 2
+    assert "would both write" in capsys.readouterr().err
+    os.remove(src / "a_overlay.png")
+    # A second run into the same folder refuses the existing outputs unless --overwrite.
+    assert main(["predict", str(src), "--out", str(out), *base]) == 0
+    first = (out / "a.png").read_bytes()
+    capsys.readouterr()
+    assert main(["predict", str(src), "--out", str(out), *base]) == 2
+    err = capsys.readouterr().err
+    assert "a.png' already exists" in err and "--overwrite" in err
+    assert main(["predict", str(src), "--out", str(out), "--overwrite", *base]) == 0
+    assert (out / "a.png").read_bytes() == first
+    assert sorted(os.listdir(out)) == ["a.png", "a_overlay.png"]  # no temporaries left
+
+
+def test_evaluate_refuses_existing_report_and_model_as_report(model_file, tmp_path, rng, capsys):
+    _folder_dataset(tmp_path / "data", rng, n=1)
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    argv = [
+        "evaluate", "--dataset", "folder", "--root", str(tmp_path / "data"),
+        "--dataset-arg", "num_classes=3", "--model", model_file, "--no-progress",
+    ]  # fmt: skip
+    assert main([*argv, "--report", str(report)]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert report.read_text() == "{}"
+    before = open(model_file, "rb").read()
+    assert main([*argv, "--report", model_file, "--overwrite"]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert open(model_file, "rb").read() == before

@@ -59,6 +59,28 @@ def test_quickstart_interrupt_leaves_nothing_half_written(tmp_path, monkeypatch,
     assert os.listdir(tmp_path) == []
 
 
+def test_quickstart_removes_a_killed_runs_partial_folder(tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from deeplab_tf import atomic
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".tmp-{atomic._host()}~{dead.pid}.~0badf00d-qs"
+    (stale / "train").mkdir(parents=True)
+    legacy = tmp_path / f"qs.partial-{dead.pid}"
+    legacy.mkdir()
+    atomic._cleaned.discard(str(tmp_path))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qs, "_run", interrupted)
+    assert cli_main(["quickstart", "--out", str(tmp_path / "qs"), "--steps", "2"]) == 130
+    assert os.listdir(tmp_path) == []
+
+
 def test_quickstart_rejects_bad_arguments(tmp_path, capsys):
     afile = tmp_path / "f"
     afile.write_text("x")

@@ -416,13 +416,6 @@ def write_caffemodel(
         The path written.
     """
     path = os.fspath(path)
-    data = serialize_caffemodel(layers, name, encoding, shape_encoding)
-    tmp = f"{path}.partial-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    from deeplab_tf.atomic import write_bytes
+
+    return write_bytes(path, serialize_caffemodel(layers, name, encoding, shape_encoding))

@@ -39,6 +39,11 @@ def register(sub):
     p.add_argument(
         "--training-data", default=None, help="manifest: what the weights were trained on"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file and a manifest entry of the same name",
+    )
     p.set_defaults(func=run)
 
 
@@ -52,6 +57,24 @@ def run(args):
         raise CLIError(f"--num-classes must be >= 1. Received: {args.num_classes}")
     if not os.path.isfile(args.caffemodel):
         raise CLIError(f"no such file. Received: {args.caffemodel!r}")
+
+    from deeplab_tf.atomic import atomic_write, check_outputs
+    from deeplab_tf.convert.weights import manifest_entry_exists
+
+    name = args.name or os.path.basename(out)[: -len(".weights.h5")]
+    try:  # before any work: never replace the input, or an existing output unless asked
+        check_outputs([("--out", out)], [("caffemodel", args.caffemodel)], args.overwrite)
+        if args.manifest:
+            check_outputs(
+                [("--out", out), ("--manifest", args.manifest)],
+                [("caffemodel", args.caffemodel)],
+                overwrite=True,  # the manifest is updated in place, by entry
+            )
+            exists = manifest_entry_exists(args.manifest, name)
+            if exists and not args.overwrite:
+                raise ValueError(exists)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
     from deeplab_tf.convert.architectures import arch_name, guess_architecture, parse_arch
     from deeplab_tf.convert.caffe_to_keras import ConversionError, convert_caffemodel
@@ -78,16 +101,11 @@ def run(args):
     except (ValueError, ConversionError) as err:
         raise CLIError(str(err)) from None
 
-    out_dir = os.path.dirname(os.path.abspath(out))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, f".{os.path.basename(out)[: -len('.weights.h5')]}.partial-"
-                       f"{os.getpid()}.weights.h5")  # fmt: skip
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     try:
-        model.save_weights(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        atomic_write(out, model.save_weights, overwrite=args.overwrite)
+    except FileExistsError as err:
+        raise CLIError(str(err)) from None
     digest = sha256_of(out)
     num_classes = int(model.output.shape[-1])
     print(
@@ -98,19 +116,22 @@ def run(args):
         + f"\n  sha256 {digest}"
     )
     if args.manifest:
-        name = args.name or os.path.basename(out)[: -len(".weights.h5")]
-        record_in_manifest(
-            args.manifest,
-            {
-                "name": name,
-                "architecture": arch,
-                "file": os.path.basename(out),
-                "source_file": os.path.basename(args.caffemodel),
-                "training_data": args.training_data,
-                "num_classes": num_classes,
-                "classifier_loaded": not args.no_classifier,
-                "sha256": digest,
-            },
-        )
+        try:
+            record_in_manifest(
+                args.manifest,
+                {
+                    "name": name,
+                    "architecture": arch,
+                    "file": os.path.basename(out),
+                    "source_file": os.path.basename(args.caffemodel),
+                    "training_data": args.training_data,
+                    "num_classes": num_classes,
+                    "classifier_loaded": not args.no_classifier,
+                    "sha256": digest,
+                },
+                overwrite=args.overwrite,
+            )
+        except ValueError as err:  # an entry of that name appeared meanwhile
+            raise CLIError(str(err)) from None
         print(f"  recorded as {name!r} in {args.manifest}")
     return 0

@@ -114,26 +114,44 @@ def verify_weights(path, manifest="auto", name: str | None = None):
     return entry
 
 
-def record_in_manifest(manifest_path, entry: dict) -> dict:
-    """Adds or replaces (by ``name``) an entry in a manifest file, written atomically."""
+def record_in_manifest(manifest_path, entry: dict, overwrite: bool = True) -> dict:
+    """Adds or replaces (by ``name``) an entry in a manifest file, written atomically.
+
+    The read-modify-write holds an exclusive lock on the manifest's folder, so concurrent
+    recorders do not lose each other's entries.
+
+    Raises:
+        ValueError: an entry of that name exists and ``overwrite`` is False.
+    """
+    from deeplab_tf.atomic import folder_lock, write_json
+
     manifest_path = os.fspath(manifest_path)
-    if os.path.isfile(manifest_path):
-        data = read_manifest(manifest_path)
-    else:
-        data = {"format_version": 1, "models": []}
-    models = [m for m in data["models"] if m.get("name") != entry["name"]]
-    models.append(entry)
-    data["models"] = models
-    tmp = f"{manifest_path}.partial-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, manifest_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with folder_lock(os.path.dirname(os.path.abspath(manifest_path))):
+        if os.path.isfile(manifest_path):
+            data = read_manifest(manifest_path)
+        else:
+            data = {"format_version": 1, "models": []}
+        if not overwrite and any(m.get("name") == entry["name"] for m in data["models"]):
+            raise ValueError(manifest_entry_exists(manifest_path, entry["name"]))
+        models = [m for m in data["models"] if m.get("name") != entry["name"]]
+        models.append(entry)
+        data["models"] = models
+        write_json(manifest_path, data)
     return data
+
+
+def manifest_entry_exists(manifest_path, name) -> str | None:
+    """The message for an existing entry ``name`` in a manifest file, or None if there is none."""
+    manifest_path = os.fspath(manifest_path)
+    if not os.path.isfile(manifest_path):
+        return None
+    for m in read_manifest(manifest_path)["models"]:
+        if m.get("name") == name:
+            return (
+                f"{manifest_path} already has an entry {name!r} (sha256 {m.get('sha256')}); "
+                "pass --overwrite to replace it, or choose another --name"
+            )
+    return None
 
 
 def load_weights(model, path, manifest="auto", name: str | None = None, include_classifier=True):

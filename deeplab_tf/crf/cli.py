@@ -41,6 +41,7 @@ def register(sub):
     p.add_argument("--bi-rgb-std", type=_floats, default=[3.0, 4.0, 5.0], help="e.g. 3,4,5")
     p.add_argument("--normalization", default="symmetric", choices=["symmetric", "after"])
     p.add_argument("--output", help="write the JSON result here (default: print it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.set_defaults(func=run)
 
 
@@ -90,6 +91,21 @@ def run(args):
         raise CLIError("--images and --masks go together")
     if not os.path.isfile(args.model):
         raise CLIError(f"--model must be an existing .keras file. Received: {args.model!r}")
+    if args.output:
+        from deeplab_tf.atomic import check_output
+
+        try:
+            check_output(args.output, args.overwrite, inputs=[args.model], option="--output")
+            for d in (args.images, args.masks):
+                if d and os.path.commonpath(
+                    [os.path.realpath(d), os.path.realpath(args.output)]
+                ) == os.path.realpath(d):
+                    raise ValueError(
+                        f"--output {args.output!r} is inside the input folder {d!r}; "
+                        "choose a path outside the images and masks"
+                    )
+        except ValueError as err:
+            raise CLIError(str(err)) from None
 
     import tensorflow as tf
 
@@ -135,10 +151,12 @@ def run(args):
           f"bi_rgb_std={best['bi_rgb_std']:g} ({best['miou']:.2f} mIoU)")  # fmt: skip
     text = json.dumps(result, indent=2)
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.output)
+        from deeplab_tf.atomic import write_text
+
+        try:
+            write_text(args.output, text + "\n", overwrite=args.overwrite)
+        except FileExistsError as err:
+            raise CLIError(str(err)) from None
     else:
         print(text)
     return 0

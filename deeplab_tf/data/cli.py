@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 DATASETS = ("voc2012", "voc2012_aug", "cityscapes", "pascal_context", "person_part", "folder")
 
@@ -32,6 +31,7 @@ def register(sub):
     c.add_argument("--max-problems", type=int, default=20, help="problems printed per split")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("--output", help="also write the JSON report to this file")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     c.set_defaults(func=run_check)
     p.set_defaults(func=lambda args: _no_subcommand(p))
 
@@ -39,20 +39,6 @@ def register(sub):
 def _no_subcommand(parser):
     parser.print_help()
     return 2
-
-
-def _write_json(path, report):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def run_check(args):
@@ -76,6 +62,13 @@ def run_check(args):
         kwargs["list_file"] = args.list_file
     if not os.path.isdir(args.path):
         raise CLIError(f"dataset root {args.path!r} is not a directory")
+    if args.output:
+        from deeplab_tf.atomic import check_output
+
+        try:
+            check_output(args.output, args.overwrite, inputs=[args.list_file], option="--output")
+        except ValueError as err:
+            raise CLIError(str(err)) from None
     try:
         report = check_dataset(
             args.dataset,
@@ -88,7 +81,13 @@ def run_check(args):
     except (DatasetError, ValueError) as err:
         raise CLIError(str(err)) from err
     if args.output:
-        _write_json(args.output, report)
+        from deeplab_tf.atomic import write_json
+
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        try:
+            write_json(args.output, report, overwrite=args.overwrite)
+        except FileExistsError as err:
+            raise CLIError(str(err)) from None
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -27,6 +27,10 @@ def register(sub):
     )  # fmt: skip
     p.add_argument("--num-visuals", type=int, default=20, help="how many side-by-sides to save")
     p.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing --report file and side-by-sides in --save-visuals",
+    )  # fmt: skip
+    p.add_argument(
         "--dataset-arg", action="append", default=[], metavar="KEY=VALUE",
         help="extra option for the dataset loader (repeatable; values parsed as JSON if possible)",
     )  # fmt: skip
@@ -51,6 +55,37 @@ def _dataset_kwargs(pairs):
     return out
 
 
+def check_evaluate_outputs(args):
+    """Refuses, before any work, a --report that is an input or exists (without --overwrite)
+    and a --save-visuals folder that already holds side-by-sides (without --overwrite)."""
+    import re
+
+    from deeplab_tf.atomic import check_outputs
+    from deeplab_tf.cli import CLIError
+
+    try:
+        if args.report:
+            if os.path.isdir(args.report):
+                raise ValueError(f"--report {args.report!r} is a folder; expected a file path")
+            inputs = [("--model", args.model), ("--weights", args.weights)]
+            check_outputs([("--report", args.report)], inputs, args.overwrite)
+        if args.save_visuals and os.path.isdir(args.save_visuals) and not args.overwrite:
+            old = sorted(
+                f for f in os.listdir(args.save_visuals) if re.match(r"^\d{4}_.*\.png$", f)
+            )
+            if old:
+                raise ValueError(
+                    f"--save-visuals {args.save_visuals!r} already holds side-by-sides "
+                    f"({old[0]}, {len(old)} in all); pass --overwrite to replace them, or "
+                    "choose another folder"
+                )
+        elif args.save_visuals and os.path.exists(args.save_visuals):
+            if not os.path.isdir(args.save_visuals):
+                raise ValueError(f"--save-visuals {args.save_visuals!r} is a file, not a folder")
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+
 def run(args):
     from deeplab_tf.cli import CLIError
     from deeplab_tf.evaluation.evaluate import evaluate, write_json
@@ -60,6 +95,7 @@ def run(args):
 
     if args.limit is not None and args.limit < 1:
         raise CLIError(f"--limit must be >= 1. Received: {args.limit}")
+    check_evaluate_outputs(args)
     try:
         from deeplab_tf.data import load_dataset
     except ImportError:
@@ -89,7 +125,7 @@ def run(args):
                 safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
                 path = os.path.join(args.save_visuals, f"{len(saved):04d}_{safe}.png")
                 panel = side_by_side(image, pred, label, info.palette, info.class_names)
-                saved.append(save_rgb_png(path, panel))
+                saved.append(save_rgb_png(path, panel, overwrite=args.overwrite))
 
     try:
         scores = evaluate(
@@ -109,6 +145,9 @@ def run(args):
             "class_names": list(info.class_names),
             "scores": scores,
         }
-        write_json(args.report, report)
+        try:
+            write_json(args.report, report, overwrite=args.overwrite)
+        except FileExistsError as err:  # created by someone else while this run worked
+            raise CLIError(str(err)) from None
         print(f"report written to {args.report}")
     return 0

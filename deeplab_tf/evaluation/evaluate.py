@@ -77,12 +77,15 @@ def evaluate(
     return scores
 
 
-def write_json(path, obj):
-    """Writes ``obj`` as JSON atomically (NaN written as null)."""
-    import json
+def write_json(path, obj, overwrite: bool = True):
+    """Writes ``obj`` as JSON atomically (NaN written as null).
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
     import math
 
-    from deeplab_tf.inference.io import atomic_write
+    from deeplab_tf import atomic
 
     def clean(o):
         if isinstance(o, float) and not math.isfinite(o):
@@ -95,10 +98,4 @@ def write_json(path, obj):
 
     folder = os.path.dirname(os.path.abspath(os.fspath(path)))
     os.makedirs(folder, exist_ok=True)
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(clean(obj), f, indent=2)
-            f.write("\n")
-
-    return atomic_write(path, write)
+    return atomic.write_json(path, clean(obj), overwrite)

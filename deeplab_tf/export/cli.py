@@ -53,7 +53,9 @@ def register(sub):
     )
     p.add_argument("--bfloat16", action="store_true", help="compute in bfloat16 (I/O unchanged)")
     p.add_argument("--no-warmup", action="store_true", help="skip TF Serving warm-up requests")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing version and TFLite files"
+    )
     p.add_argument(
         "--tflite",
         action="append",
@@ -67,14 +69,22 @@ def register(sub):
 
 
 def run(args):
+    from deeplab_tf.atomic import check_outputs
     from deeplab_tf.cli import CLIError
     from deeplab_tf.export.savedmodel import check_export_target
 
     try:  # argument checks first: nothing is built or written before they pass
-        version = check_export_target(args.out, args.version, args.overwrite)
+        check_export_target(args.out, args.version, args.overwrite)
+        version = None if args.version is None else int(args.version)  # None: next free one
         tflite_dir = os.path.join(args.out, "tflite")
         if args.tflite and os.path.exists(tflite_dir) and not os.path.isdir(tflite_dir):
             raise ValueError(f"{tflite_dir!r} exists and is not a folder")
+        tflite_files = [
+            (f"--tflite {q}", os.path.join(tflite_dir, f"model_{q}.tflite"))
+            for q in dict.fromkeys(args.tflite or ())
+        ]
+        inputs = [("the model", args.model), ("--weights", args.weights)]
+        check_outputs(tflite_files, inputs, args.overwrite)
     except ValueError as err:
         raise CLIError(str(err)) from None
 
@@ -95,21 +105,24 @@ def run(args):
         from deeplab_tf.inference.cli import build_crf
 
         crf, _ = build_crf(args, model)
-    path = export_saved_model(
-        model,
-        args.out,
-        version,
-        scales=tuple(args.scales),
-        flip=args.flip,
-        fusion=args.fusion,
-        upsample=args.upsample,
-        crf=crf,
-        warmup=not args.no_warmup,
-        overwrite=args.overwrite,
-    )
+    try:
+        path = export_saved_model(
+            model,
+            args.out,
+            version,
+            scales=tuple(args.scales),
+            flip=args.flip,
+            fusion=args.fusion,
+            upsample=args.upsample,
+            crf=crf,
+            warmup=not args.no_warmup,
+            overwrite=args.overwrite,
+        )
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     print(f"SavedModel: {path}")
     print(f"  inspect: saved_model_cli show --dir {path} --all")
-    for q in args.tflite or ():
+    for q in dict.fromkeys(args.tflite or ()):
         from deeplab_tf.export.tflite import export_tflite
 
         data = None
@@ -119,14 +132,18 @@ def run(args):
             data, _ = load_dataset(
                 args.calibration_dataset, split="train", root=args.calibration_root
             )
-        out = export_tflite(
-            model,
-            os.path.join(tflite_dir, f"model_{q}.tflite"),
-            args.tflite_size,
-            quantization=q,
-            representative_data=data,
-            scales=tuple(args.scales),
-            upsample=args.upsample,
-        )
+        try:
+            out = export_tflite(
+                model,
+                os.path.join(tflite_dir, f"model_{q}.tflite"),
+                args.tflite_size,
+                quantization=q,
+                representative_data=data,
+                scales=tuple(args.scales),
+                upsample=args.upsample,
+                overwrite=args.overwrite,
+            )
+        except FileExistsError as err:  # written by another export while this one ran
+            raise CLIError(str(err)) from None
         print(f"TFLite ({q}, {args.tflite_size[0]}x{args.tflite_size[1]}): {out}")
     return 0

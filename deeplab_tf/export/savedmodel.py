@@ -3,7 +3,9 @@
 Layout: ``<base>/<version>/saved_model.pb`` + ``variables/`` + ``assets.extra/`` with warm-up
 requests. The version is written into a hidden temporary folder beside it (TF Serving only
 loads integer-named folders) and renamed into place when complete, because TF Serving loads a
-version the moment its folder appears.
+version the moment its folder appears. The rename never replaces an existing version unless
+asked (``overwrite``); without an explicit version the number is chosen at the rename, so two
+concurrent exports get two versions.
 
 Signatures (inputs and outputs keep these names; ``saved_model_cli show --all`` prints them):
 
@@ -23,13 +25,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-import uuid
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from deeplab_tf import atomic
 from deeplab_tf.export.warmup import write_warmup_requests
 from deeplab_tf.inference.multiscale import MultiScale
 
@@ -191,7 +192,9 @@ def export_saved_model(
     Args:
         model: a DeepLab ``keras.Model`` (logits) or a :class:`MultiScale` wrapper.
         base_dir: the model's base path (``--model_base_path`` of TF Serving).
-        version: positive integer; default: one above the highest existing version.
+        version: positive integer; default: one above the highest existing version when the
+            finished export is published (a concurrent export that published first pushes
+            this one to the next number).
         scales, flip, fusion, upsample: multi-scale settings when ``model`` is a base model.
         crf: a ``deeplab_tf.crf.DenseCRF`` (or any callable ``(uint8 images, probs) ->
             probs`` made of TF ops) to add the ``serving_crf`` signature; None for none.
@@ -200,7 +203,8 @@ def export_saved_model(
         warmup_size: (H, W) of the warm-up image.
         bytes_max_side: ``serving_bytes`` shrinks images whose longer side exceeds this before
             the network and resizes the scores back to the image's size; None disables.
-        overwrite: replace an existing version folder (swapped in atomically).
+        overwrite: replace an existing version folder (swapped in atomically). Without it an
+            explicit ``version`` that another process publishes meanwhile raises ValueError.
 
     Returns:
         The path of the written version folder.
@@ -208,7 +212,8 @@ def export_saved_model(
     Example:
         >>> export_saved_model(model, "/models/deeplab", version=3, scales=(1.0, 0.75, 0.5))
     """
-    version = check_export_target(base_dir, version, overwrite)
+    checked = check_export_target(base_dir, version, overwrite)
+    version = None if version is None else checked
     base_dir = os.fspath(base_dir)
     net = _inference_net(model, scales, flip, fusion, upsample)
     serving = _Serving(net, crf=crf, bytes_max_side=bytes_max_side)
@@ -229,25 +234,35 @@ def export_saved_model(
         archive.add_endpoint("serving_crf", serving.with_crf, [image_spec(tf.float32)])
 
     os.makedirs(base_dir, exist_ok=True)
-    target = os.path.join(base_dir, str(version))
-    tmp = os.path.join(base_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    tmp = atomic.temp_path(os.path.join(base_dir, "export"))  # not an integer: TF Serving skips it
     try:
         archive.write_out(tmp, verbose=verbose)
         if warmup:
             write_warmup_requests(tmp, warmup_size)
-        _swap_into_place(tmp, target, base_dir)
+        return publish_version(tmp, base_dir, version, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
-def _swap_into_place(tmp: str, target: str, base_dir: str):
-    """``rename(tmp, target)``; an existing target is moved aside first and deleted after."""
-    old = None
-    if os.path.exists(target):
-        old = tempfile.mkdtemp(prefix=".old-", dir=base_dir)
-        os.rename(target, os.path.join(old, "v"))
-    os.rename(tmp, target)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+def publish_version(tmp: str, base_dir: str, version=None, overwrite: bool = False) -> str:
+    """Renames a complete export folder ``tmp`` to ``base_dir/<version>``, atomically.
+
+    ``version=None`` takes the next free number at the moment of the rename. An explicit
+    version replaces an existing folder only with ``overwrite`` (swapped in atomically).
+
+    Raises:
+        ValueError: ``version`` exists (published meanwhile by another process) and
+            ``overwrite`` is False.
+    """
+    if version is None:
+        return atomic.claim_next_version(tmp, base_dir, is_version=_is_version_name)
+    target = os.path.join(base_dir, str(version))
+    try:
+        return atomic.publish(tmp, target, overwrite)
+    except FileExistsError:
+        raise ValueError(
+            f"Version {version} already exists at {target!r} (another export published it "
+            "while this one was being written); pass overwrite=True (--overwrite) to replace "
+            "it, or choose another version."
+        ) from None

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from deeplab_tf.atomic import exists_error, temp_path, write_bytes
 from deeplab_tf.export.optimize import with_input_shape
-from deeplab_tf.inference.io import atomic_write
 from deeplab_tf.inference.multiscale import MultiScale
 
 QUANTIZATIONS = ("fp32", "fp16", "int8")
@@ -50,6 +49,7 @@ def export_tflite(
     num_calibration: int = 16,
     scales=(1.0,),
     upsample: str = "caffe",
+    overwrite: bool = True,
 ) -> str:
     """Converts a DeepLab model to a ``.tflite`` file with builtin ops only.
 
@@ -63,6 +63,8 @@ def export_tflite(
             ``tf.data.Dataset`` of ``{"image": ...}`` dicts (any dataset this project reads).
         num_calibration: how many representative images to use.
         scales, upsample: multi-scale settings when ``model`` is a base model.
+        overwrite: replace an existing ``path`` (atomically); if False an existing ``path``
+            raises :class:`FileExistsError` before any work.
 
     Returns:
         ``path``.
@@ -80,6 +82,8 @@ def export_tflite(
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(f"The TFLite output path is a folder. Received: {path!r}")
+    if not overwrite and os.path.lexists(path):
+        raise exists_error(path)
     if isinstance(model, MultiScale):
         base = with_input_shape(model.model, h, w)
         net = MultiScale(
@@ -98,7 +102,9 @@ def export_tflite(
     archive.add_endpoint(
         "serving_default", serve, [tf.TensorSpec([1, h, w, 3], tf.uint8, name="images")]
     )
-    workdir = tempfile.mkdtemp(prefix="deeplab-tflite-")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    workdir = temp_path(path, "sm")  # owned: removed by the next run here if this one dies
+    os.mkdir(workdir)
     try:
         archive.write_out(os.path.join(workdir, "sm"), verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(os.path.join(workdir, "sm"))
@@ -115,13 +121,7 @@ def export_tflite(
         blob = converter.convert()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(blob)
-
-    atomic_write(path, write)
+    write_bytes(path, blob, overwrite)
     return path
 
 

@@ -148,11 +148,17 @@ def register(sub):
         description="Segments images (files, directories or glob patterns) and writes, per "
         "image, NAME.png (class ids, VOC palette), NAME_overlay.png (the photo tinted with the "
         "classes) and, with --probs, NAME_probs.npy (H, W, C float16). A file that cannot be "
-        "used is reported and skipped; the exit status is 1 if any file failed.",
+        "used is reported and skipped; the exit status is 1 if any file failed. Outputs never "
+        "replace an input or each other (refused before any work), nor an existing file "
+        "unless --overwrite is given.",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, directories, globs")
     p.add_argument("--out", required=True, help="output directory (created if missing)")
     p.add_argument("--probs", action="store_true", help="also write NAME_probs.npy")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="replace outputs left by an earlier run (each atomically)",
+    )  # fmt: skip
     p.add_argument("--alpha", type=float, default=0.55, help="overlay opacity (default 0.55)")
     p.add_argument(
         "--palette", choices=("voc", "cityscapes"), default=None,
@@ -166,14 +172,47 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def _unique_stem(path, used):
-    stem = os.path.splitext(os.path.basename(path))[0] or "image"
-    name, k = stem, 1
-    while name in used:
-        k += 1
-        name = f"{stem}_{k}"
-    used.add(name)
-    return name
+OUTPUT_SUFFIXES = (".png", "_overlay.png")
+
+
+def plan_outputs(paths, out, probs: bool = False, protected=(), overwrite: bool = False):
+    """The output files of each input, checked before any work.
+
+    Args:
+        paths: input image paths.
+        out: output folder.
+        probs: also plan ``NAME_probs.npy``.
+        protected: other files the run reads (the model, its weights).
+        overwrite: whether outputs that exist already may be replaced.
+
+    Returns:
+        A list of ``(input, base)``: the outputs of ``input`` are ``base + suffix``.
+
+    Raises:
+        OutputError: an output resolves to an input or to another output of this run (two
+            inputs ``a.jpg`` and ``a.png`` both give ``a.png``), or exists and ``overwrite``
+            is False; the message names the files involved.
+    """
+    from deeplab_tf.atomic import OutputError, check_outputs
+
+    suffixes = OUTPUT_SUFFIXES + (("_probs.npy",) if probs else ())
+    plan, outputs, owner = [], [], {}
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0] or "image"
+        base = os.path.join(out, stem)
+        for suffix in suffixes:
+            key = os.path.normcase(os.path.realpath(base + suffix))
+            if key in owner:
+                raise OutputError(
+                    f"inputs {owner[key]!r} and {path!r} would both write {base + suffix!r}; "
+                    "predict them into separate --out folders, or rename one"
+                )
+            owner[key] = path
+            outputs.append(("output", base + suffix))
+        plan.append((path, base))
+    inputs = [("an input image", p) for p in paths] + [("a model file", p) for p in protected]
+    check_outputs(outputs, inputs, overwrite)
+    return plan
 
 
 def run(args):
@@ -199,32 +238,38 @@ def run(args):
         print(f"deeplab-tf: error: {message}", file=sys.stderr)
     if not paths:
         raise CLIError("no input images found")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise CLIError(f"--out must be a folder. Received: {args.out!r} (an existing file)")
+
+    predictor, _ = build_predictor(args)  # argument errors first; no inference yet
+    try:  # before any inference: outputs never replace inputs, each other or (unasked) old files
+        protected = [p for p in (args.model, args.weights) if p and os.path.isfile(p)]
+        plan = plan_outputs(paths, args.out, args.probs, protected, args.overwrite)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as err:
         raise CLIError(f"cannot create output directory {args.out!r}: {err}") from None
-
-    predictor, _ = build_predictor(args)
     num_classes = predictor.model.num_classes
     palette_name = args.palette or ("cityscapes" if num_classes == 19 else "voc")
     palette = cityscapes_palette() if palette_name == "cityscapes" else voc_palette()
 
-    used, done = set(), 0
+    done, keep = 0, args.overwrite
     bar = Progress(len(paths), "predict", enabled=False if args.no_progress else None)
-    for path in paths:
+    for path, base in plan:
         try:
             image, notes = read_image(path, max_pixels)
             for note in notes:
                 bar.write(f"deeplab-tf: note: {path}: {note}")
             probs = predictor(image)
             label = np.argmax(probs, axis=-1).astype(np.uint8)
-            stem = _unique_stem(path, used)
-            base = os.path.join(args.out, stem)
-            save_label_png(base + ".png", label, palette)
-            save_rgb_png(base + "_overlay.png", overlay(image, label, palette, args.alpha))
+            save_label_png(base + ".png", label, palette, overwrite=keep)
+            overlaid = overlay(image, label, palette, args.alpha)
+            save_rgb_png(base + "_overlay.png", overlaid, overwrite=keep)
             if args.probs:
                 half = probs.astype(np.float16)
-                atomic_write(base + "_probs.npy", lambda t, a=half: np.save(t, a))
+                atomic_write(base + "_probs.npy", lambda t, a=half: np.save(t, a), keep)
             done += 1
         except ImageReadError as err:
             errors.append(str(err))

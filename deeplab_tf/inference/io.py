@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
 
 import numpy as np
+
+from deeplab_tf.atomic import atomic_write  # noqa: F401  (re-exported for existing callers)
 
 #: Default ceiling on decoded pixels (width x height); 8K UHD is 33 MP.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -150,31 +151,3 @@ def expand_inputs(patterns) -> tuple[list[str], list[str]]:
         else:
             errors.append(f"{pattern}: no such file or directory")
     return paths, errors
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path, write):
-    """Calls ``write(tmp_path)`` then renames the temporary file onto ``path``.
-
-    The temporary file sits in the destination folder, so the rename is atomic and a reader
-    never sees a half-written output; on failure the temporary file is removed.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path

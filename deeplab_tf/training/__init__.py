@@ -37,7 +37,9 @@ _EXPORTS = {
     "eval_pipeline": _PIPELINE,
     "train_pipeline": _PIPELINE,
     "paper": "deeplab_tf.training.recipes",
+    "RunFinished": _TRAINER,
     "resolve_config": _TRAINER,
+    "run_status": _TRAINER,
     "train": _TRAINER,
 }
 __all__ = sorted(_EXPORTS)

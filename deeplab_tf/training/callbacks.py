@@ -7,10 +7,10 @@ import json
 import os
 import re
 import shutil
-import tempfile
 
 import keras
 
+from deeplab_tf import atomic
 from deeplab_tf.training.distribute import is_chief, worker_dir
 
 BACKUP_WEIGHTS = "latest.weights.h5"
@@ -45,12 +45,13 @@ class StepCheckpoint(keras.callbacks.Callback):
         os.makedirs(directory, exist_ok=True)
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         final = os.path.join(directory, f"ckpt-{step:06d}.weights.h5")
-        tmp = os.path.join(directory, f".tmp-{os.getpid()}-ckpt-{step:06d}.weights.h5")
+        tmp = atomic.temp_path(final)
         (self.model_to_save or self.model).save_weights(tmp, overwrite=True)
         if not chief:
             shutil.rmtree(directory, ignore_errors=True)
             return
-        os.replace(tmp, final)
+        # A resumed run redoes the interrupted epoch and rewrites its own step's file.
+        atomic.publish(tmp, final, overwrite=True)
         if self.max_to_keep:
             for old in list_checkpoints(self.directory)[: -self.max_to_keep]:
                 os.remove(old)
@@ -65,8 +66,9 @@ def list_checkpoints(directory: str) -> list[str]:
 def latest_backup(backup_dir: str) -> str | None:
     """The directory holding the newest complete :class:`AtomicBackupAndRestore` state, or None.
 
-    A save swaps ``backup_dir`` with a fully written sibling (via ``backup_dir + ".old"``); if a
-    kill fell between the two renames, the previous state in ``.old`` is still complete.
+    A save swaps ``backup_dir`` with a fully written sibling in one atomic exchange; where the
+    file system cannot exchange, the old state goes to ``backup_dir + ".old"`` first, and if a
+    kill fell between the two renames that previous state is still complete there.
     """
     for candidate in (str(backup_dir), str(backup_dir) + ".old"):
         if os.path.isfile(os.path.join(candidate, BACKUP_METADATA)) and os.path.isfile(
@@ -99,11 +101,16 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     uninterrupted one.
 
     Args:
-        backup_dir: backup directory (deleted by the chief once training completes).
+        backup_dir: backup directory.
+        delete_on_end: delete the backup (chief) when ``fit`` completes. The trainer passes
+            False and deletes it itself (:func:`discard_backup`) only after ``model.keras`` and
+            the run's completion record are on disk, so that a kill at any moment leaves a
+            resumable state.
     """
 
-    def __init__(self, backup_dir: str):
-        super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=True)
+    def __init__(self, backup_dir: str, delete_on_end: bool = True):
+        super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=delete_on_end)
+        self.delete_on_end = delete_on_end
 
     def on_train_begin(self, logs=None):
         self._load_model()
@@ -129,26 +136,32 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         target = os.path.normpath(worker_dir(self.backup_dir, strategy))
         parent = os.path.dirname(target) or "."
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}-writing-", dir=parent)
+        tmp = atomic.temp_path(target)
+        os.mkdir(tmp)
         try:
             self.model.save_weights(os.path.join(tmp, BACKUP_WEIGHTS), overwrite=True)
             step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
             with open(os.path.join(tmp, BACKUP_METADATA), "w") as f:
                 json.dump({"epoch": self._current_epoch, "batch": 0, "step": step}, f)
             if chief:
-                old = target + ".old"
-                shutil.rmtree(old, ignore_errors=True)
-                if os.path.exists(target):
-                    os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
+                atomic.publish(tmp, target, overwrite=True, aside=target + ".old")
+                shutil.rmtree(target + ".old", ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def on_train_end(self, logs=None):
-        if is_chief(self.model.distribute_strategy):
-            shutil.rmtree(self.backup_dir, ignore_errors=True)
-            shutil.rmtree(str(self.backup_dir) + ".old", ignore_errors=True)
+        if self.delete_on_end and is_chief(self.model.distribute_strategy):
+            discard_backup(self.backup_dir)
+
+
+def discard_backup(backup_dir: str) -> None:
+    """Deletes a backup (and its ``.old`` sibling): first renamed to a temporary name, so a kill
+    during the deletion leaves no half-deleted backup that looks resumable."""
+    for path in (str(backup_dir), str(backup_dir) + ".old"):
+        if os.path.lexists(path):
+            doomed = atomic.temp_path(path, "discard")
+            os.rename(path, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
 
 
 class RemoveWorkerDirs(keras.callbacks.Callback):
@@ -171,6 +184,7 @@ def training_callbacks(
     max_to_keep: int | None = 5,
     model_to_save=None,
     strategy=None,
+    keep_backup: bool = False,
 ) -> list:
     """The standard callbacks of a run in ``workdir``.
 
@@ -179,28 +193,32 @@ def training_callbacks(
     :class:`AtomicBackupAndRestore` backup in ``workdir/backup`` (weights, optimizer state and
     the epoch). A run killed mid-way and started again with the same arguments resumes from
     the last backup and ends with the same step count and schedule position as an
-    uninterrupted run (the partial epoch is redone). Under a multi-worker strategy only the
-    chief writes into ``workdir``.
+    uninterrupted run (the partial epoch is redone). At each epoch end the checkpoint is
+    written before the backup, so the backup never records an epoch whose checkpoint is
+    missing. Under a multi-worker strategy only the chief writes into ``workdir``.
 
     Args:
         workdir: run directory.
         tensorboard: add ``keras.callbacks.TensorBoard``.
         checkpoints: add :class:`StepCheckpoint`.
-        resume: add ``BackupAndRestore`` (deleted when training completes).
+        resume: add ``BackupAndRestore`` (deleted when training completes, unless
+            ``keep_backup``).
         max_to_keep: checkpoints kept.
         model_to_save: see :class:`StepCheckpoint`.
         strategy: the ``tf.distribute`` strategy of the run (default: the current one); decides
             where non-chief workers' TensorBoard logs go (a scratch directory deleted at the end).
+        keep_backup: leave the backup in place when ``fit`` completes (the caller deletes it
+            with :func:`discard_backup` once the run's outputs are safely on disk).
 
     Returns:
         A list of callbacks.
     """
     workdir = str(workdir)
     cbs = []
-    if resume:
-        cbs.append(AtomicBackupAndRestore(os.path.join(workdir, "backup")))
     if checkpoints:
         cbs.append(StepCheckpoint(os.path.join(workdir, "checkpoints"), max_to_keep, model_to_save))
+    if resume:
+        cbs.append(AtomicBackupAndRestore(os.path.join(workdir, "backup"), not keep_backup))
     if tensorboard:
         try:
             import tensorboard as _  # noqa: F401  (keras.callbacks.TensorBoard needs it)

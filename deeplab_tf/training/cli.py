@@ -65,7 +65,9 @@ def register(sub):
     p = sub.add_parser(
         "train",
         help="train a DeepLab v2 model from a YAML config",
-        description="Train with model.fit: the paper's recipe, checkpoints, TensorBoard, resume.",
+        description="Train with model.fit: the paper's recipe, checkpoints, TensorBoard, resume. "
+        "Rerunning the same command resumes an interrupted run; a finished run (run.json in "
+        "the workdir says so) is left alone unless --restart is given.",
     )
     p.add_argument("--config", help="YAML path or shipped config name (see --list-configs)")
     p.add_argument(
@@ -89,6 +91,12 @@ def register(sub):
         "--tpu",
         help="with --strategy tpu: 'local' (TPU VM / Colab TPU runtime), a TPU name or "
         "grpc://IP:8470 (shortcut for --set distribute.tpu=...)",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="train from scratch in a workdir that holds a finished or interrupted run "
+        "(deletes its backup and checkpoints; model.keras is replaced when training ends)",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--list-configs", action="store_true", help="list the shipped configs and exit")
@@ -118,7 +126,7 @@ def run(args):
     if args.tpu:
         config.setdefault("distribute", {})["tpu"] = args.tpu
 
-    from deeplab_tf.training.trainer import resolve_config, train
+    from deeplab_tf.training.trainer import RunFinished, resolve_config, train
 
     try:
         resolved = resolve_config(config)
@@ -127,7 +135,10 @@ def run(args):
 
             print(yaml.safe_dump(resolved, sort_keys=False))
             return 0
-        model, history = train(config)
+        model, history = train(config, restart=args.restart)
+    except RunFinished as done:
+        print(f"deeplab-tf: {done}")
+        return 0
     except (ValueError, RuntimeError) as err:
         raise CLIError(str(err)) from None
     logs = {k: round(float(v[-1]), 4) for k, v in history.history.items()}

@@ -15,13 +15,32 @@ A config has four sections; anything left out comes from the model's registry re
 Under a ``tf.distribute`` strategy (``distribute.strategy`` or ``train(strategy=...)``, see
 :mod:`deeplab_tf.training.distribute`) ``train.batch_size`` is the global batch of a
 micro-batch, split evenly over the replicas.
+
+A run's state lives in its workdir: ``run.json`` (``"status": "running"`` from the start,
+``"finished"`` at the end), ``backup/`` (resume point, rewritten atomically every epoch),
+``checkpoints/`` and, at the end, ``model.keras``. The end of a run is ordered so that every
+instant has a complete state on disk: the last epoch's backup stays until ``model.keras`` is
+in place and ``run.json`` says finished; only then is the backup deleted. A rerun resumes from
+the backup (after the last epoch it only writes ``model.keras`` again), and a rerun of a
+finished run changes nothing (:class:`RunFinished`) unless ``restart=True``.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
+import json
 import math
 import os
+
+#: The run record in a workdir.
+RUN_FILE = "run.json"
+MODEL_FILE = "model.keras"
+
+
+class RunFinished(Exception):
+    """The workdir holds a finished run; nothing was changed. ``str()`` says how to start anew."""
+
 
 SECTIONS = {
     "model": {
@@ -234,7 +253,68 @@ def load_split(data: dict, which: str):
     return result, None
 
 
-def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None):
+def run_status(workdir: str) -> dict | None:
+    """The run record of a workdir (``{"status": "running" | "finished", ...}``), or None.
+
+    A workdir from before run records that holds ``model.keras`` and no backup counts as
+    finished (that is how such runs ended).
+    """
+    from deeplab_tf.training.callbacks import latest_backup
+
+    path = os.path.join(workdir, RUN_FILE)
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                record = json.load(f)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"Cannot read the run record {path}: {err}. Expected the JSON that training "
+                "writes; move it away (or pass restart) to train in this workdir."
+            ) from None
+        if isinstance(record, dict) and record.get("status") in ("running", "finished"):
+            return record
+        raise ValueError(
+            f"{path} is not a run record (expected status 'running' or 'finished'). "
+            f"Received: {str(record)[:80]}"
+        )
+    if os.path.isfile(os.path.join(workdir, MODEL_FILE)) and not latest_backup(
+        os.path.join(workdir, "backup")
+    ):
+        return {"status": "finished", "legacy": True}
+    return None
+
+
+def _finished_message(workdir, record):
+    steps = f"{record['steps']} steps, " if record.get("steps") else ""
+    return (
+        f"{workdir} holds a finished run ({steps}{os.path.join(workdir, MODEL_FILE)}); nothing "
+        "was changed. To train again, pass another --workdir, or --restart to replace this run."
+    )
+
+
+def _write_run_record(workdir, status, cfg, **extra):
+    from deeplab_tf import atomic
+
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    record = {"status": status, "steps": cfg["train"]["steps"], "model": MODEL_FILE}
+    record.update(extra)
+    record[f"{status}_at"] = now
+    record["config"] = cfg
+    atomic.write_json(os.path.join(workdir, RUN_FILE), record, default=str)
+
+
+def _restart(workdir):
+    """Removes a previous run's resume state and checkpoints (``restart=True``)."""
+    import glob
+
+    from deeplab_tf.training.callbacks import discard_backup
+
+    discard_backup(os.path.join(workdir, "backup"))
+    for path in glob.glob(os.path.join(workdir, "checkpoints", "ckpt-*.weights.h5")):
+        os.remove(path)
+
+
+def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, restart=False):
     """Trains as the config says; returns ``(model, history)``.
 
     Validation happens before any training step: the config (unknown keys, bad values), the
@@ -257,10 +337,16 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None):
             ``multi_worker``, ``tpu``); ``None`` uses ``distribute.strategy`` of the config.
             Multi-worker and TPU strategies must be created before TensorFlow runs anything, so
             with ``dataset_overrides`` create the strategy first and pass the object.
+        restart: train from scratch even if the workdir holds a finished or interrupted run
+            (its backup and checkpoints are deleted; ``model.keras`` is replaced at the end).
 
     Returns:
         ``(trained keras.Model, keras.callbacks.History)``; the trained network (the wrapped one
         for MSC) is also saved to ``{workdir}/model.keras``.
+
+    Raises:
+        RunFinished: the workdir holds a finished run and ``restart`` is False; nothing was
+            changed.
 
     Example:
         >>> strategy = make_strategy("mirrored")   # deeplab_tf.training.distribute
@@ -286,6 +372,10 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None):
     cfg = resolve_config(copy.deepcopy(config))
     mcfg, tcfg, vcfg, ocfg = cfg["model"], cfg["train"], cfg["val"], cfg["output"]
     dcfg = cfg["distribute"]
+    workdir = ocfg["workdir"]
+    record = run_status(workdir) if os.path.isdir(workdir) and not restart else None
+    if record is not None and record["status"] == "finished" and not restart:
+        raise RunFinished(_finished_message(workdir, record))
     # First: multi-worker and TPU strategies must exist before TensorFlow runs anything.
     if strategy is None:
         strategy = distribute.make_strategy(
@@ -359,8 +449,17 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None):
             metrics=[MeanIoU(num_classes, ignore_label=ignore)],
         )
     mean = CAFFE_RGB_MEAN if net.get_layer("preprocess").mode == "caffe" else (127.5, 127.5, 127.5)
-    workdir = ocfg["workdir"]
     every = ocfg["checkpoint_every"]
+    chief = distribute.is_chief(strategy)
+    if chief:
+        from deeplab_tf import atomic
+
+        os.makedirs(workdir, exist_ok=True)
+        atomic.remove_stale_temps(workdir)
+        if restart:
+            _restart(workdir)
+        if restart or record is None:
+            _write_run_record(workdir, "running", cfg)
     # Resuming: start the (seeded) input stream at the first batch of the epoch to redo.
     start_batch = 0
     if ocfg["resume"] and tcfg["seed"] is not None:
@@ -403,7 +502,14 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None):
 
     os.makedirs(workdir, exist_ok=True)
     cbs = training_callbacks(
-        workdir, ocfg["tensorboard"], True, ocfg["resume"], ocfg["max_to_keep"], net, strategy
+        workdir,
+        ocfg["tensorboard"],
+        True,
+        ocfg["resume"],
+        ocfg["max_to_keep"],
+        net,
+        strategy,
+        keep_backup=True,
     )
     history = distribute.fit(
         model,
@@ -416,13 +522,32 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None):
         verbose=tcfg["verbose"],
         shuffle=False,
     )
-    # Every worker saves (reads may be collective); only the chief's file is kept.
-    target = distribute.worker_dir(workdir, strategy)
-    os.makedirs(target, exist_ok=True)
-    tmp = os.path.join(target, f".tmp-{os.getpid()}-model.keras")
-    net.save(tmp)
-    if distribute.is_chief(strategy):
-        os.replace(tmp, os.path.join(workdir, "model.keras"))
-    else:
-        distribute.remove_worker_dir(workdir, strategy)
+    finish_run(workdir, net, cfg, strategy)
     return model, history
+
+
+def finish_run(workdir, net, cfg, strategy=None):
+    """Ends a run in an order that leaves a complete state on disk at every instant.
+
+    1. ``model.keras`` is written to a temporary file and renamed into place (a kill leaves
+       the last epoch's backup, and the rerun writes it again);
+    2. ``run.json`` is rewritten as finished (a kill before leaves a resumable run whose
+       rerun only re-saves the model);
+    3. the backup is deleted (a kill during the deletion leaves a finished run).
+
+    Every worker saves the model (saving may read variables with collectives); only the
+    chief's file is kept.
+    """
+    from deeplab_tf import atomic
+    from deeplab_tf.training import distribute
+    from deeplab_tf.training.callbacks import discard_backup
+
+    if not distribute.is_chief(strategy):
+        target = distribute.worker_dir(workdir, strategy)
+        os.makedirs(target, exist_ok=True)
+        net.save(os.path.join(target, MODEL_FILE))
+        distribute.remove_worker_dir(workdir, strategy)
+        return
+    atomic.atomic_write(os.path.join(workdir, MODEL_FILE), net.save)
+    _write_run_record(workdir, "finished", cfg)
+    discard_backup(os.path.join(workdir, "backup"))
