@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_tf.inference.multiscale import MultiScale
+from deeplab_tf.layers import check_images
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 SIGNATURES = ("serving_default", "serving_uint8", "serving_bytes", "serving_crf")
@@ -97,10 +98,12 @@ class _Serving:
         return self._probs(tf.cast(images, tf.float32))
 
     def default(self, images):
+        images = check_images(images, where=f"serving_{_kind(images)}", runtime=True)
         probs = self.probs(images)
         return {"labels": tf.argmax(probs, axis=-1, output_type=tf.int32), "probabilities": probs}
 
     def with_crf(self, images):
+        images = check_images(images, where="serving_crf", runtime=True)
         probs = self.probs(images)
         pixels = tf.cast(tf.clip_by_value(tf.round(tf.cast(images, tf.float32)), 0, 255), tf.uint8)
         refined = tf.cast(self.crf(pixels, probs), tf.float32)
@@ -127,6 +130,15 @@ class _Serving:
         return labels, size, png
 
     def encoded(self, image_bytes):
+        image_bytes = tf.ensure_shape(image_bytes, [None], name="check_image_bytes_shape")
+        count = tf.debugging.Assert(
+            tf.size(image_bytes) > 0,
+            ["serving_bytes: image_bytes must hold at least one encoded image; got shape",
+             tf.shape(image_bytes)],
+        )  # fmt: skip
+        with tf.control_dependencies([count]):
+            image_bytes = tf.identity(image_bytes)
+
         def run(data):
             labels, size, png = self._one_encoded(data)
             return tf.reshape(labels, [-1]), size, png
@@ -146,6 +158,10 @@ class _Serving:
             "widths": sizes[:, 1],
             "label_png_bytes": pngs,
         }
+
+
+def _kind(images):
+    return "uint8" if images.dtype == tf.uint8 else "default"
 
 
 def _pad_flat_maps(flat, sizes):
