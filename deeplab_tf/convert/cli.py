@@ -42,6 +42,35 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+def _check_manifest_target(manifest):
+    """Before any work: an existing --manifest must be a readable manifest (it is rewritten
+    after the weights), a new one must be creatable."""
+    from deeplab_tf.cli import CLIError
+    from deeplab_tf.convert.weights import read_manifest
+
+    if not manifest:
+        return
+    manifest = os.fspath(manifest)
+    if os.path.isdir(manifest):
+        raise CLIError(f"--manifest is a folder, not a JSON file. Received: {manifest!r}")
+    if os.path.exists(manifest):
+        try:
+            read_manifest(manifest)
+        except (ValueError, OSError) as err:
+            raise CLIError(
+                f"--manifest {manifest!r} exists but is not a usable manifest: {err}. Fix or "
+                "remove it (nothing was written)."
+            ) from None
+        if not os.access(manifest, os.W_OK):
+            raise CLIError(f"--manifest is not writable. Received: {manifest!r}")
+    else:
+        parent = os.path.dirname(os.path.abspath(manifest))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise CLIError(f"--manifest cannot be created there. Received: {manifest!r}")
+
+
 def run(args):
     from deeplab_tf.cli import CLIError
 
@@ -52,6 +81,9 @@ def run(args):
         raise CLIError(f"--num-classes must be >= 1. Received: {args.num_classes}")
     if not os.path.isfile(args.caffemodel):
         raise CLIError(f"no such file. Received: {args.caffemodel!r}")
+    if os.path.isdir(out):
+        raise CLIError(f"--out is a folder, not a file. Received: {out!r}")
+    _check_manifest_target(args.manifest)
 
     from deeplab_tf.convert.architectures import arch_name, guess_architecture, parse_arch
     from deeplab_tf.convert.caffe_to_keras import ConversionError, convert_caffemodel
