@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from deeplab_tf.cli import positive_int
+
 
 def register(sub):
     from deeplab_tf.convert.architectures import ARCHITECTURES
@@ -24,7 +26,7 @@ def register(sub):
     p.add_argument("--out", required=True, help="output path, ending in .weights.h5")
     p.add_argument(
         "--num-classes",
-        type=int,
+        type=positive_int,
         default=None,
         help="classes of the Keras model (default: read from the file's classifier)",
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from deeplab_tf.cli import positive_float, positive_int
+
 
 def _size(text):
     import argparse
@@ -30,10 +32,12 @@ def register(sub):
     p.add_argument("--out", required=True, help="model base path, e.g. /models/deeplab")
     p.add_argument("--version", help="positive integer version (default: next free)")
     p.add_argument("--weights", help="weights file for a registry name")
-    p.add_argument("--num-classes", type=int, help="classes, for a registry name (default 21)")
+    p.add_argument(
+        "--num-classes", type=positive_int, help="classes, for a registry name (default 21)"
+    )
     p.add_argument(
         "--scales",
-        type=float,
+        type=positive_float,
         nargs="+",
         default=[1.0],
         help="image scales, e.g. 1 0.75 0.5 for the paper's MSC (default: 1)",
