@@ -506,3 +506,74 @@ def test_run_tflite_rejects_bad_images(tmp_path, tiny):
         run_tflite(path, np.zeros((24, 24, 3), np.uint16))
     ok = run_tflite(path, np.full((24, 24, 3), 7.0, np.float32))  # whole values 0..255: fine
     assert ok["labels"].shape == (1, 24, 24)
+
+
+BYTES_LIMIT_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    import numpy as np
+    import tensorflow as tf
+    small_limit, default_limit, inputs = sys.argv[1:4]
+    data = np.load(inputs)
+    result = {}
+    def send(key, path, blob):
+        fn = tf.saved_model.load(path).signatures["serving_bytes"]
+        try:
+            out = fn(image_bytes=tf.constant([blob]))
+            result[key] = [int(out["heights"][0]), int(out["widths"][0])]
+        except tf.errors.InvalidArgumentError as err:
+            result[key] = "InvalidArgumentError: " + " ".join(err.message.split())
+    for name in data.files:
+        if name != "bomb":
+            send(name, small_limit, data[name].tobytes())
+    send("bomb_small_limit", small_limit, data["bomb"].tobytes())
+    send("bomb_default_limit", default_limit, data["bomb"].tobytes())
+    send("after", default_limit, data["ok_png"].tobytes())
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+    """
+)
+
+
+def test_serving_bytes_refuses_images_over_max_pixels_before_decoding(tmp_path, tiny):
+    """One 8000x8000 PNG of a few hundred KB used to take gigabytes in serving_bytes; the size
+    is now read from the header and checked before decoding."""
+    small = export_saved_model(tiny, tmp_path / "small", max_pixels=1000, warmup=False)
+    default = export_saved_model(tiny, tmp_path / "default", warmup=False)
+    arrays = {}
+    for fmt in ("PNG", "JPEG", "GIF", "BMP"):
+        for tag, side in (("ok", 30), ("big", 40)):  # 900 and 1600 pixels
+            arrays[f"{tag}_{fmt.lower()}"] = np.frombuffer(
+                _encode(_images(1, side, side + 1, seed=side)[0], fmt), np.uint8
+            )
+    buf = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(buf, format="PNG")  # 64M pixels, a tiny file
+    arrays["bomb"] = np.frombuffer(buf.getvalue(), np.uint8)
+    assert len(buf.getvalue()) < 1_000_000
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    result = _run_script(BYTES_LIMIT_SCRIPT, small, default, str(tmp_path / "inputs.npz"))
+    for fmt in ("png", "jpeg", "gif", "bmp"):
+        assert result[f"ok_{fmt}"] == [30, 31], (fmt, result[f"ok_{fmt}"])
+        refused = result[f"big_{fmt}"]
+        assert refused.startswith("InvalidArgumentError"), (fmt, refused)
+        assert "[40 41]" in refused and "over the limit of 1000 pixels" in refused, refused
+    for key in ("bomb_small_limit", "bomb_default_limit"):
+        assert "[8000 8000]" in result[key], result[key]
+    assert "limit of 40000000 pixels" in result["bomb_default_limit"]
+    assert result["after"] == [30, 31]
+    assert result["peak_rss_mb"] < 3000  # decoding and scoring the bomb would take far more
+    with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
+        export_saved_model(tiny, tmp_path / "x", max_pixels=-5)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_export_max_pixels(tmp_path, tiny, capsys):
+    keras_path = tmp_path / "m.keras"
+    tiny.save(keras_path)
+    out = tmp_path / "serving"
+    argv = ["export", str(keras_path), "--out", str(out), "--no-warmup", "--max-pixels", "100"]
+    assert cli_main(argv) == 0
+    fn = tf.saved_model.load(str(out / "1")).signatures["serving_bytes"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="over the limit of 100 pixels"):
+        fn(image_bytes=tf.constant([_encode(_images(1, 11, 10)[0], "PNG")]))
+    assert fn(image_bytes=tf.constant([_encode(_images(1, 9, 10)[0], "PNG")]))["heights"][0] == 9

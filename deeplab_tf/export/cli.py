@@ -56,6 +56,13 @@ def register(sub):
         help="fold frozen BatchNorm and padding into the convolutions (fastest CPU inference)",
     )
     p.add_argument("--bfloat16", action="store_true", help="compute in bfloat16 (I/O unchanged)")
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=None,
+        help="serving_bytes refuses images with more pixels than this, read from the image "
+        "header before decoding (default 40,000,000, as predict)",
+    )
     p.add_argument("--no-warmup", action="store_true", help="skip TF Serving warm-up requests")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
     p.add_argument(
@@ -84,6 +91,7 @@ def run(args):
 
     from deeplab_tf.export.optimize import fuse_for_inference, to_bfloat16
     from deeplab_tf.export.savedmodel import export_saved_model
+    from deeplab_tf.inference.io import DEFAULT_MAX_PIXELS
     from deeplab_tf.inference.predict import load_inference_model
 
     try:
@@ -109,6 +117,7 @@ def run(args):
         upsample=args.upsample,
         crf=crf,
         warmup=not args.no_warmup,
+        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
         overwrite=args.overwrite,
     )
     print(f"SavedModel: {path}")
