@@ -42,6 +42,53 @@ class CLIError(Exception):
     """A user-facing error: printed as ``deeplab-tf: error: ...`` with exit status 2."""
 
 
+# --- argparse types shared by every verb's numeric options: a bad value is refused by the
+# parser ("argument --limit: expected a positive integer, got -5"), before any work.
+
+
+def _number_type(convert, noun, ok):
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}")
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text}")
+        return value
+
+    parse.__name__ = noun.replace(" ", "_")  # argparse names the type in some messages
+    return parse
+
+
+#: An integer >= 1.
+positive_int = _number_type(int, "a positive integer", lambda v: v >= 1)
+#: An integer >= 0.
+nonneg_int = _number_type(int, "an integer >= 0", lambda v: v >= 0)
+#: A finite number > 0.
+positive_float = _number_type(float, "a positive number", lambda v: v > 0)
+#: A finite number >= 0.
+nonneg_float = _number_type(float, "a number >= 0", lambda v: v >= 0)
+#: A number in [0, 1) (overlaps, fractions).
+fraction = _number_type(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+#: A number in [0, 1] (opacities, probabilities).
+unit_float = _number_type(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+
+
+def positive_floats(text):
+    """Comma-separated positive numbers, e.g. ``3,4,5``."""
+    parts = [v for v in text.split(",") if v.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
+    try:
+        return [positive_float(v.strip()) for v in parts]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive numbers, got {text!r}"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from deeplab_tf import __version__
 

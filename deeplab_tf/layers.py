@@ -70,6 +70,70 @@ def _pool_extra(size, kernel, stride, pad):
     return tf.maximum(0, (out - 1) * stride + kernel - (size + 2 * pad))
 
 
+#: Image dtypes the networks take (RGB values 0..255). ``uint16``/``bool``/strings are refused
+#: rather than silently cast (a 16-bit image would be read as far brighter than white).
+IMAGE_DTYPES = ("uint8", "int32", "int64", "float16", "bfloat16", "float32", "float64")
+
+
+def check_images(images, name: str = "images", where: str = "The model", runtime: bool = False):
+    """Validates an image batch ``(N, H, W, 3)`` before any work; returns it.
+
+    What is known statically (eager tensors, arrays, traced shapes) is checked in Python and
+    raises ``ValueError``. What is only known at run time (a traced graph with unknown
+    dimensions: an exported SavedModel) is checked in the graph, with ``tf.ensure_shape`` for
+    the rank and channel count and ``tf.debugging.Assert`` for empty images, both failing the
+    request with ``InvalidArgumentError`` instead of reaching the convolution kernels (where a
+    rank-3 batch aborts the process); with ``runtime`` float images must also be finite.
+    Fully static shapes add no ops (TFLite stays builtin).
+
+    Args:
+        images: a tensor or array.
+        name: the argument's name, for messages.
+        where: who is asking, for messages.
+        runtime: always add the in-graph checks, even where the traced shape already looks
+            right. For serving signatures: their input spec is a claim about the requests, not
+            a check (TF Serving and ``loaded.signatures[...]`` pass any shape through).
+
+    Raises:
+        ValueError: a wrong rank, channel count, dtype or an empty dimension known statically.
+    """
+    if not tf.is_tensor(images):
+        images = tf.convert_to_tensor(images)
+    expected = f"expected a batch of RGB images (N, H, W, 3) of one of {IMAGE_DTYPES}, 0..255"
+    dtype = images.dtype.name
+    if dtype not in IMAGE_DTYPES:
+        raise ValueError(
+            f"{where} got {name} of dtype {dtype}. Received: {name}.dtype={dtype}; {expected}"
+            + (" (scale 16-bit images to 0..255 first)" if dtype == "uint16" else "")
+        )
+    shape = images.shape
+    if shape.rank is not None:
+        if shape.rank != 4 or shape[-1] not in (None, 3):
+            raise ValueError(
+                f"{where} got {name} of the wrong shape. Received: {name}.shape="
+                f"{tuple(shape)}; {expected}"
+                + (" (add a batch axis: images[None])" if shape.rank == 3 else "")
+            )
+        if any(d == 0 for d in shape):
+            raise ValueError(
+                f"{where} got an empty {name} batch or image. Received: {name}.shape="
+                f"{tuple(shape)}; {expected}, each dimension at least 1"
+            )
+    if runtime or shape.rank != 4 or shape[-1] is None:
+        images = tf.ensure_shape(images, [None, None, None, 3], name=f"check_{name}_shape")
+    if not tf.executing_eagerly() and (runtime or not all(d is not None for d in images.shape)):
+        dims = tf.shape(images)
+        ok = tf.reduce_all(dims > 0)
+        check = tf.debugging.Assert(
+            ok, [f"{where}: {name} must be (N >= 1, H >= 1, W >= 1, 3); got shape", dims]
+        )
+        with tf.control_dependencies([check]):
+            images = tf.identity(images)
+    if runtime and images.dtype.is_floating:
+        images = tf.debugging.assert_all_finite(images, f"{where}: {name} hold NaN or inf")
+    return images
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Preprocess(keras.layers.Layer):
     """Turns caller images (RGB, 0..255, uint8 or float) into what the network expects.
@@ -97,7 +161,7 @@ class Preprocess(keras.layers.Layer):
         self.mean = tuple(float(m) for m in mean)
 
     def call(self, images):
-        x = tf.cast(images, self.compute_dtype)
+        x = tf.cast(check_images(images, where="DeepLab's Preprocess layer"), self.compute_dtype)
         if self.mode == "tf":
             return x / 127.5 - 1.0
         x = tf.reverse(x, axis=[-1])  # RGB -> BGR

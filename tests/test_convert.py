@@ -4,6 +4,7 @@ a NumPy interpreter of the Caffe layers."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -384,3 +385,85 @@ def test_pytorch_port_pth_file(tmp_path):
     torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, path)
     model = DeepLabV2(backbone="resnet50", head="aspp_l", weights=str(path))
     assert assert_every_tensor(model, layers) == 110
+
+
+def _small_deeplab(num_classes=3):
+    from deeplab_tf import DeepLabV2
+
+    return DeepLabV2("mobilenetv2", head="aspp", rates=(1, 2), num_classes=num_classes)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random_bytes", "empty"])
+def test_broken_weights_file_is_named_and_changes_nothing(tmp_path, damage):
+    from deeplab_tf.convert.weights import load_weights
+
+    model = _small_deeplab()
+    good = tmp_path / "good.weights.h5"
+    model.save_weights(good)
+    data = good.read_bytes()
+    bad = tmp_path / "bad.weights.h5"
+    blob = {
+        "truncated": data[: len(data) // 2],
+        "random_bytes": np.random.default_rng(0).bytes(4096),
+        "empty": b"",
+    }[damage]
+    bad.write_bytes(blob)
+    target = _small_deeplab()
+    before = [w.copy() for w in target.get_weights()]
+    with pytest.raises(ValueError, match=r"Cannot read the weights file '.*bad\.weights\.h5'"):
+        load_weights(target, bad)
+    for a, b in zip(before, target.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mismatched_weights_file_lists_differences_and_changes_nothing(tmp_path):
+    from deeplab_tf import DeepLabV2
+    from deeplab_tf.convert.weights import load_weights
+
+    other = tmp_path / "five.weights.h5"
+    _small_deeplab(num_classes=5).save_weights(other)
+    target = _small_deeplab(num_classes=3)
+    before = [w.copy() for w in target.get_weights()]
+    with pytest.raises(ValueError) as err:
+        load_weights(target, other)
+    message = str(err.value)
+    assert "five.weights.h5" in message and "with another shape" in message
+    assert "(5,) vs model (3,)" in message and "The model was not changed" in message
+    for a, b in zip(before, target.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="does not match model"):
+        DeepLabV2("mobilenetv2", head="aspp", rates=(1, 2, 3), num_classes=3, weights=str(other))
+    good = tmp_path / "three.weights.h5"
+    source = _small_deeplab(num_classes=3)
+    source.save_weights(good)
+    load_weights(target, good)
+    for a, b in zip(source.get_weights(), target.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"models": {}}', "a 'models' list"),
+        ('{"models": [42]}', r"models\[0\] must be an object"),
+        ('{"models": [{"name": "x", "sha256": "abc"}]}', "64 hex digits"),
+    ],
+)
+def test_cli_bad_manifest_is_refused_before_writing(vgg_largefov, tmp_path, capsys, content, match):
+    from deeplab_tf.cli import main
+
+    path, _ = vgg_largefov
+    out = tmp_path / "w" / "vgg.weights.h5"
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(content)
+    argv = ["convert-caffe", path, "--arch", "vgg16-largefov", "--out", str(out),
+            "--manifest", str(manifest)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "deeplab-tf: error: --manifest" in err
+    assert re.search(match, err), err
+    assert not out.exists() and not out.parent.exists()
+    assert manifest.read_text() == content
+    assert main([*argv[:-1], str(tmp_path)]) == 2
+    assert "--manifest is a folder" in capsys.readouterr().err

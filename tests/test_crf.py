@@ -263,3 +263,68 @@ def test_eager_call_reuses_one_graph_across_sizes():
         np.testing.assert_allclose(ours, ref(image[:h, :w], probs[:h, :w]).numpy(), atol=1e-4)
     # reduce_retracing: the first size, then one shape-generic trace.
     assert crf._compiled.fn.experimental_get_tracing_count() <= 2
+
+
+def _small_inputs(h=24, w=20, classes=3):
+    image = load_photo(PHOTOS[1])[:h, :w]
+    probs, _ = coarse_probs(image, classes=classes)
+    return image, probs
+
+
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        ("nan", "NaN or inf"),
+        ("negative", r"must be in \[0, 1\].*from_logits=True"),
+        ("logits", r"must be in \[0, 1\].*They look like logits"),
+        ("zeros", "all zero at 480 pixel"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["tf", "pydensecrf"])
+def test_bad_probabilities_are_refused(damage, match, backend):
+    image, probs = _small_inputs()
+    bad = {
+        "nan": np.where(np.arange(probs.size).reshape(probs.shape) == 5, np.nan, probs),
+        "negative": probs - 0.5,
+        "logits": np.log(probs) * 3 + 4,
+        "zeros": np.zeros_like(probs),
+    }[damage].astype(np.float32)
+    with pytest.raises(ValueError, match=match):
+        DenseCRF(iterations=2, backend=backend)(image, bad)
+
+
+def test_unnormalised_probabilities_are_normalised_with_a_warning():
+    image, probs = _small_inputs()
+    crf = DenseCRF(iterations=3)
+    with pytest.warns(UserWarning, match="do not sum to 1"):
+        scaled = crf(image, probs * 0.5).numpy()
+    np.testing.assert_allclose(scaled, crf(image, probs).numpy(), atol=1e-5)
+
+
+def test_bad_images_are_refused():
+    image, probs = _small_inputs()
+    with pytest.raises(ValueError, match=r"uint16.*scale 16-bit images to 0..255"):
+        DenseCRF(iterations=1)(image.astype(np.uint16) * 257, probs)
+    with pytest.raises(ValueError, match=r"values must be 0..255.*\[0.0, 1000.0\]"):
+        DenseCRF(iterations=1)(np.where(image > 100, 1000.0, 0.0).astype(np.float32), probs)
+    with pytest.raises(ValueError, match="probs must be floating point"):
+        DenseCRF(iterations=1)(image, (probs * 100).astype(np.int32))
+    with pytest.raises(ValueError, match="logits hold NaN"):
+        DenseCRF(iterations=1, from_logits=True)(image, np.full_like(probs, np.nan))
+    # whole-number float images 0..255 are fine
+    ok = DenseCRF(iterations=1)(image.astype(np.float32), probs).numpy()
+    np.testing.assert_allclose(ok, DenseCRF(iterations=1)(image, probs).numpy())
+
+
+def test_graph_mode_clamps_bad_probabilities_instead():
+    image, probs = _small_inputs()
+    crf = DenseCRF(iterations=2)
+    fn = tf.function(crf.__call__)
+    bad = probs.copy()
+    bad[0, 0] = np.nan
+    bad[1, 1] = 0.0
+    out = fn(tf.constant(image), tf.constant(bad * 2.0)).numpy()
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-5)
+    ref = crf(image, probs).numpy()
+    assert (out.argmax(-1) == ref.argmax(-1)).mean() > 0.95

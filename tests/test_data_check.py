@@ -118,3 +118,57 @@ def test_cli_folder_and_user_errors(tmp_path, rng, capsys):
     rc = main(["data", "check", root, "--dataset", "cityscapes", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert rc == 1 and "leftImg8bit" in report["splits"]["train"]["error"]
+
+
+def test_empty_folder_dataset_is_a_problem(tmp_path, capsys):
+    root = tmp_path / "empty"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rc = main(["data", "check", str(root), "--dataset", "folder", "--num-classes", "3"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "PROBLEM [empty] split 'train' of folder has no examples" in out
+    assert "1 problem(s) in total" in out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["data", "check", ".", "--dataset", "folder", "--limit", "-5"],
+         "argument --limit: expected a positive integer, got -5"),
+        (["data", "check", ".", "--dataset", "folder", "--workers", "0"],
+         "argument --workers: expected a positive integer, got 0"),
+        (["data", "check", ".", "--dataset", "folder", "--num-classes", "x"],
+         "argument --num-classes: expected a positive integer, got 'x'"),
+        (["predict", "a.png", "--out", "o", "--model", "m", "--max-pixels", "-5"],
+         "argument --max-pixels: expected a positive integer, got -5"),
+        (["predict", "a.png", "--out", "o", "--model", "m", "--overlap", "1.5"],
+         "argument --overlap: expected a number in [0, 1), got 1.5"),
+        (["predict", "a.png", "--out", "o", "--model", "m", "--alpha", "nan"],
+         "argument --alpha: expected a number in [0, 1], got 'nan'"),
+        (["predict", "a.png", "--out", "o", "--model", "m", "--scales", "1", "-0.5"],
+         "argument --scales: expected a positive number, got -0.5"),
+        (["predict", "a.png", "--out", "o", "--model", "m", "--tile-size", "-1"],
+         "argument --tile-size: expected an integer >= 0, got -1"),
+        (["evaluate", "--model", "m", "--dataset", "synthetic", "--limit", "0"],
+         "argument --limit: expected a positive integer, got 0"),
+        (["export", "m", "--out", "o", "--num-classes", "-2"],
+         "argument --num-classes: expected a positive integer, got -2"),
+        (["export", "m", "--out", "o", "--scales", "inf"],
+         "argument --scales: expected a positive number, got 'inf'"),
+        (["train", "--config", "synthetic_tiny", "--steps", "-1"],
+         "argument --steps: expected a positive integer, got -1"),
+        (["crf-search", "--model", "m", "--num-images", "0"],
+         "argument --num-images: expected a positive integer, got 0"),
+        (["crf-search", "--model", "m", "--bi-w", "3,-4"],
+         "argument --bi-w: expected comma-separated positive numbers, got '3,-4'"),
+        (["convert-caffe", "x.caffemodel", "--arch", "auto", "--out", "o.weights.h5",
+          "--num-classes", "0"],
+         "argument --num-classes: expected a positive integer, got 0"),
+    ],
+)  # fmt: skip
+def test_numeric_options_are_validated_by_the_parser(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

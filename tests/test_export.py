@@ -157,6 +157,19 @@ RELOAD_SCRIPT = textwrap.dedent(
 )
 
 
+def _run_script(script, *args):
+    """Runs ``script`` in a fresh Python (it must not crash); returns its last line as JSON."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_saved_model_reloads_without_deeplab_tf(tmp_path, model):
     images = _images()
     small = _images(1, 29, 23, seed=3)[0]
@@ -183,15 +196,7 @@ def test_saved_model_reloads_without_deeplab_tf(tmp_path, model):
         jpeg=np.frombuffer(_encode(small, "JPEG"), np.uint8),
     )
     out = tmp_path / "out.npz"
-    proc = subprocess.run(
-        [sys.executable, "-c", RELOAD_SCRIPT, path, str(inputs), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    meta = json.loads(proc.stdout.strip().splitlines()[-1])
+    meta = _run_script(RELOAD_SCRIPT, path, str(inputs), str(out))
     assert meta["signatures"] == [
         "serving_bytes", "serving_crf", "serving_default", "serving_uint8"
     ]  # fmt: skip
@@ -503,3 +508,168 @@ def test_bfloat16_twin_agrees_on_labels(trained):
     assert agreement >= 0.98, agreement
     assert twin.get_layer("block_3_project").compute_dtype == "bfloat16"
     assert twin.get_layer("preprocess").compute_dtype == "float32"
+
+
+BAD_REQUESTS_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    loaded = tf.saved_model.load(sys.argv[1])
+    sigs = loaded.signatures
+    f32, u8 = np.float32, np.uint8
+    bad = {
+        "rank3": np.zeros((20, 20, 3)), "rank5": np.zeros((1, 1, 20, 20, 3)),
+        "rank2": np.zeros((20, 3)), "channels4": np.zeros((1, 20, 20, 4)),
+        "channels1": np.zeros((1, 20, 20, 1)), "empty_h": np.zeros((1, 0, 20, 3)),
+        "empty_batch": np.zeros((0, 20, 20, 3)),
+    }
+    result = {}
+    def attempt(key, fn, **kwargs):
+        try:
+            fn(**kwargs)
+            result[key] = "no error"
+        except tf.errors.InvalidArgumentError as err:
+            result[key] = "InvalidArgumentError: " + " ".join(err.message.split())
+        except (TypeError, ValueError) as err:
+            result[key] = "python " + type(err).__name__
+    for sig, dtype in [("serving_default", f32), ("serving_uint8", u8), ("serving_crf", f32)]:
+        for case, array in bad.items():
+            attempt(f"{sig}/{case}", sigs[sig], images=tf.constant(array.astype(dtype)))
+    nan = np.zeros((1, 20, 20, 3), f32)
+    nan[0, 3, 4, 1] = np.nan
+    attempt("serving_default/nan", sigs["serving_default"], images=tf.constant(nan))
+    attempt("serving_crf/inf", sigs["serving_crf"], images=tf.constant(nan * 0 + np.inf))
+    attempt("serving_bytes/rank0", sigs["serving_bytes"], image_bytes=tf.constant(b"x"))
+    attempt("serving_bytes/rank2", sigs["serving_bytes"], image_bytes=tf.constant([[b"x"]]))
+    attempt("serving_bytes/empty", sigs["serving_bytes"], image_bytes=tf.zeros([0], tf.string))
+    attempt("serving_bytes/empty_string", sigs["serving_bytes"], image_bytes=tf.constant([b""]))
+    good = np.full((1, 20, 20, 3), 128, f32)
+    result["good"] = list(sigs["serving_default"](images=tf.constant(good))["labels"].shape)
+    result["good_crf"] = list(sigs["serving_crf"](images=tf.constant(good))["labels"].shape)
+    print(json.dumps(result))
+    """
+)
+
+
+def test_every_signature_rejects_bad_requests_and_keeps_serving(tmp_path, tiny):
+    """A rank-3 batch used to abort the serving process in the convolution kernel; every
+    signature now fails such requests with InvalidArgumentError and serves the next one."""
+    from deeplab_tf import DenseCRF
+
+    crf = DenseCRF.from_preset("resnet101", iterations=1)
+    path = export_saved_model(tiny, tmp_path, warmup=False, crf=crf)
+    result = _run_script(BAD_REQUESTS_SCRIPT, path)
+    assert result.pop("good") == [1, 20, 20] and result.pop("good_crf") == [1, 20, 20]
+    assert len(result) == 3 * 7 + 6
+    for key, outcome in result.items():
+        assert outcome.startswith("InvalidArgumentError"), (key, outcome)
+    assert (
+        "[20,20,3] is not compatible with expected shape [?,?,?,3]"
+        in result["serving_default/rank3"]
+    )
+    assert "NaN or inf" in result["serving_default/nan"]
+
+
+@pytest.mark.parametrize(
+    "shape,dtype,match",
+    [
+        ((20, 20, 3), np.uint8, r"images.shape=\(20, 20, 3\).*images\[None\]"),
+        ((1, 20, 20, 4), np.float32, r"Received: images.shape=\(1, 20, 20, 4\)"),
+        ((1, 0, 20, 3), np.float32, "empty"),
+        ((1, 20, 20, 3), np.uint16, "dtype uint16.*0..255"),
+        ((1, 20, 20, 3), bool, "dtype bool"),
+    ],
+)
+def test_keras_entry_points_reject_bad_images(tiny, shape, dtype, match):
+    images = np.zeros(shape, dtype)
+    with pytest.raises(ValueError, match=match):
+        MultiScale(tiny, scales=(1.0,))(images)
+    if dtype not in (np.uint16, bool):  # a functional model casts to its input dtype first
+        with pytest.raises(ValueError):  # Keras' input check or the Preprocess layer's
+            tiny(images)
+    with pytest.raises(ValueError, match=match):
+        tiny.get_layer("preprocess")(images)
+
+
+def test_run_tflite_rejects_bad_images(tmp_path, tiny):
+    path = export_tflite(tiny, tmp_path / "m.tflite", (24, 24))
+    with pytest.raises(ValueError, match=r"Received: \(1, 20, 20, 3\)"):
+        run_tflite(path, np.zeros((20, 20, 3), np.uint8))
+    with pytest.raises(ValueError, match="dtype float32.*0..255"):
+        run_tflite(path, np.full((24, 24, 3), 0.5, np.float32))
+    with pytest.raises(ValueError, match="dtype uint16"):
+        run_tflite(path, np.zeros((24, 24, 3), np.uint16))
+    ok = run_tflite(path, np.full((24, 24, 3), 7.0, np.float32))  # whole values 0..255: fine
+    assert ok["labels"].shape == (1, 24, 24)
+
+
+BYTES_LIMIT_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    import numpy as np
+    import tensorflow as tf
+    small_limit, default_limit, inputs = sys.argv[1:4]
+    data = np.load(inputs)
+    result = {}
+    def send(key, path, blob):
+        fn = tf.saved_model.load(path).signatures["serving_bytes"]
+        try:
+            out = fn(image_bytes=tf.constant([blob]))
+            result[key] = [int(out["heights"][0]), int(out["widths"][0])]
+        except tf.errors.InvalidArgumentError as err:
+            result[key] = "InvalidArgumentError: " + " ".join(err.message.split())
+    for name in data.files:
+        if name != "bomb":
+            send(name, small_limit, data[name].tobytes())
+    send("bomb_small_limit", small_limit, data["bomb"].tobytes())
+    send("bomb_default_limit", default_limit, data["bomb"].tobytes())
+    send("after", default_limit, data["ok_png"].tobytes())
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+    """
+)
+
+
+def test_serving_bytes_refuses_images_over_max_pixels_before_decoding(tmp_path, tiny):
+    """One 8000x8000 PNG of a few hundred KB used to take gigabytes in serving_bytes; the size
+    is now read from the header and checked before decoding."""
+    small = export_saved_model(tiny, tmp_path / "small", max_pixels=1000, warmup=False)
+    default = export_saved_model(tiny, tmp_path / "default", warmup=False)
+    arrays = {}
+    for fmt in ("PNG", "JPEG", "GIF", "BMP"):
+        for tag, side in (("ok", 30), ("big", 40)):  # 900 and 1600 pixels
+            arrays[f"{tag}_{fmt.lower()}"] = np.frombuffer(
+                _encode(_images(1, side, side + 1, seed=side)[0], fmt), np.uint8
+            )
+    buf = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(buf, format="PNG")  # 64M pixels, a tiny file
+    arrays["bomb"] = np.frombuffer(buf.getvalue(), np.uint8)
+    assert len(buf.getvalue()) < 1_000_000
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    result = _run_script(BYTES_LIMIT_SCRIPT, small, default, str(tmp_path / "inputs.npz"))
+    for fmt in ("png", "jpeg", "gif", "bmp"):
+        assert result[f"ok_{fmt}"] == [30, 31], (fmt, result[f"ok_{fmt}"])
+        refused = result[f"big_{fmt}"]
+        assert refused.startswith("InvalidArgumentError"), (fmt, refused)
+        assert "[40 41]" in refused and "over the limit of 1000 pixels" in refused, refused
+    for key in ("bomb_small_limit", "bomb_default_limit"):
+        assert "[8000 8000]" in result[key], result[key]
+    assert "limit of 40000000 pixels" in result["bomb_default_limit"]
+    assert result["after"] == [30, 31]
+    assert result["peak_rss_mb"] < 3000  # decoding and scoring the bomb would take far more
+    with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
+        export_saved_model(tiny, tmp_path / "x", max_pixels=-5)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_export_max_pixels(tmp_path, tiny, capsys):
+    keras_path = tmp_path / "m.keras"
+    tiny.save(keras_path)
+    out = tmp_path / "serving"
+    argv = ["export", str(keras_path), "--out", str(out), "--no-warmup", "--max-pixels", "100"]
+    assert cli_main(argv) == 0
+    fn = tf.saved_model.load(str(out / "1")).signatures["serving_bytes"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="over the limit of 100 pixels"):
+        fn(image_bytes=tf.constant([_encode(_images(1, 11, 10)[0], "PNG")]))
+    assert fn(image_bytes=tf.constant([_encode(_images(1, 9, 10)[0], "PNG")]))["heights"][0] == 9

@@ -228,3 +228,129 @@ def test_shipped_configs_resolve_to_the_paper_recipes(capsys):
         == 2
     )
     assert "train.steps must be a positive int. Received: -1" in capsys.readouterr().err
+
+
+def test_config_schema_reports_every_problem_at_once(tmp_path):
+    from deeplab_tf.training.trainer import resolve_config
+
+    cfg = _synthetic_config(str(tmp_path / "w"))
+    cfg["train"].update(
+        base_lr=float("nan"), flip="maybe", momentum=5, bacth_size=4, power=float("inf")
+    )
+    cfg["train"]["steps"] = "120"
+    cfg["model"]["dropout"] = 2.0
+    cfg["model"]["rates"] = [1, -2]
+    cfg["data"]["sise"] = 64
+    cfg["data"]["train"] = {"split": "train", "num_imagez": 8}
+    cfg["output"]["tensorboard"] = "yes"
+    cfg["distribute"] = {"strategy": "mirored"}
+    cfg["vall"] = {}
+    with pytest.raises(ValueError) as info:
+        resolve_config(cfg)
+    message = str(info.value)
+    for expected in (
+        "(12 problems)",
+        "train.base_lr must be a finite number. Received: nan",
+        "train.flip must be true or false. Received: 'maybe'",
+        "train.momentum must be < 1. Received: 5",
+        "train.power must be a finite number. Received: inf",
+        "train.steps must be a positive int. Received: '120'",
+        "'bacth_size' (did you mean 'batch_size'?)",
+        "model.dropout must be < 1. Received: 2.0",
+        "model.rates every item must be >= 1. Received: [1, -2]",
+        "'sise' (did you mean 'size'?)",
+        "'train.num_imagez' (did you mean 'num_images'?)",
+        "output.tensorboard must be true or false. Received: 'yes'",
+        "distribute.strategy must be one of ['default', 'mirrored', 'multi_worker', 'tpu'] "
+        "(did you mean 'mirrored'?)",
+        "Unknown config section 'vall' (did you mean 'val'?)",
+    ):
+        assert expected in message, (expected, message)
+    cfg = _synthetic_config(str(tmp_path / "w"), base_lr=0.0)
+    with pytest.raises(ValueError, match=r"train.base_lr must be > 0. Received: 0.0"):
+        resolve_config(cfg)
+    cfg = _synthetic_config(str(tmp_path / "w"))
+    cfg["data"]["name"] = "synthetik"
+    with pytest.raises(ValueError, match=r"did you mean 'synthetic'"):
+        resolve_config(cfg)
+
+
+def _toy_examples(n, bad_at=None):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+    labels = rng.integers(0, 5, (n, 32, 32)).astype(np.uint8)
+    if bad_at is not None:
+        labels[bad_at, 5, 5] = 9
+    ids = [f"img{i:03d}.png" for i in range(n)]
+    return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels, "id": ids})
+
+
+def _tiny_run_config(workdir, **train):
+    cfg = _synthetic_config(workdir, steps=2, batch_size=2, crop_size=32, **train)
+    cfg["output"]["checkpoint_every"] = 1
+    del cfg["data"]["val"]
+    return cfg
+
+
+def test_empty_dataset_stops_before_training(tmp_path):
+    from deeplab_tf.data.info import DatasetInfo
+
+    info = DatasetInfo("toy", ("a", "b", "c", "d", "e"))
+    empty = _toy_examples(1).take(0)
+    started = CountBatches()
+    with pytest.raises(ValueError, match="The training dataset is empty. Received: 0 examples"):
+        train(
+            _tiny_run_config(str(tmp_path / "w")),
+            callbacks=[started],
+            dataset_overrides={"train": (empty, info)},
+        )
+    assert started.n == 0 and not os.path.exists(tmp_path / "w")
+
+
+def test_bad_label_beyond_the_precheck_stops_cleanly_naming_the_example(tmp_path):
+    from deeplab_tf.data.info import DatasetInfo
+
+    info = DatasetInfo("toy", ("a", "b", "c", "d", "e"))
+    workdir = tmp_path / "w"
+    cfg = _tiny_run_config(str(workdir), validate_examples=2)
+    with pytest.raises(ValueError) as err:
+        train(cfg, dataset_overrides={"train": (_toy_examples(6, bad_at=4), info)})
+    message = str(err.value)
+    assert 'Bad training example "img004.png": label values' in message
+    assert message.split(". Training")[0].endswith("found [9]")
+    assert "Traceback" not in message and "nothing was saved" in message
+    assert not (workdir / "model.keras").exists()
+
+
+class PoisonWeights(keras.callbacks.Callback):
+    """Sets a kernel to NaN before the given (global) batch, as a diverging run would."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.seen = at, 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.seen == self.at:
+            layer = next(v for v in self.model.trainable_weights if len(v.shape) == 4)
+            layer.assign(np.full(layer.shape, np.nan, np.float32))
+        self.seen += 1
+
+
+def test_non_finite_loss_stops_and_saves_nothing_diverged(tmp_path):
+    from deeplab_tf.data.info import DatasetInfo
+
+    info = DatasetInfo("toy", ("a", "b", "c", "d", "e"))
+    workdir = tmp_path / "w"
+    cfg = _tiny_run_config(str(workdir))
+    cfg["train"]["steps"] = 3
+    with pytest.raises(RuntimeError, match=r"loss became non-finite \(loss=nan\) at step 2"):
+        train(
+            cfg,
+            callbacks=[PoisonWeights(at=1)],
+            dataset_overrides={"train": (_toy_examples(4), info)},
+        )
+    assert not (workdir / "model.keras").exists()
+    names = [os.path.basename(f) for f in list_checkpoints(str(workdir / "checkpoints"))]
+    assert names == ["ckpt-000001.weights.h5"]  # the finite one, nothing after
+    # the resume backup is the last finite state, kept for a restart with a lower rate
+    assert (workdir / "backup" / "latest.weights.h5").exists()

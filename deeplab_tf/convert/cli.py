@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from deeplab_tf.cli import positive_int
+
 
 def register(sub):
     from deeplab_tf.convert.architectures import ARCHITECTURES
@@ -24,7 +26,7 @@ def register(sub):
     p.add_argument("--out", required=True, help="output path, ending in .weights.h5")
     p.add_argument(
         "--num-classes",
-        type=int,
+        type=positive_int,
         default=None,
         help="classes of the Keras model (default: read from the file's classifier)",
     )
@@ -47,6 +49,35 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+def _check_manifest_target(manifest):
+    """Before any work: an existing --manifest must be a readable manifest (it is rewritten
+    after the weights), a new one must be creatable."""
+    from deeplab_tf.cli import CLIError
+    from deeplab_tf.convert.weights import read_manifest
+
+    if not manifest:
+        return
+    manifest = os.fspath(manifest)
+    if os.path.isdir(manifest):
+        raise CLIError(f"--manifest is a folder, not a JSON file. Received: {manifest!r}")
+    if os.path.exists(manifest):
+        try:
+            read_manifest(manifest)
+        except (ValueError, OSError) as err:
+            raise CLIError(
+                f"--manifest {manifest!r} exists but is not a usable manifest: {err}. Fix or "
+                "remove it (nothing was written)."
+            ) from None
+        if not os.access(manifest, os.W_OK):
+            raise CLIError(f"--manifest is not writable. Received: {manifest!r}")
+    else:
+        parent = os.path.dirname(os.path.abspath(manifest))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise CLIError(f"--manifest cannot be created there. Received: {manifest!r}")
+
+
 def run(args):
     from deeplab_tf.cli import CLIError
 
@@ -57,6 +88,9 @@ def run(args):
         raise CLIError(f"--num-classes must be >= 1. Received: {args.num_classes}")
     if not os.path.isfile(args.caffemodel):
         raise CLIError(f"no such file. Received: {args.caffemodel!r}")
+    if os.path.isdir(out):
+        raise CLIError(f"--out is a folder, not a file. Received: {out!r}")
+    _check_manifest_target(args.manifest)
 
     from deeplab_tf.atomic import atomic_write, check_outputs
     from deeplab_tf.convert.weights import manifest_entry_exists

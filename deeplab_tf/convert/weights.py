@@ -46,13 +46,29 @@ def read_manifest(manifest) -> dict:
                 data = json.load(f)
         except FileNotFoundError:
             raise FileNotFoundError(f"No such manifest. Received: manifest={where!r}") from None
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{where} is not valid JSON: {err}") from None
+        except IsADirectoryError:
+            raise ValueError(f"The manifest is a folder. Received: manifest={where!r}") from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         raise ValueError(
             f"{where}: a manifest is a JSON object with a 'models' list. "
             f"Received keys: {sorted(data) if isinstance(data, dict) else type(data).__name__}"
         )
+    for i, entry in enumerate(data["models"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ValueError(
+                f"{where}: models[{i}] must be an object with a 'name' string. Received: {entry!r}"
+            )
+        sha = entry.get("sha256")
+        if sha is not None and not (
+            isinstance(sha, str)
+            and len(sha) == 64
+            and all(c in "0123456789abcdefABCDEF" for c in sha)
+        ):
+            raise ValueError(
+                f"{where}: models[{i}].sha256 must be 64 hex digits or null. Received: {sha!r}"
+            )
     return data
 
 
@@ -177,6 +193,8 @@ def load_weights(model, path, manifest="auto", name: str | None = None, include_
     Raises:
         ChecksumError: the file does not match its manifest entry.
         ConversionError: a Caffe/PyTorch file does not fit the model.
+        ValueError: a ``.weights.h5`` file that cannot be read or does not match the model
+            (see :func:`load_h5_weights`); the model is then unchanged.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -191,6 +209,84 @@ def load_weights(model, path, manifest="auto", name: str | None = None, include_
         from deeplab_tf.convert.torch_port import load_torch_state_dict
 
         load_torch_state_dict(model, path, include_classifier=include_classifier)
+    elif lower.endswith(".h5"):
+        load_h5_weights(model, path)
     else:
         model.load_weights(path)
+    return model
+
+
+def _h5_arrays(path):
+    """``{dataset path: array}`` of every dataset in an HDF5 file, read completely."""
+    import h5py
+
+    arrays = {}
+    try:
+        with h5py.File(path, "r") as f:
+
+            def visit(name, obj):
+                if isinstance(obj, h5py.Dataset):
+                    arrays[name] = obj[()]
+
+            f.visititems(visit)
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
+        size = os.path.getsize(path)
+        raise ValueError(
+            f"Cannot read the weights file {path!r} ({size} bytes): it is truncated, corrupt or "
+            f"not an HDF5 .weights.h5 file ({type(err).__name__}: {err}). Received: path={path!r}; "
+            "expected a file written by model.save_weights() or deeplab-tf convert. The model "
+            "was not changed."
+        ) from None
+    return arrays
+
+
+def load_h5_weights(model, path):
+    """Loads a Keras ``.weights.h5`` file all or nothing.
+
+    The file is read completely and its variables (paths and shapes) are compared with what
+    ``model.save_weights`` would write for this model; only when every one matches are the
+    weights assigned. Otherwise nothing changes.
+
+    Raises:
+        ValueError: the file cannot be read (truncated, random bytes), or it does not match the
+            model: the message names the file and lists the missing, unexpected and differently
+            shaped variables.
+    """
+    import tempfile
+
+    path = os.fspath(path)
+    found = {k: v.shape for k, v in _h5_arrays(path).items()}
+    with tempfile.TemporaryDirectory(prefix="deeplab-weights-") as tmp:
+        reference = os.path.join(tmp, "expected.weights.h5")
+        model.save_weights(reference)
+        expected = {k: v.shape for k, v in _h5_arrays(reference).items()}
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    shapes = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
+    if missing or extra or shapes:
+
+        def listing(keys, fmt):
+            shown = [fmt(k) for k in keys[:12]]
+            return ", ".join(shown) + (f" ... and {len(keys) - 12} more" if len(keys) > 12 else "")
+
+        parts = []
+        if shapes:
+            parts.append(
+                f"{len(shapes)} with another shape: "
+                + listing(shapes, lambda k: f"{k} file {found[k]} vs model {expected[k]}")
+            )
+        if missing:
+            parts.append(f"{len(missing)} missing from the file: " + listing(missing, str))
+        if extra:
+            parts.append(f"{len(extra)} not in the model: " + listing(extra, str))
+        raise ValueError(
+            f"The weights file {path!r} does not match model {model.name!r} "
+            f"({len(expected)} variables expected, {len(found)} in the file): "
+            + "; ".join(parts)
+            + ". Received: path="
+            + repr(path)
+            + "; expected weights saved from the same architecture and number of classes. "
+            "The model was not changed."
+        )
+    model.load_weights(path)
     return model

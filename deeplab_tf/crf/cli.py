@@ -5,16 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-
-def _floats(text):
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        import argparse
-
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers. Received: {text!r}"
-        ) from err
+from deeplab_tf.cli import positive_floats, positive_int
 
 
 def register(sub):
@@ -31,14 +22,18 @@ def register(sub):
     data.add_argument("--split", default="val", help="dataset split (default: val)")
     data.add_argument("--images", help="folder of RGB images (with --masks)")
     data.add_argument("--masks", help="folder of label PNGs with the images' file stems")
-    p.add_argument("--num-images", type=int, default=100, help="subset size (default: 100)")
-    p.add_argument("--num-classes", type=int, help="classes (default: the model's output)")
+    p.add_argument(
+        "--num-images", type=positive_int, default=100, help="subset size (default: 100)"
+    )
+    p.add_argument("--num-classes", type=positive_int, help="classes (default: the model's output)")
     p.add_argument(
         "--preset", default="resnet101", help="fixed CRF parameters (default: resnet101)"
     )
-    p.add_argument("--bi-w", type=_floats, default=[3.0, 4.0, 5.0], help="e.g. 3,4,5")
-    p.add_argument("--bi-xy-std", type=_floats, default=[49.0, 67.0, 80.0], help="e.g. 49,67")
-    p.add_argument("--bi-rgb-std", type=_floats, default=[3.0, 4.0, 5.0], help="e.g. 3,4,5")
+    p.add_argument("--bi-w", type=positive_floats, default=[3.0, 4.0, 5.0], help="e.g. 3,4,5")
+    p.add_argument(
+        "--bi-xy-std", type=positive_floats, default=[49.0, 67.0, 80.0], help="e.g. 49,67"
+    )
+    p.add_argument("--bi-rgb-std", type=positive_floats, default=[3.0, 4.0, 5.0], help="e.g. 3,4,5")
     p.add_argument("--normalization", default="symmetric", choices=["symmetric", "after"])
     p.add_argument("--output", help="write the JSON result here (default: print it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")

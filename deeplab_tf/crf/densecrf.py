@@ -186,8 +186,19 @@ class DenseCRF(tf.Module):
     def __call__(self, image, probs):
         """Refines class probabilities.
 
+        Inputs are checked before any work. Called eagerly (arrays, eager tensors), the
+        values are checked too: images must be 0..255 and finite; probabilities finite,
+        non-negative, at most 1 and with a positive sum per pixel (values above 1 look like
+        logits: pass ``from_logits=True``); per-pixel sums off 1 by more than 1e-3 are
+        normalised with a warning. Inside a graph (``tf.function``, the exported
+        ``serving_crf`` signature, TFLite builtins, where an assertion op would not convert)
+        the same conditions are enforced by clamping instead: NaN -> 0, values clipped to
+        [0, 1], each pixel divided by its sum (uniform where the sum is 0), and float images
+        rounded and clipped to 0..255.
+
         Args:
-            image: uint8 RGB (N, H, W, 3) or (H, W, 3); float inputs are cast to uint8 range.
+            image: RGB (N, H, W, 3) or (H, W, 3): uint8, or another integer/float dtype holding
+                0..255 values. ``uint16`` (and other 16-bit scales) are refused: scale to 0..255.
             probs: (N, H, W, C) or (H, W, C) probabilities (or logits with
                 ``from_logits=True``) at the image's resolution.
 
@@ -195,7 +206,8 @@ class DenseCRF(tf.Module):
             float32 refined probabilities, same rank as ``probs``.
 
         Raises:
-            ValueError: for inputs of the wrong rank, channel count or size.
+            ValueError: for inputs of the wrong rank, channel count, size or dtype, and (eager
+                calls) for values outside the ranges above.
         """
         image, probs, squeeze = self._check_inputs(image, probs)
         if self.backend == "pydensecrf":
@@ -235,10 +247,25 @@ class DenseCRF(tf.Module):
                     "image and probs must have the same batch and spatial size. "
                     f"Received: image.shape={image.shape}, probs.shape={probs.shape}"
                 )
+        image = _check_image_dtype(image)
+        if not probs.dtype.is_floating:
+            raise ValueError(
+                f"probs must be floating point. Received: probs.dtype={probs.dtype.name}; "
+                "expected float32 probabilities (or logits with from_logits=True)"
+            )
+        eager = tf.executing_eagerly() and not isinstance(probs, tf.Variable)
+        if eager:
+            _check_image_values(image)
         if image.dtype != tf.uint8:
             image = tf.cast(tf.clip_by_value(tf.round(tf.cast(image, tf.float32)), 0, 255), "uint8")
         if probs.dtype != tf.float32:
             probs = tf.cast(probs, tf.float32)
+        if not self.from_logits:
+            probs = _check_probabilities(probs) if eager else _sanitise_probabilities(probs)
+        elif eager and not bool(tf.reduce_all(tf.math.is_finite(probs))):
+            raise ValueError(
+                "logits hold NaN or inf. Received: non-finite logits; expected finite scores"
+            )
         return image, probs, squeeze
 
     def _unary(self, probs):
@@ -435,6 +462,84 @@ class DenseCRF(tf.Module):
         out = tf.numpy_function(run, [image, unary], tf.float32, stateful=False)
         out.set_shape(probs.shape)
         return out
+
+
+_IMAGE_DTYPES = ("uint8", "int32", "int64", "float16", "bfloat16", "float32", "float64")
+_SUM_TOLERANCE = 1e-3
+
+
+def _check_image_dtype(image):
+    dtype = image.dtype.name
+    if dtype not in _IMAGE_DTYPES:
+        raise ValueError(
+            f"image must hold RGB values 0..255. Received: image.dtype={dtype}; expected one of "
+            f"{_IMAGE_DTYPES}"
+            + (
+                " (scale 16-bit images to 0..255 first, e.g. image // 257)"
+                if dtype == "uint16"
+                else ""
+            )
+        )
+    return image
+
+
+def _check_image_values(image):
+    if image.dtype == tf.uint8 or tf.size(image) == 0:
+        return
+    x = tf.cast(image, tf.float32)
+    lo, hi = float(tf.reduce_min(x)), float(tf.reduce_max(x))
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 255:
+        raise ValueError(
+            f"image values must be 0..255. Received: image.dtype={image.dtype.name} with values "
+            f"in [{lo}, {hi}]; expected RGB 0..255 (a 0..1 float image needs * 255)"
+        )
+
+
+def _check_probabilities(probs):
+    """Eager validation (see ``DenseCRF.__call__``); returns the (maybe normalised) probs."""
+    import warnings
+
+    if tf.size(probs) == 0:
+        return probs
+    p = probs.numpy()
+    where = "DenseCRF: probs"
+    if not np.isfinite(p).all():
+        bad = int((~np.isfinite(p)).sum())
+        raise ValueError(
+            f"{where} hold {bad} NaN or inf values. Received: non-finite probabilities; "
+            "expected finite values in [0, 1]"
+        )
+    lo, hi = float(p.min()), float(p.max())
+    if lo < 0 or hi > 1 + _SUM_TOLERANCE:
+        hint = " They look like logits: pass from_logits=True." if lo < 0 or hi > 1 else ""
+        raise ValueError(
+            f"{where} must be in [0, 1]. Received: values in [{lo:g}, {hi:g}]; expected "
+            f"probabilities (softmax outputs).{hint}"
+        )
+    sums = p.sum(axis=-1, dtype=np.float64)
+    if (sums <= 0).any():
+        raise ValueError(
+            f"{where} are all zero at {int((sums <= 0).sum())} pixel(s). Received: a zero "
+            "probability vector; expected each pixel's probabilities to sum to 1"
+        )
+    off = np.abs(sums - 1.0)
+    if off.max() > _SUM_TOLERANCE:
+        warnings.warn(
+            f"{where} do not sum to 1 (per-pixel sums in [{sums.min():.4g}, {sums.max():.4g}]); "
+            "normalising them. Pass softmax outputs, or logits with from_logits=True.",
+            stacklevel=4,
+        )
+        return tf.constant((p / sums[..., None]).astype(np.float32))
+    return probs
+
+
+def _sanitise_probabilities(probs):
+    """In-graph counterpart of :func:`_check_probabilities` with TFLite builtin ops only:
+    NaN -> 0, clip to [0, 1], divide by the per-pixel sum (uniform where it is 0)."""
+    p = tf.clip_by_value(tf.where(tf.equal(probs, probs), probs, tf.zeros_like(probs)), 0.0, 1.0)
+    total = tf.reduce_sum(p, axis=-1, keepdims=True)
+    uniform = tf.ones_like(p) / tf.cast(tf.shape(p)[-1], tf.float32)
+    return tf.where(total > 0, p / tf.maximum(total, np.float32(1e-30)), uniform)
 
 
 def _positions(height, width, std):

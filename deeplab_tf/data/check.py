@@ -118,7 +118,8 @@ def check_dataset(
 
     Returns:
         ``{"dataset", "root", "splits": {split: report}, "num_problems"}``; a split whose
-        listing failed holds ``{"error": message}`` and counts as one problem.
+        listing failed holds ``{"error": message}`` and counts as one problem, and so does a
+        split with no examples (kind ``"empty"``).
     """
     from deeplab_tf.data.loader import list_dataset
 
@@ -136,6 +137,17 @@ def check_dataset(
             report["num_problems"] += 1
             continue
         result = check_split(listing, limit=limit, workers=workers)
+        if not result["num_listed"]:  # an empty split cannot train or evaluate anything
+            result["problems"].append(
+                {
+                    "id": None,
+                    "path": str(root),
+                    "kind": "empty",
+                    "error": f"split {split!r} of {name} has no examples under {str(root)!r} "
+                    "(expected at least one image with its label: check the folder layout, "
+                    "the split name and the list file)",
+                }
+            )
         report["splits"][split] = result
         report["num_problems"] += len(result["problems"])
     return report

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from deeplab_tf.cli import nonneg_int, positive_int
+
 DATASETS = ("voc2012", "voc2012_aug", "cityscapes", "pascal_context", "person_part", "folder")
 
 
@@ -23,12 +25,12 @@ def register(sub):
     c.add_argument(
         "--split", action="append", help="split to check (repeatable; default: standard splits)"
     )
-    c.add_argument("--num-classes", type=int, help="folder datasets: number of classes")
+    c.add_argument("--num-classes", type=positive_int, help="folder datasets: number of classes")
     c.add_argument("--class-names", help="folder datasets: comma-separated class names")
     c.add_argument("--list-file", help="split list replacing the dataset's own")
-    c.add_argument("--limit", type=int, help="check at most N examples per split")
-    c.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
-    c.add_argument("--max-problems", type=int, default=20, help="problems printed per split")
+    c.add_argument("--limit", type=positive_int, help="check at most N examples per split")
+    c.add_argument("--workers", type=positive_int, default=2, help="decoding threads (default 2)")
+    c.add_argument("--max-problems", type=nonneg_int, default=20, help="problems printed per split")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("--output", help="also write the JSON report to this file")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --output file")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from deeplab_tf.cli import nonneg_int, positive_int
+
 
 def register(sub):
     from deeplab_tf.inference.cli import add_inference_arguments
@@ -19,13 +21,15 @@ def register(sub):
     )
     p.add_argument("--split", default="val", help="split (default: val)")
     p.add_argument("--root", help="folder holding the dataset")
-    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
     p.add_argument("--report", help="write the scores and settings to this JSON file")
     p.add_argument(
         "--save-visuals", metavar="DIR",
         help="write image | prediction | ground truth PNGs here (see --num-visuals)",
     )  # fmt: skip
-    p.add_argument("--num-visuals", type=int, default=20, help="how many side-by-sides to save")
+    p.add_argument(
+        "--num-visuals", type=nonneg_int, default=20, help="how many side-by-sides to save"
+    )
     p.add_argument(
         "--overwrite", action="store_true",
         help="replace an existing --report file and side-by-sides in --save-visuals",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from deeplab_tf.cli import positive_float, positive_int
+
 
 def _size(text):
     import argparse
@@ -30,10 +32,12 @@ def register(sub):
     p.add_argument("--out", required=True, help="model base path, e.g. /models/deeplab")
     p.add_argument("--version", help="positive integer version (default: next free)")
     p.add_argument("--weights", help="weights file for a registry name")
-    p.add_argument("--num-classes", type=int, help="classes, for a registry name (default 21)")
+    p.add_argument(
+        "--num-classes", type=positive_int, help="classes, for a registry name (default 21)"
+    )
     p.add_argument(
         "--scales",
-        type=float,
+        type=positive_float,
         nargs="+",
         default=[1.0],
         help="image scales, e.g. 1 0.75 0.5 for the paper's MSC (default: 1)",
@@ -52,6 +56,13 @@ def register(sub):
         help="fold frozen BatchNorm and padding into the convolutions (fastest CPU inference)",
     )
     p.add_argument("--bfloat16", action="store_true", help="compute in bfloat16 (I/O unchanged)")
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=None,
+        help="serving_bytes refuses images with more pixels than this, read from the image "
+        "header before decoding (default 40,000,000, as predict)",
+    )
     p.add_argument("--no-warmup", action="store_true", help="skip TF Serving warm-up requests")
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing version and TFLite files"
@@ -90,6 +101,7 @@ def run(args):
 
     from deeplab_tf.export.optimize import fuse_for_inference, to_bfloat16
     from deeplab_tf.export.savedmodel import export_saved_model
+    from deeplab_tf.inference.io import DEFAULT_MAX_PIXELS
     from deeplab_tf.inference.predict import load_inference_model
 
     try:
@@ -116,6 +128,7 @@ def run(args):
             upsample=args.upsample,
             crf=crf,
             warmup=not args.no_warmup,
+            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
             overwrite=args.overwrite,
         )
     except ValueError as err:

@@ -16,7 +16,8 @@ Signatures (inputs and outputs keep these names; ``saved_model_cli show --all`` 
   ``{"b64": ...}`` form) -> ``labels`` int32 ``(N, Hmax, Wmax)`` (padded with -1),
   ``heights``/``widths`` int32 ``(N,)`` (each image's own size) and ``label_png_bytes``
   string ``(N,)`` (each label map as a greyscale PNG of class ids, at the image's own size;
-  the ``_bytes`` suffix makes TF Serving's REST API return it as ``{"b64": ...}``).
+  the ``_bytes`` suffix makes TF Serving's REST API return it as ``{"b64": ...}``). Images
+  over ``max_pixels`` (checked on the header, before decoding) are refused.
 * ``serving_crf`` (with a CRF): ``images`` float32 -> ``labels``, ``probabilities`` after the
   dense CRF, plus ``labels_before_crf``.
 """
@@ -32,7 +33,9 @@ import tensorflow as tf
 
 from deeplab_tf import atomic
 from deeplab_tf.export.warmup import write_warmup_requests
+from deeplab_tf.inference.io import DEFAULT_MAX_PIXELS
 from deeplab_tf.inference.multiscale import MultiScale
+from deeplab_tf.layers import check_images
 
 SIGNATURES = ("serving_default", "serving_uint8", "serving_bytes", "serving_crf")
 
@@ -79,13 +82,72 @@ def check_export_target(base_dir, version=None, overwrite: bool = False) -> int:
     return version
 
 
+def encoded_image_size(data):
+    """``(height, width)`` int64 of an encoded image, read from its header without decoding.
+
+    JPEG: ``tf.image.extract_jpeg_shape``; PNG: the IHDR chunk (big-endian width and height at
+    bytes 16..24); GIF: the logical screen (little-endian uint16 at bytes 6..10); BMP: the
+    info header (little-endian int32 at bytes 18..26, a negative height meaning top-down).
+    Anything else (or a header too short to hold the size) gives ``(0, 0)``: the decoder then
+    rejects it with its own error.
+    """
+    length = tf.strings.length(data)
+
+    def field(pos, size, dtype, little_endian):
+        raw = tf.io.decode_raw(tf.strings.substr(data, pos, size), dtype, little_endian)
+        return tf.cast(raw, tf.int64)
+
+    def jpeg():
+        return tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)
+
+    def png():
+        wh = field(16, 8, tf.int32, False)
+        return tf.stack([wh[1], wh[0]])
+
+    def gif():
+        wh = field(6, 4, tf.uint16, True)
+        return tf.stack([wh[1], wh[0]])
+
+    def bmp():
+        wh = field(18, 8, tf.int32, True)
+        return tf.stack([tf.abs(wh[1]), wh[0]])
+
+    def unknown():
+        return tf.zeros([2], tf.int64)
+
+    head = tf.strings.substr(data, 0, tf.minimum(length, 8))
+    return tf.case(
+        [
+            (tf.strings.substr(head, 0, tf.minimum(length, 2)) == b"\xff\xd8", jpeg),
+            (tf.logical_and(head == b"\x89PNG\r\n\x1a\n", length >= 24), png),
+            (
+                tf.logical_and(
+                    tf.strings.substr(head, 0, tf.minimum(length, 3)) == b"GIF", length >= 10
+                ),
+                gif,
+            ),
+            (
+                tf.logical_and(
+                    tf.strings.substr(head, 0, tf.minimum(length, 2)) == b"BM", length >= 26
+                ),
+                bmp,
+            ),
+        ],
+        default=unknown,
+        exclusive=False,
+    )
+
+
 class _Serving:
     """Builds the serving functions around a full-resolution probability model."""
 
-    def __init__(self, net, crf=None, bytes_max_side: int | None = 1024):
+    def __init__(
+        self, net, crf=None, bytes_max_side: int | None = 1024, max_pixels: int | None = None
+    ):
         self.net = net
         self.crf = crf
         self.bytes_max_side = bytes_max_side
+        self.max_pixels = max_pixels
         # One traced network shared by every signature (traced once, not once per endpoint).
         self._probs = tf.function(
             self._run_net, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)]
@@ -98,10 +160,12 @@ class _Serving:
         return self._probs(tf.cast(images, tf.float32))
 
     def default(self, images):
+        images = check_images(images, where=f"serving_{_kind(images)}", runtime=True)
         probs = self.probs(images)
         return {"labels": tf.argmax(probs, axis=-1, output_type=tf.int32), "probabilities": probs}
 
     def with_crf(self, images):
+        images = check_images(images, where="serving_crf", runtime=True)
         probs = self.probs(images)
         pixels = tf.cast(tf.clip_by_value(tf.round(tf.cast(images, tf.float32)), 0, 255), tf.uint8)
         refined = tf.cast(self.crf(pixels, probs), tf.float32)
@@ -112,6 +176,21 @@ class _Serving:
         }
 
     def _one_encoded(self, data):
+        if self.max_pixels:
+            # Checked on the header, before decoding: a small file can hold a huge image.
+            hw = encoded_image_size(data)
+            check = tf.debugging.Assert(
+                hw[0] * hw[1] <= self.max_pixels,
+                [
+                    "serving_bytes: image of (height, width)",
+                    hw,
+                    f"is over the limit of {self.max_pixels} pixels set at export "
+                    "(export_saved_model(max_pixels=...), deeplab-tf export --max-pixels); "
+                    "downscale it before sending",
+                ],
+            )
+            with tf.control_dependencies([check]):
+                data = tf.identity(data)
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
         image.set_shape([None, None, 3])
         size = tf.shape(image)[:2]
@@ -128,6 +207,15 @@ class _Serving:
         return labels, size, png
 
     def encoded(self, image_bytes):
+        image_bytes = tf.ensure_shape(image_bytes, [None], name="check_image_bytes_shape")
+        count = tf.debugging.Assert(
+            tf.size(image_bytes) > 0,
+            ["serving_bytes: image_bytes must hold at least one encoded image; got shape",
+             tf.shape(image_bytes)],
+        )  # fmt: skip
+        with tf.control_dependencies([count]):
+            image_bytes = tf.identity(image_bytes)
+
         def run(data):
             labels, size, png = self._one_encoded(data)
             return tf.reshape(labels, [-1]), size, png
@@ -147,6 +235,10 @@ class _Serving:
             "widths": sizes[:, 1],
             "label_png_bytes": pngs,
         }
+
+
+def _kind(images):
+    return "uint8" if images.dtype == tf.uint8 else "default"
 
 
 def _pad_flat_maps(flat, sizes):
@@ -184,6 +276,7 @@ def export_saved_model(
     warmup: bool = True,
     warmup_size=(64, 64),
     bytes_max_side: int | None = 1024,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     overwrite: bool = False,
     verbose: bool = False,
 ) -> str:
@@ -203,6 +296,10 @@ def export_saved_model(
         warmup_size: (H, W) of the warm-up image.
         bytes_max_side: ``serving_bytes`` shrinks images whose longer side exceeds this before
             the network and resizes the scores back to the image's size; None disables.
+        max_pixels: ``serving_bytes`` refuses (``InvalidArgumentError``) an image with more
+            than this many pixels, read from the JPEG/PNG/GIF/BMP header before anything is
+            decoded (a 200 KB PNG can hold 8000x8000 pixels, gigabytes once decoded and scored).
+            Default: the same limit as ``deeplab-tf predict --max-pixels``; None disables.
         overwrite: replace an existing version folder (swapped in atomically). Without it an
             explicit ``version`` that another process publishes meanwhile raises ValueError.
 
@@ -214,9 +311,14 @@ def export_saved_model(
     """
     checked = check_export_target(base_dir, version, overwrite)
     version = None if version is None else checked
+    for key, value in (("max_pixels", max_pixels), ("bytes_max_side", bytes_max_side)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
+        ):
+            raise ValueError(f"{key} must be a positive integer or None. Received: {key}={value!r}")
     base_dir = os.fspath(base_dir)
     net = _inference_net(model, scales, flip, fusion, upsample)
-    serving = _Serving(net, crf=crf, bytes_max_side=bytes_max_side)
+    serving = _Serving(net, crf=crf, bytes_max_side=bytes_max_side, max_pixels=max_pixels)
 
     if not net.built:
         net.build((None, None, None, 3))

@@ -153,6 +153,10 @@ def litert_interpreter(path, num_threads: int | None = None, delegates: bool = T
 def run_tflite(interpreter_or_path, image) -> dict[str, np.ndarray]:
     """Runs one ``(H, W, 3)`` or ``(1, H, W, 3)`` uint8 image through a TFLite file.
 
+    Other dtypes are taken only when every value is a whole number in 0..255 (a float copy
+    of a uint8 image); anything else raises ``ValueError`` rather than being wrapped or
+    clipped into uint8.
+
     Returns:
         ``{"labels": (1, H, W) int32, "probabilities": (1, H, W, C) float32}``.
     """
@@ -160,7 +164,7 @@ def run_tflite(interpreter_or_path, image) -> dict[str, np.ndarray]:
     if isinstance(interpreter, (str, os.PathLike)):
         interpreter = litert_interpreter(interpreter)
     runner = interpreter.get_signature_runner("serving_default")
-    image = np.asarray(image)
+    image = _as_uint8_image(image)
     if image.ndim == 3:
         image = image[None]
     (spec,) = runner.get_input_details().values()
@@ -170,6 +174,31 @@ def run_tflite(interpreter_or_path, image) -> dict[str, np.ndarray]:
             f"This TFLite model takes images of shape {expected}. Received: {tuple(image.shape)}"
         )
     return runner(images=image.astype(np.uint8))
+
+
+def _as_uint8_image(image):
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    expected = "expected uint8 RGB 0..255 (or whole numbers 0..255 in another numeric dtype)"
+    if image.dtype.kind not in "iuf" or image.dtype == np.uint16:
+        raise ValueError(
+            f"run_tflite got an image of dtype {image.dtype}. Received: dtype={image.dtype}; "
+            f"{expected}"
+            + ("; scale 16-bit images to 0..255 first" if image.dtype == np.uint16 else "")
+        )
+    if image.size and not (
+        np.isfinite(image).all()
+        and image.min() >= 0
+        and image.max() <= 255
+        and (np.round(image) == image).all()
+    ):
+        raise ValueError(
+            f"run_tflite got an image of dtype {image.dtype} with values outside whole numbers "
+            f"0..255 (min {image.min()}, max {image.max()}). Received: dtype={image.dtype}; "
+            f"{expected}"
+        )
+    return image.astype(np.uint8)
 
 
 def tflite_ops(path) -> list[str]:

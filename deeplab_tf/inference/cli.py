@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
+from deeplab_tf.cli import fraction, nonneg_int, positive_float, positive_int, unit_float
+
 
 def add_inference_arguments(p):
     """Adds the model / multi-scale / tiling / CRF options shared by predict and evaluate."""
@@ -18,11 +20,11 @@ def add_inference_arguments(p):
         help="a .keras file, or a registry name (see `deeplab-tf models`) with --weights",
     )
     g.add_argument("--weights", help="a .weights.h5 file for a registry-name --model")
-    g.add_argument("--num-classes", type=int, help="classes of a registry-name model")
+    g.add_argument("--num-classes", type=positive_int, help="classes of a registry-name model")
     g = p.add_argument_group("inference")
     g.add_argument(
         "--scales",
-        type=float,
+        type=positive_float,
         nargs="+",
         default=[1.0],
         help="image scales, e.g. 1 0.75 0.5 for the paper's MSC (default: 1)",
@@ -43,11 +45,11 @@ def add_inference_arguments(p):
     )
     g.add_argument(
         "--tile-size",
-        type=int,
+        type=nonneg_int,
         default=1025,
         help="images larger than this run as overlapping tiles (0 = never tile)",
     )
-    g.add_argument("--overlap", type=float, default=1 / 3, help="tile overlap fraction")
+    g.add_argument("--overlap", type=fraction, default=1 / 3, help="tile overlap fraction")
     g.add_argument(
         "--crf",
         action="store_true",
@@ -159,13 +161,13 @@ def register(sub):
         "--overwrite", action="store_true",
         help="replace outputs left by an earlier run (each atomically)",
     )  # fmt: skip
-    p.add_argument("--alpha", type=float, default=0.55, help="overlay opacity (default 0.55)")
+    p.add_argument("--alpha", type=unit_float, default=0.55, help="overlay opacity (default 0.55)")
     p.add_argument(
         "--palette", choices=("voc", "cityscapes"), default=None,
         help="label colours (default: cityscapes for 19 classes, else voc)",
     )  # fmt: skip
     p.add_argument(
-        "--max-pixels", type=int, default=None,
+        "--max-pixels", type=positive_int, default=None,
         help="largest accepted image, in pixels (default 40,000,000)",
     )  # fmt: skip
     add_inference_arguments(p)

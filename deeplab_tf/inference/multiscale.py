@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from deeplab_tf.layers import PACKAGE, resize_by_scale, resize_logits
+from deeplab_tf.layers import PACKAGE, check_images, resize_by_scale, resize_logits
 from deeplab_tf.models.deeplab import output_stride_of
 
 FUSIONS = ("max", "mean")
@@ -155,7 +155,7 @@ class MultiScale(keras.Model):
         return tf.math.log(tf.maximum(probs, 1e-30))
 
     def call(self, images, training=False):
-        images = tf.cast(images, tf.float32)
+        images = tf.cast(check_images(images, where="MultiScale"), tf.float32)
         size = tf.shape(images)[1:3]
         maps = []
         if self.fuse_at == "logits":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
+import math
 import os
 import re
 import shutil
@@ -15,6 +17,40 @@ from deeplab_tf.training.distribute import is_chief, worker_dir
 
 BACKUP_WEIGHTS = "latest.weights.h5"
 BACKUP_METADATA = "training_metadata.json"
+
+
+def weights_finite(model) -> bool:
+    """True when every weight of ``model`` is finite (no NaN or inf): safe to save."""
+    import numpy as np
+
+    for v in model.weights:
+        value = keras.ops.convert_to_numpy(v)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            return False
+    return True
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is NaN or inf.
+
+    Unlike ``keras.callbacks.TerminateOnNaN`` it records where (``self.failure``: ``(step,
+    loss)``) so the trainer can report it and save nothing; the checkpoint and backup
+    callbacks here also refuse to write non-finite weights.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.failure = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        loss = float(keras.ops.convert_to_numpy(loss))
+        if not math.isfinite(loss):
+            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            self.failure = (step, loss)
+            self.model.stop_training = True
 
 
 class StepCheckpoint(keras.callbacks.Callback):
@@ -39,6 +75,11 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.model_to_save = model_to_save
 
     def on_epoch_end(self, epoch, logs=None):
+        if not weights_finite(self.model_to_save or self.model):
+            logging.getLogger("deeplab_tf.training").error(
+                "Not writing a checkpoint: the weights are no longer finite (NaN or inf)."
+            )
+            return
         strategy = self.model.distribute_strategy
         directory = worker_dir(self.directory, strategy)
         chief = is_chief(strategy)
@@ -131,6 +172,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             self.model._initial_epoch = int(json.load(f)["epoch"])
 
     def _save_model(self):
+        if not weights_finite(self.model):  # keep the last good backup to resume from
+            return
         strategy = self.model.distribute_strategy
         chief = is_chief(strategy)
         target = os.path.normpath(worker_dir(self.backup_dir, strategy))
@@ -150,6 +193,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def on_train_end(self, logs=None):
+        if not weights_finite(self.model):  # stopped on NaN: the backup is the last good state
+            return
         if self.delete_on_end and is_chief(self.model.distribute_strategy):
             discard_backup(self.backup_dir)
 
@@ -188,6 +233,9 @@ def training_callbacks(
 ) -> list:
     """The standard callbacks of a run in ``workdir``.
 
+    The first is a :class:`StopOnNonFiniteLoss`; checkpoints and backups are never written
+    from non-finite weights.
+
     Drive ``fit`` with ``steps_per_epoch = checkpoint interval``: every epoch end then writes
     ``workdir/checkpoints/ckpt-{step}.weights.h5``, TensorBoard scalars in ``workdir/logs`` and a
     :class:`AtomicBackupAndRestore` backup in ``workdir/backup`` (weights, optimizer state and
@@ -214,7 +262,7 @@ def training_callbacks(
         A list of callbacks.
     """
     workdir = str(workdir)
-    cbs = []
+    cbs = [StopOnNonFiniteLoss()]
     if checkpoints:
         cbs.append(StepCheckpoint(os.path.join(workdir, "checkpoints"), max_to_keep, model_to_save))
     if resume:

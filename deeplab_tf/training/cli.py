@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from deeplab_tf.cli import positive_int
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
@@ -79,7 +81,7 @@ def register(sub):
         help="override a config value (repeatable), e.g. --set train.steps=100",
     )
     p.add_argument("--workdir", help="shortcut for --set output.workdir=DIR")
-    p.add_argument("--steps", type=int, help="shortcut for --set train.steps=N")
+    p.add_argument("--steps", type=positive_int, help="shortcut for --set train.steps=N")
     p.add_argument(
         "--strategy",
         choices=("default", "mirrored", "multi_worker", "tpu"),

@@ -206,18 +206,35 @@ def eval_transform(element, crop_size, mean=CAFFE_RGB_MEAN, ignore_label: int = 
     )
 
 
-def _label_guard(num_classes, ignore_label):
-    def guard(image, label):
-        bad = tf.logical_and(label >= num_classes, label != ignore_label)
-        check = tf.debugging.Assert(
-            tf.logical_not(tf.reduce_any(bad)),
-            [
-                f"label values must be < num_classes={num_classes} or {ignore_label}; found max",
-                tf.reduce_max(label),
-            ],
+#: Start of the in-pipeline label check's message (the trainer turns it into a clean error).
+BAD_EXAMPLE = "Bad training example"
+
+
+def _example_guard(num_classes, ignore_label):
+    """Checks each raw example in-graph: label values and image/label sizes, naming its id."""
+
+    def guard(element):
+        image, label = element["image"], element["label"]
+        ex_id = element.get("id", tf.constant("?"))
+        bad = tf.logical_and(tf.cast(label, tf.int32) >= num_classes, label != ignore_label)
+        values = tf.boolean_mask(label, bad)
+        same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(label)[:2]))
+        size_msg = tf.strings.format(
+            BAD_EXAMPLE + " {}: image is {} (H, W) but its label is {}; they must match",
+            (ex_id, tf.shape(image)[:2], tf.shape(label)),
         )
-        with tf.control_dependencies([check]):
-            return tf.identity(image), tf.identity(label)
+        value_msg = tf.strings.format(
+            BAD_EXAMPLE + " {}: label values must be < num_classes=" + str(num_classes)
+            + f" or {ignore_label} (ignore); found {{}}",
+            (ex_id, tf.unique(values)[0]),
+            summarize=20,
+        )  # fmt: skip
+        checks = [
+            tf.debugging.Assert(same_size, [size_msg]),
+            tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [value_msg]),
+        ]
+        with tf.control_dependencies(checks):
+            return {k: tf.identity(v) for k, v in element.items()}
 
     return guard
 
@@ -254,8 +271,10 @@ def train_pipeline(
         seed: makes shuffling and augmentation deterministic (the first iterator's stream
             depends on the seed alone; each further iterator of the same dataset object draws a
             new shuffle order, so iterate once, as ``fit`` does).
-        num_classes: when given, every label is checked in-graph (a clear error if a value is
-            ``>= num_classes`` and not the ignore label).
+        num_classes: when given, every example is checked in-graph before augmentation: an
+            ``InvalidArgumentError`` starting with :data:`BAD_EXAMPLE` and naming the example
+            id if a label value is ``>= num_classes`` and not the ignore label, or the image
+            and label sizes differ.
         start_batch: begin at this batch of the (seeded) stream, e.g. when resuming: examples
             are skipped before augmentation, and augmentation seeds follow the example's position
             in the stream, so batch ``k`` is identical to batch ``k`` of a run from the start.
@@ -281,6 +300,8 @@ def train_pipeline(
             f"Received: start_batch={start_batch}, seed=None"
         )
     ds = dataset
+    if num_classes is not None:  # every example, named, before augmentation can hide it
+        ds = ds.map(_example_guard(num_classes, ignore_label), num_parallel_calls=tf.data.AUTOTUNE)
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -307,8 +328,6 @@ def train_pipeline(
             return train_transform(element, crop, scales, mean, ignore_label, flip)
 
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
-    if num_classes is not None:
-        ds = ds.map(_label_guard(num_classes, ignore_label), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
@@ -329,7 +348,8 @@ def eval_pipeline(
         batch_size: examples per batch (the last batch may be smaller).
         mean: RGB padding colour.
         ignore_label: label padding value.
-        num_classes: when given, labels are checked in-graph.
+        num_classes: when given, every example is checked in-graph (as in
+            :func:`train_pipeline`).
         drop_remainder: drop a last partial batch (static shapes, for TPUs).
 
     Returns:
@@ -337,9 +357,10 @@ def eval_pipeline(
     """
     check_element_spec(dataset)
     crop, mean = _validate_common(crop_size, batch_size, mean)
-    ds = dataset.map(
+    ds = dataset
+    if num_classes is not None:
+        ds = ds.map(_example_guard(num_classes, ignore_label), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(
         lambda e: eval_transform(e, crop, mean, ignore_label), num_parallel_calls=tf.data.AUTOTUNE
     )
-    if num_classes is not None:
-        ds = ds.map(_label_guard(num_classes, ignore_label), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

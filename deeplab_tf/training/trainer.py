@@ -33,6 +33,8 @@ import json
 import math
 import os
 
+from deeplab_tf.training.schema import SCHEMA, defaults, validate
+
 #: The run record in a workdir.
 RUN_FILE = "run.json"
 MODEL_FILE = "model.keras"
@@ -42,136 +44,34 @@ class RunFinished(Exception):
     """The workdir holds a finished run; nothing was changed. ``str()`` says how to start anew."""
 
 
-SECTIONS = {
-    "model": {
-        "name",
-        "num_classes",
-        "weights",
-        "freeze_batchnorm",
-        "rates",
-        "dropout",
-        "pool5a",
-        "output_stride",
-        "head",
-        "backbone",
-    },
-    "data": None,  # loader-specific
-    "train": {
-        "steps",
-        "batch_size",
-        "accumulation_steps",
-        "crop_size",
-        "scales",
-        "flip",
-        "msc",
-        "msc_scales",
-        "optimizer",
-        "base_lr",
-        "power",
-        "momentum",
-        "weight_decay",
-        "lr_mult",
-        "label_mode",
-        "bn_momentum",
-        "seed",
-        "shuffle_buffer",
-        "validate_examples",
-        "verbose",
-    },
-    "val": {"crop_size", "batch_size", "max_examples"},
-    "output": {"workdir", "checkpoint_every", "tensorboard", "resume", "max_to_keep"},
-    "distribute": {"strategy", "tpu", "devices", "communication"},
-}
-OPTIMIZERS = ("caffe_sgd", "adam")
-
-
-def _section(config, key):
-    value = config.get(key) or {}
-    if not isinstance(value, dict):
-        raise ValueError(f"Config section {key!r} must be a mapping. Received: {value!r}")
-    allowed = SECTIONS[key]
-    if allowed is not None:
-        unknown = set(value) - allowed
-        if unknown:
-            raise ValueError(
-                f"Unknown keys in config section {key!r}: {sorted(unknown)}. "
-                f"Allowed: {sorted(allowed)}"
-            )
-    return dict(value)
+#: Section -> allowed keys (``data`` also takes its dataset's own options); see
+#: :mod:`deeplab_tf.training.schema` for types, ranges and defaults.
+SECTIONS = {section: set(fields) for section, fields in SCHEMA.items()}
+OPTIMIZERS = SCHEMA["train"]["optimizer"].choices
 
 
 def resolve_config(config: dict) -> dict:
-    """Fills a config's defaults from the registry recipe and checks every value.
+    """Checks every value against the schema, then fills defaults from the registry recipe.
+
+    All problems are reported at once (see :func:`deeplab_tf.training.schema.validate`).
 
     Raises:
         ValueError: unknown sections or keys, or invalid values, with what was received.
     """
     from deeplab_tf.training.recipes import get_recipe, resolve_model_name
 
-    if not isinstance(config, dict):
-        raise ValueError(f"The config must be a mapping. Received: {type(config).__name__}")
-    unknown = set(config) - set(SECTIONS)
-    if unknown:
-        raise ValueError(f"Unknown config sections {sorted(unknown)}. Allowed: {sorted(SECTIONS)}")
-    cfg = {k: _section(config, k) for k in SECTIONS}
+    validate(config)
+    cfg = {k: dict(config.get(k) or {}) for k in SCHEMA}
     model, data, train, val, out, dist = (
         cfg[k] for k in ("model", "data", "train", "val", "output", "distribute")
     )
-    if "name" not in model:
-        raise ValueError(
-            "Config needs model.name (e.g. deeplabv2_resnet101_aspp_l). Received none."
-        )
     model["name"] = resolve_model_name(model["name"])
-    if "name" not in data:
-        raise ValueError("Config needs data.name (e.g. 'synthetic' or 'voc2012'). Received none.")
     recipe = get_recipe(model["name"])
-    defaults = {
-        "steps": recipe["steps"],
-        "batch_size": recipe["batch_size"],
-        "accumulation_steps": 1,
-        "crop_size": recipe["crop_size"],
-        "scales": recipe["scales"],
-        "flip": True,
-        "msc": recipe.get("msc", False),
-        "msc_scales": recipe.get("msc_scales", [1.0, 0.75, 0.5]),
-        "optimizer": "caffe_sgd",
-        "base_lr": recipe["base_lr"],
-        "power": recipe["power"],
-        "momentum": recipe["momentum"],
-        "weight_decay": recipe["weight_decay"],
-        "lr_mult": recipe["lr_mult"],
-        "label_mode": "nearest",
-        "bn_momentum": None,
-        "seed": None,
-        "shuffle_buffer": 1000,
-        "validate_examples": 64,
-        "verbose": "auto",
-    }
-    train = {**defaults, **train}
-    for key in ("steps", "batch_size", "accumulation_steps"):
-        if not isinstance(train[key], int) or isinstance(train[key], bool) or train[key] < 1:
-            raise ValueError(f"train.{key} must be a positive int. Received: {train[key]!r}")
-    if train["optimizer"] not in OPTIMIZERS:
-        raise ValueError(
-            f"train.optimizer must be one of {OPTIMIZERS}. Received: {train['optimizer']!r}"
-        )
-    val = {"crop_size": 513, "batch_size": 1, "max_examples": None, **val}
-    out = {
-        "workdir": None,
-        "checkpoint_every": 1000,
-        "tensorboard": True,
-        "resume": True,
-        "max_to_keep": 5,
-        **out,
-    }
-    if not out["workdir"]:
-        raise ValueError(
-            "Config needs output.workdir (where checkpoints and logs go). Received none."
-        )
-    every = out["checkpoint_every"]
-    if not isinstance(every, int) or every < 1:
-        raise ValueError(f"output.checkpoint_every must be a positive int. Received: {every!r}")
-    every = min(every, train["steps"])
+    train = {**defaults("train", recipe), **train}
+    validate({"train": train, "model": model, "data": data, "output": out})  # recipe values too
+    val = {**defaults("val", recipe), **val}
+    out = {**defaults("output", recipe), **out}
+    every = min(out["checkpoint_every"], train["steps"])
     if train["steps"] % every:
         raise ValueError(
             "train.steps must be a multiple of output.checkpoint_every (epochs are checkpoint "
@@ -179,18 +79,7 @@ def resolve_config(config: dict) -> dict:
             f"steps={train['steps']}, checkpoint_every={every}"
         )
     out["checkpoint_every"] = every
-    from deeplab_tf.training.distribute import COMMUNICATIONS, STRATEGIES
-
-    dist = {"strategy": "default", "tpu": None, "devices": None, "communication": "auto", **dist}
-    if dist["strategy"] not in STRATEGIES:
-        raise ValueError(
-            f"distribute.strategy must be one of {STRATEGIES}. Received: {dist['strategy']!r}"
-        )
-    if dist["communication"] not in COMMUNICATIONS:
-        raise ValueError(
-            f"distribute.communication must be one of {COMMUNICATIONS}. "
-            f"Received: {dist['communication']!r}"
-        )
+    dist = {**defaults("distribute", recipe), **dist}
     return {
         "model": model,
         "data": data,
@@ -221,6 +110,20 @@ def set_batchnorm_momentum(model, momentum: float) -> int:
             layer.momentum = float(momentum)
             changed += 1
     return changed
+
+
+def _check_labels(dataset, which, num_classes, ignore, max_examples):
+    """The eager pre-check of the first ``max_examples`` examples; an empty dataset is an error
+    (every example is also checked in the pipeline, see ``train_pipeline(num_classes=...)``)."""
+    from deeplab_tf.training.pipeline import check_label_values
+
+    check_label_values(dataset, num_classes, ignore, max_examples)
+    for _ in dataset.take(1):
+        return
+    raise ValueError(
+        f"The {which} dataset is empty. Received: 0 examples; expected at least one (check "
+        "data.root, the split and the list file)."
+    )
 
 
 def load_split(data: dict, which: str):
@@ -318,8 +221,11 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
     """Trains as the config says; returns ``(model, history)``.
 
     Validation happens before any training step: the config (unknown keys, bad values), the
-    datasets' element spec (dtypes, ranks) and the label values of the first
-    ``train.validate_examples`` examples.
+    datasets' element spec (dtypes, ranks), that they are not empty and the label values of
+    the first ``train.validate_examples`` examples (all when null); every later example is
+    checked in the input pipeline, and a bad one stops the run with a ``ValueError`` naming it.
+    A loss that becomes NaN or inf stops the run with a ``RuntimeError``; non-finite weights
+    are never saved (not as ``model.keras``, a checkpoint or the resume backup).
 
     Under a ``tf.distribute`` strategy the model is built and compiled in ``strategy.scope()``,
     ``train.batch_size`` is the global batch (each replica gets ``batch_size / replicas``; a
@@ -364,7 +270,6 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
     from deeplab_tf.training.pipeline import (
         CAFFE_RGB_MEAN,
         check_element_spec,
-        check_label_values,
         eval_pipeline,
         train_pipeline,
     )
@@ -415,10 +320,10 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
         )
     ignore = info.ignore_label if info is not None else 255
     check_element_spec(train_ds)
-    check_label_values(train_ds, num_classes, ignore, tcfg["validate_examples"])
+    _check_labels(train_ds, "training", num_classes, ignore, tcfg["validate_examples"])
     if val_split is not None:
         check_element_spec(val_split[0])
-        check_label_values(val_split[0], num_classes, ignore, tcfg["validate_examples"])
+        _check_labels(val_split[0], "validation", num_classes, ignore, tcfg["validate_examples"])
 
     build_kwargs = {k: v for k, v in mcfg.items() if k != "name"}
     build_kwargs["num_classes"] = num_classes
@@ -511,17 +416,45 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
         strategy,
         keep_backup=True,
     )
-    history = distribute.fit(
-        model,
-        strategy,
-        train_batches,
-        epochs=math.ceil(tcfg["steps"] / every),
-        steps_per_epoch=every * accum,
-        validation_data=val_batches,
-        callbacks=cbs + list(callbacks or []),
-        verbose=tcfg["verbose"],
-        shuffle=False,
-    )
+    import tensorflow as tf
+
+    from deeplab_tf.training.callbacks import StopOnNonFiniteLoss, weights_finite
+    from deeplab_tf.training.pipeline import BAD_EXAMPLE
+
+    try:
+        history = distribute.fit(
+            model,
+            strategy,
+            train_batches,
+            epochs=math.ceil(tcfg["steps"] / every),
+            steps_per_epoch=every * accum,
+            validation_data=val_batches,
+            callbacks=cbs + list(callbacks or []),
+            verbose=tcfg["verbose"],
+            shuffle=False,
+        )
+    except tf.errors.InvalidArgumentError as err:
+        if BAD_EXAMPLE not in err.message:
+            raise
+        line = next(x for x in err.message.splitlines() if BAD_EXAMPLE in x)
+        line = line[line.index(BAD_EXAMPLE) :].split(" [[")[0].replace('\\"', '"')
+        line = line[:-1] if line.endswith("]") else line  # tf.debugging.Assert's bracket
+        raise ValueError(
+            f"{line}. Training stopped at step "
+            f"{int(keras.ops.convert_to_numpy(model.optimizer.iterations))}; nothing was saved "
+            "over the last checkpoint. Fix or remove that example (deeplab-tf data check lists "
+            "every bad one)."
+        ) from None
+    guard = next(cb for cb in cbs if isinstance(cb, StopOnNonFiniteLoss))
+    if guard.failure is not None or not weights_finite(net):
+        step, loss = guard.failure or ("?", float("nan"))
+        raise RuntimeError(
+            f"Training stopped: the loss became non-finite (loss={loss}) at step {step}. "
+            f"Received: train.base_lr={tcfg['base_lr']!r}, optimizer={tcfg['optimizer']!r}; "
+            "expected a finite loss. Nothing was saved from the diverged weights (model.keras, "
+            "checkpoints and the resume backup keep their last finite state); lower "
+            "train.base_lr or check the data."
+        )
     finish_run(workdir, net, cfg, strategy)
     return model, history
 
