@@ -100,8 +100,10 @@ def test_predict_matches_library_and_user_errors(model_file, tmp_path, rng, caps
     want = np.argmax(msc(image[None]).numpy()[0], -1)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "x.png")), want)
     capsys.readouterr()
-    assert main([*args, "--scales", "1", "-1"]) == 2
-    assert "scales must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused by the parser, before any work
+        main([*args, "--scales", "1", "-1"])
+    assert stop.value.code == 2
+    assert "--scales: expected a positive number, got -1" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "nope*.png"), "--out", str(out), "--model", "x"]) == 2
     err = capsys.readouterr().err
     assert "pattern matched no files" in err and "no input images found" in err

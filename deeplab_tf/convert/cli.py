@@ -90,8 +90,6 @@ def run(args):
         raise CLIError(f"no such file. Received: {args.caffemodel!r}")
     if os.path.isdir(out):
         raise CLIError(f"--out is a folder, not a file. Received: {out!r}")
-    _check_manifest_target(args.manifest)
-
     from deeplab_tf.atomic import atomic_write, check_outputs
     from deeplab_tf.convert.weights import manifest_entry_exists
 
@@ -104,6 +102,11 @@ def run(args):
                 [("caffemodel", args.caffemodel)],
                 overwrite=True,  # the manifest is updated in place, by entry
             )
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    _check_manifest_target(args.manifest)
+    try:
+        if args.manifest:
             exists = manifest_entry_exists(args.manifest, name)
             if exists and not args.overwrite:
                 raise ValueError(exists)

@@ -16,6 +16,38 @@ def shipped_configs() -> list[str]:
     return sorted(f[: -len(".yaml")] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
 
 
+def _yaml_loader():
+    """PyYAML's safe loader, reading floats as YAML 1.2 does: ``1e-3`` is a number (PyYAML's
+    YAML 1.1 rules need ``1.0e-3`` and would hand the schema the string ``'1e-3'``)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+            |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+            |\.[0-9_]+(?:[eE][-+][0-9]+)?
+            |[-+]?\.(?:inf|Inf|INF)
+            |\.(?:nan|NaN|NAN))$""",
+            re.X,
+        ),
+        list("-+0123456789."),
+    )
+    return Loader
+
+
+def load_yaml(text_or_stream):
+    """Parses YAML config text (a whole config or one ``--set`` value)."""
+    import yaml
+
+    return yaml.load(text_or_stream, Loader=_yaml_loader())
+
+
 def load_config(path_or_name: str) -> dict:
     """Reads a YAML config from a path or a shipped config name (``voc12_resnet101_aspp_l``)."""
     import yaml
@@ -35,7 +67,7 @@ def load_config(path_or_name: str) -> dict:
         path = candidate
     with open(path) as f:
         try:
-            config = yaml.safe_load(f)
+            config = load_yaml(f)
         except yaml.YAMLError as err:
             raise CLIError(f"cannot parse {path}: {err}") from None
     if not isinstance(config, dict):
@@ -45,7 +77,6 @@ def load_config(path_or_name: str) -> dict:
 
 def apply_override(config: dict, assignment: str) -> None:
     """Applies ``section.key=value`` (value parsed as YAML) to ``config`` in place."""
-    import yaml
 
     from deeplab_tf.cli import CLIError
 
@@ -60,7 +91,7 @@ def apply_override(config: dict, assignment: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise CLIError(f"cannot set {key}: {p!r} is not a section. Received: {assignment!r}")
-    node[leaf] = yaml.safe_load(value)
+    node[leaf] = load_yaml(value)
 
 
 def register(sub):
