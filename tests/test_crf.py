@@ -328,3 +328,39 @@ def test_graph_mode_clamps_bad_probabilities_instead():
     np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-5)
     ref = crf(image, probs).numpy()
     assert (out.argmax(-1) == ref.argmax(-1)).mean() > 0.95
+
+
+def _over_cap_case():
+    """A 1333x1000 noise image: its bilateral lattice exceeds the default vertex cap."""
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (1, 1000, 1333, 3), dtype=np.uint8)
+    probs = rng.dirichlet(np.ones(3), size=(1, 1000, 1333)).astype(np.float32)
+    return image, probs
+
+
+@pytest.mark.large
+def test_over_cap_image_fails_alone_with_its_cause_then_falls_back_when_asked():
+    """An over-cap image raises LatticeOverflowError naming the cap, and the next calls still
+    work: before, an AddN rewritten by grappler into a TemporaryVariable was left behind by the
+    aborted step and every later call failed with AlreadyExistsError."""
+    from deeplab_tf.crf.lattice import LatticeOverflowError
+
+    crf = DenseCRF(iterations=2)
+    image, probs = _over_cap_case()
+    for _ in range(2):  # each time the cause, never AlreadyExistsError (measured before the fix)
+        with pytest.raises(LatticeOverflowError, match=r"more vertices than max_vertices=4194304"):
+            crf(image, probs)
+    smooth = np.zeros_like(image)  # same size, few distinct colours: under the cap
+    smooth[..., 0] = 100
+    smooth[:, :, 600:, 1] = 200
+    out = crf(smooth, probs).numpy()  # the same compiled graph, after two aborted steps
+    np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-4)
+
+    fallback = DenseCRF(iterations=2, overflow="downsample")
+    with pytest.warns(UserWarning, match=r"1333x1000 image .* downsampled 2x \(667x500\)"):
+        refined = fallback(image, probs).numpy()
+    assert refined.shape == probs.shape and np.isfinite(refined).all()
+    np.testing.assert_allclose(refined.sum(-1), 1.0, atol=1e-4)
+    assert DenseCRF.from_config(fallback.get_config()).overflow == "downsample"
+    with pytest.raises(ValueError, match=r"overflow must be one of \('error', 'downsample'\)"):
+        DenseCRF(overflow="tile")

@@ -224,3 +224,24 @@ def test_evaluate_refuses_existing_report_and_model_as_report(model_file, tmp_pa
     assert main([*argv, "--report", model_file, "--overwrite"]) == 2
     assert "would overwrite the input" in capsys.readouterr().err
     assert open(model_file, "rb").read() == before
+
+
+@pytest.mark.large
+def test_predict_crf_on_images_over_the_lattice_cap(model_file, tmp_path, capsys):
+    """1333x1000 detailed photos exceed the CRF's vertex cap: each falls back to a downsampled
+    CRF with a warning, and every image of the batch is written (before: the first failed with
+    "Graph execution error:" and every later one with AlreadyExistsError)."""
+    rng = np.random.default_rng(3)
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(_photo(rng, 1000, 1333)).save(src / f"p{i}.png")
+    out = tmp_path / "out"
+    argv = ["predict", str(src), "--out", str(out), "--model", model_file, "--crf"]
+    with pytest.warns(UserWarning, match="downsampled 2x"):
+        assert main([*argv, "--no-progress"]) == 0
+    assert "wrote 2 of 2" in capsys.readouterr().out
+    assert sorted(p for p in os.listdir(out) if p.endswith(".png") and "_" not in p) == [
+        "p0.png",
+        "p1.png",
+    ]

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +26,7 @@ from deeplab_tf.crf import lattice as _lattice
 BACKENDS = ("tf", "pydensecrf")
 NORMALIZATIONS = ("symmetric", "after")
 IMPLS = ("sparse", "builtin")
+OVERFLOW = ("error", "downsample")
 
 
 def _preset(name: str) -> dict:
@@ -75,6 +77,10 @@ class DenseCRF(tf.Module):
             :func:`deeplab_tf.crf.lattice.make_filter`).
         max_vertices: cap on the vertices of each lattice (memory grows as vertices x
             classes; see :mod:`deeplab_tf.crf.lattice`); None disables it.
+        overflow: what an eager call does when a lattice would exceed ``max_vertices``:
+            ``"error"`` raises :class:`~deeplab_tf.crf.lattice.LatticeOverflowError`;
+            ``"downsample"`` warns and runs the CRF on the image downsampled 2x (then 4x, 8x),
+            with the spatial standard deviations scaled alike, and upsamples the result.
         name: module name.
 
     Raises:
@@ -95,6 +101,7 @@ class DenseCRF(tf.Module):
         backend: str = "tf",
         impl: str = "sparse",
         max_vertices: int | None = _lattice.DEFAULT_MAX_VERTICES,
+        overflow: str = "error",
         name: str | None = None,
     ):
         super().__init__(name=name)
@@ -140,6 +147,9 @@ class DenseCRF(tf.Module):
         self.backend = backend
         self.impl = impl
         self.max_vertices = None if max_vertices is None else int(max_vertices)
+        if overflow not in OVERFLOW:
+            raise ValueError(f"overflow must be one of {OVERFLOW}. Received: overflow={overflow!r}")
+        self.overflow = overflow
 
     # === Config ===
     def get_config(self) -> dict:
@@ -157,6 +167,7 @@ class DenseCRF(tf.Module):
             "backend": self.backend,
             "impl": self.impl,
             "max_vertices": self.max_vertices,
+            "overflow": self.overflow,
             "name": self.name,
         }
 
@@ -213,7 +224,12 @@ class DenseCRF(tf.Module):
         if self.backend == "pydensecrf":
             out = self._pydensecrf(image, probs)
         elif tf.executing_eagerly():
-            out = self._tf_eager(image, probs)
+            try:
+                out = self._tf_eager(image, probs)
+            except _lattice.LatticeOverflowError as err:
+                if self.overflow != "downsample":
+                    raise
+                out = self._downsampled(image, probs, err)
         else:
             out = self._tf(image, probs)
         return out[0] if squeeze else out
@@ -343,7 +359,33 @@ class DenseCRF(tf.Module):
         try:
             return holder.fn(image, probs, pos)
         except tf.errors.InvalidArgumentError as err:
-            raise ValueError(f"{err.message}. Received: image shape={image.shape}") from err
+            raise _graph_error(err, f"image shape={tuple(image.shape)}") from None
+
+    def _downsampled(self, image, probs, err):
+        """The CRF on the image downsampled 2x, 4x or 8x (the first whose lattice fits), with
+        the spatial standard deviations scaled alike; the result is upsampled back."""
+        height, width = probs.shape[1], probs.shape[2]
+        for factor in (2, 4, 8):
+            size = (-(-height // factor), -(-width // factor))
+            small = tf.image.resize(tf.cast(image, tf.float32), size, method="area")
+            small = tf.cast(tf.clip_by_value(tf.round(small), 0, 255), tf.uint8)
+            config = dict(self.get_config(), overflow="error", name=None)
+            config.update(bi_xy_std=self.bi_xy_std / factor, pos_xy_std=self.pos_xy_std / factor)
+            try:
+                refined = DenseCRF(**config)._tf_eager(
+                    small, tf.image.resize(probs, size, method="area")
+                )
+            except _lattice.LatticeOverflowError:
+                continue
+            warnings.warn(
+                f"Dense CRF: the lattice of a {width}x{height} image has more vertices than "
+                f"max_vertices={self.max_vertices}; the CRF ran on the image downsampled "
+                f"{factor}x ({size[1]}x{size[0]}) and its result was upsampled.",
+                stacklevel=3,
+            )
+            up = tf.image.resize(refined, (height, width), method="bilinear")
+            return up / tf.reduce_sum(up, axis=-1, keepdims=True)
+        raise err
 
     def _tf(self, image, probs, pos=None):
         shape = tf.shape(probs)
@@ -413,9 +455,10 @@ class DenseCRF(tf.Module):
         q = [tf.nn.softmax(x, axis=-1) for x in neg_blocks]
         for _ in range(self.iterations):
             messages = [filt(q) for filt in filters]
-            # One AddN pass per block (same left-to-right order as chained adds).
+            # Chained adds, not AddN (see lattice.sum_tensors: an aborted step would poison it).
             totals = [
-                tf.add_n([neg] + [msg[i] for msg in messages]) for i, neg in enumerate(neg_blocks)
+                _lattice.sum_tensors([neg] + [msg[i] for msg in messages])
+                for i, neg in enumerate(neg_blocks)
             ]
             q = [tf.nn.softmax(x, axis=-1) for x in totals]
         q = q[0] if parts == 1 else tf.concat(q, axis=0)
@@ -576,7 +619,25 @@ def _position_kernel_eager(height, width, std, max_vertices, impl):
     try:
         return tuple(fn(tf.constant(height), tf.constant(width)))
     except tf.errors.InvalidArgumentError as err:
-        raise ValueError(f"{err.message}. Received: height={height}, width={width}") from err
+        raise _graph_error(err, f"height={height}, width={width}") from None
+
+
+def _graph_error(err, received):
+    """A ValueError (LatticeOverflowError for the vertex cap) with the cause of a failed graph
+    run: TensorFlow's message starts with "Graph execution error:" and a stack trace, and the
+    assertion's own text is at its end."""
+    lines = [ln.strip() for ln in err.message.splitlines()]
+    cause = next((ln for ln in lines if "assertion failed:" in ln), lines[-1] if lines else "")
+    cause = cause.split("assertion failed:", 1)[-1].strip().strip("[]").split("] [[")[0]
+    cls = ValueError
+    if _lattice.OVERFLOW_MESSAGE in cause:
+        cls = _lattice.LatticeOverflowError
+        cause += (
+            " (memory grows as vertices x classes): use a smaller image, larger bi_xy_std / "
+            "bi_rgb_std or a larger max_vertices, or let the CRF downsample (DenseCRF "
+            'overflow="downsample", as deeplab-tf predict and evaluate do)'
+        )
+    return cls(f"{cause}. Received: {received}")
 
 
 @tf.autograph.experimental.do_not_convert

@@ -331,7 +331,8 @@ def build_lattice(
                 "smaller image, larger standard deviations or a larger max_vertices. "
                 f"Received: points={int(tf.shape(features)[0])}, d={d}"
             ),
-            f"the permutohedral lattice has more vertices than max_vertices={max_vertices}",
+            f"{OVERFLOW_MESSAGE}{max_vertices}",
+            LatticeOverflowError,
         )
         if check is not None:
             with tf.control_dependencies([check]):
@@ -455,11 +456,33 @@ def _exclusive_cumprod(span, d):
     return tf.stack(out)
 
 
-def _check(condition, eager_message, graph_message):
-    """Raises ValueError eagerly; returns an Assert op to depend on in a graph."""
+#: The text the graph-mode vertex-cap assertion carries (LatticeOverflowError recognises it).
+OVERFLOW_MESSAGE = "the permutohedral lattice has more vertices than max_vertices="
+
+
+class LatticeOverflowError(ValueError):
+    """The lattice needs more vertices than ``max_vertices`` allows (a large, detailed image)."""
+
+
+def sum_tensors(tensors):
+    """``t0 + t1 + ...`` left to right, as chained adds rather than one ``AddN``.
+
+    Grappler's memory optimizer rewrites a many-input ``AddN`` whose inputs arrive at different
+    times into an in-place accumulator (a ``TemporaryVariable`` named ``<AddN>/tmp_var``). A
+    step aborted by an assertion never destroys it, so every later call in the process then
+    fails with ``AlreadyExistsError`` (one over-cap image poisoned a whole ``predict`` batch).
+    """
+    total = tensors[0]
+    for t in tensors[1:]:
+        total = total + t
+    return total
+
+
+def _check(condition, eager_message, graph_message, error=ValueError):
+    """Raises ``error`` eagerly; returns an Assert op to depend on in a graph."""
     if tf.executing_eagerly():
         if not bool(condition):
-            raise ValueError(eager_message())
+            raise error(eager_message())
         return None
     return tf.debugging.Assert(condition, [graph_message])
 
@@ -589,7 +612,7 @@ def _sparse_split_filter(plan, splat_w, slice_w):
             _spmm(idx, sv, shape, v, adjoint_a=True)
             for (idx, shape, sv, _), v in zip(pieces, blocks)
         ]
-        grid = grids[0] if len(grids) == 1 else tf.add_n(grids)
+        grid = sum_tensors(grids)
         for op in blur_ops:
             grid = _spmm(*op, grid)
         return [_spmm(idx, lv, shape, grid) for idx, shape, _, lv in pieces]

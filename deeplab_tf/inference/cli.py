@@ -114,6 +114,17 @@ def build_predictor(args, num_classes=None):
     return predictor, settings
 
 
+def _cause(err) -> str:
+    """One line for a failed image: TensorFlow's graph errors start with "Graph execution
+    error:" and a stack trace, and their cause is the last line."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    if lines[0].startswith("Graph execution error") and len(lines) > 1:
+        return lines[-1]
+    return lines[0]
+
+
 def build_crf(args, net=None):
     """The dense CRF for ``--crf``: ``(DenseCRF, settings)``, or a CLIError if unavailable.
 
@@ -137,7 +148,9 @@ def build_crf(args, net=None):
         name = getattr(net, "name", "") or ""
         preset = next((b for b in BACKBONES if b in name), "resnet101")
     try:
-        crf = DenseCRF.from_preset(preset)
+        # A lattice over the vertex cap (a large, detailed photo) falls back to a downsampled
+        # CRF with a warning instead of failing the image.
+        crf = DenseCRF.from_preset(preset, overflow="downsample")
     except (ValueError, KeyError) as err:
         raise CLIError(str(err)) from None
     return crf, {"preset": preset, **crf.get_config()}
@@ -277,9 +290,7 @@ def run(args):
             errors.append(str(err))
             bar.write(f"deeplab-tf: error: {err}")
         except Exception as err:  # noqa: BLE001 - one bad image must not stop the batch
-            message = (
-                f"{path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            )
+            message = f"{path}: {type(err).__name__}: {_cause(err)}"
             errors.append(message)
             bar.write(f"deeplab-tf: error: {message}")
         bar.update(1, os.path.basename(path))
