@@ -1,11 +1,14 @@
-"""Multi-scale inference as a Keras model (paper section 3.3 / 4; SPEC sections 3 and 5).
+"""Multi-scale inference as a Keras model (Chen et al., TPAMI 2017, sections 3.2, 4.1, Table 4).
 
 The paper's test-time recipe runs the same network on the image at scales 1, 0.75 and 0.5,
 brings the smaller score maps to the size of the 1x scores with Caffe's corner-aligned
 ``Interp``, fuses them with an element-wise max and upsamples the fused stride-8 scores to the
-image (``Interp`` with zoom 8, then crop). :class:`MultiScale` reproduces that order by default
-and adds the common extensions: mean fusion, horizontal flips, any scale list, the half-pixel
-upsampling rule, and fusion at image resolution.
+image (``Interp`` with zoom 8, then crop). :class:`MultiScaleInference` reproduces that order by
+default and adds the common extensions: mean fusion, horizontal flips, any scale list, the
+half-pixel upsampling rule, and fusion at image resolution.
+
+Branching, resizing and fusion are :mod:`deeplab_tf.models.multiscale`'s, shared with MSC
+training (:class:`deeplab_tf.training.msc.MultiScaleTraining`).
 """
 
 from __future__ import annotations
@@ -13,40 +16,22 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from deeplab_tf.layers import PACKAGE, check_images, resize_by_scale, resize_logits
+from deeplab_tf.layers import PACKAGE, check_images, resize_logits
 from deeplab_tf.models.deeplab import output_stride_of
+from deeplab_tf.models.multiscale import (
+    FUSE_AT,
+    FUSIONS,
+    UPSAMPLE_MODES,
+    MultiScaleWrapper,
+    fuse_on_image,
+    fuse_on_logit_grid,
+)
 
-FUSIONS = ("max", "mean")
-UPSAMPLE_MODES = ("caffe", "half_pixel")
 OUTPUTS = ("probs", "logits")
-FUSE_AT = ("logits", "image")
-
-
-def _resize_to(x, size, mode):
-    """Bilinear resize of ``(N, h, w, C)`` to ``size``: corners aligned (caffe) or half-pixel."""
-    if mode == "caffe":
-        return tf.raw_ops.ResizeBilinear(images=x, size=size, align_corners=True)
-    return tf.image.resize(x, size, method="bilinear")
-
-
-def _check_scales(scales):
-    try:
-        scales = tuple(float(s) for s in scales)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"scales must be a sequence of numbers. Received: scales={scales!r}"
-        ) from None
-    if not scales or any(not 0.0 < s <= 4.0 for s in scales):
-        raise ValueError(
-            f"scales must be a non-empty list of numbers in (0, 4]. Received: scales={scales!r}"
-        )
-    if len(set(scales)) != len(scales):
-        raise ValueError(f"scales must not repeat. Received: scales={scales!r}")
-    return scales
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class MultiScale(keras.Model):
+class MultiScaleInference(MultiScaleWrapper):
     """Wraps a DeepLab model for multi-scale (and flipped) full-resolution inference.
 
     The wrapped model shares its weights with the wrapper; the wrapper is itself a
@@ -64,6 +49,14 @@ class MultiScale(keras.Model):
     Fusion ``"max"`` takes the element-wise maximum of the logits (the paper). Fusion ``"mean"``
     averages the softmax probabilities (DeepLab v3 practice); its "logits" are the logarithm of
     the mean probability, so their softmax is that mean.
+
+    With ``fusion="max"``, ``output="logits"`` and ``fuse_at="logits"``, the scores before the
+    upsampling to the image are the fused output of
+    :class:`~deeplab_tf.training.msc.MultiScaleTraining` with the same scales.
+
+    Registered as ``deeplab_tf>MultiScaleInference``; ``.keras`` files written before the rename
+    (``deeplab_tf>MultiScale``) load as this class. ``MultiScale`` remains as an alias of this
+    class, for compatibility only.
 
     Args:
         model: a model mapping RGB 0..255 images ``(N, H, W, 3)`` to logits at its output
@@ -84,7 +77,7 @@ class MultiScale(keras.Model):
 
     Example:
         >>> model = deeplab_tf.DeepLabV2("resnet101", "aspp_l", num_classes=21)
-        >>> msc = deeplab_tf.MultiScale(model, scales=(1.0, 0.75, 0.5), fusion="max")
+        >>> msc = deeplab_tf.MultiScaleInference(model, scales=(1.0, 0.75, 0.5), fusion="max")
         >>> probs = msc.predict(images)          # (N, H, W, 21)
     """
 
@@ -100,9 +93,7 @@ class MultiScale(keras.Model):
         name: str = "multiscale",
         **kwargs,
     ):
-        super().__init__(name=name, **kwargs)
-        if not isinstance(model, keras.Model):
-            raise ValueError(f"model must be a keras.Model. Received: model={model!r}")
+        super().__init__(model, scales, name=name, **kwargs)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}. Received: fusion={fusion!r}")
         if upsample not in UPSAMPLE_MODES:
@@ -113,14 +104,11 @@ class MultiScale(keras.Model):
             raise ValueError(f"output must be one of {OUTPUTS}. Received: output={output!r}")
         if fuse_at not in FUSE_AT:
             raise ValueError(f"fuse_at must be one of {FUSE_AT}. Received: fuse_at={fuse_at!r}")
-        scales = _check_scales(scales)
-        if fuse_at == "logits" and 1.0 not in scales:
+        if fuse_at == "logits" and 1.0 not in self.scales:
             raise ValueError(
                 "fuse_at='logits' fuses on the grid of the 1x scores, so scales must include "
-                f"1.0 (or use fuse_at='image'). Received: scales={scales!r}"
+                f"1.0 (or use fuse_at='image'). Received: scales={self.scales!r}"
             )
-        self.model = model
-        self.scales = scales
         self.fusion = fusion
         self.flip = bool(flip)
         self.upsample = upsample
@@ -129,55 +117,15 @@ class MultiScale(keras.Model):
         self.stride = int(output_stride_of(model))
         self.num_classes = int(model.output_shape[-1])
 
-    def build(self, input_shape=None):
-        if not self.model.built:
-            self.model.build(input_shape)
-        self.built = True
-
-    # --- the graph --------------------------------------------------------------------------
-
-    def _branches(self, images):
-        """Yields ``(scale, flipped, scaled_images, logits)`` for every scale and flip."""
-        for scale in self.scales:
-            x = resize_by_scale(images, scale)
-            variants = [(False, x)] + ([(True, tf.reverse(x, axis=[2]))] if self.flip else [])
-            for flipped, xv in variants:
-                logits = tf.cast(self.model(xv, training=False), tf.float32)
-                yield scale, flipped, x, logits
-
-    def _fuse(self, maps):
-        if len(maps) == 1:
-            return maps[0]
-        stack = tf.stack(maps, axis=0)
-        if self.fusion == "max":
-            return tf.reduce_max(stack, axis=0)
-        probs = tf.reduce_mean(tf.nn.softmax(stack, axis=-1), axis=0)
-        return tf.math.log(tf.maximum(probs, 1e-30))
-
     def call(self, images, training=False):
-        images = tf.cast(check_images(images, where="MultiScale"), tf.float32)
+        images = tf.cast(check_images(images, where="MultiScaleInference"), tf.float32)
         size = tf.shape(images)[1:3]
-        maps = []
+        branches = self.run_branches(images, flip=self.flip, training=False, dtype=tf.float32)
         if self.fuse_at == "logits":
-            branches = list(self._branches(images))
-            ref = next(b[3] for b in branches if b[0] == 1.0 and not b[1])
-            grid = tf.shape(ref)[1:3]
-            for _, flipped, _, logits in branches:
-                if flipped:
-                    logits = tf.reverse(logits, axis=[2])
-                if logits is not ref:
-                    logits = _resize_to(logits, grid, self.upsample)
-                maps.append(logits)
-            fused = resize_logits(self._fuse(maps), size, self.upsample, self.stride)
+            fused = fuse_on_logit_grid(branches, self.fusion, self.upsample)
+            fused = resize_logits(fused, size, self.upsample, self.stride)
         else:
-            for scale, flipped, x, logits in self._branches(images):
-                up = resize_logits(logits, tf.shape(x)[1:3], self.upsample, self.stride)
-                if flipped:
-                    up = tf.reverse(up, axis=[2])
-                if scale != 1.0:
-                    up = _resize_to(up, size, self.upsample)
-                maps.append(up)
-            fused = self._fuse(maps)
+            fused = fuse_on_image(branches, size, self.fusion, self.upsample, self.stride)
         if self.output_type == "probs":
             return tf.nn.softmax(fused, axis=-1)
         return fused
@@ -185,13 +133,9 @@ class MultiScale(keras.Model):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[1], input_shape[2], self.num_classes)
 
-    # --- serialization ----------------------------------------------------------------------
-
     def get_config(self):
         return {
-            "name": self.name,
-            "model": keras.saving.serialize_keras_object(self.model),
-            "scales": list(self.scales),
+            **super().get_config(),
             "fusion": self.fusion,
             "flip": self.flip,
             "upsample": self.upsample,
@@ -199,10 +143,9 @@ class MultiScale(keras.Model):
             "fuse_at": self.fuse_at,
         }
 
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["model"] = keras.saving.deserialize_keras_object(
-            config["model"], custom_objects=custom_objects
-        )
-        return cls(**config)
+
+#: The name before the rename; kept for compatibility (code importing it).
+MultiScale = MultiScaleInference
+
+# ``.keras`` files written before the rename record ``deeplab_tf>MultiScale``.
+keras.saving.get_custom_objects()[f"{PACKAGE}>MultiScale"] = MultiScaleInference

@@ -1,19 +1,20 @@
-"""Multi-scale (MSC) training (SPEC section 4; the authors' ResNet-101 MSC prototxt).
+"""Multi-scale (MSC) training under ``model.fit`` (Chen et al., TPAMI 2017, sections 3.2, 4.1).
 
-The same network runs on the image at scales 1, 0.75 and 0.5; the smaller score maps are
-upsampled bilinearly (corners aligned, Caffe ``Interp``) to the 1x score map's size and fused by
-an element-wise max. The training loss is the sum of four losses (each scale and the fusion),
-each against the label shrunk to that output's size.
+The same network runs on the image at scales 1, 0.75 and 0.5 (the authors' ResNet-101 MSC
+prototxt); the smaller score maps are upsampled bilinearly (corners aligned, Caffe ``Interp``) to
+the 1x score map's size and fused by an element-wise max. The training loss is the sum of four
+losses (each scale and the fusion), each against the label shrunk to that output's size.
+
+Branching, resizing and fusion are :mod:`deeplab_tf.models.multiscale`'s, shared with
+multi-scale inference (:class:`deeplab_tf.inference.multiscale.MultiScaleInference`).
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
-from deeplab_tf.layers import resize_by_scale
-
-PACKAGE = "deeplab_tf"
+from deeplab_tf.layers import PACKAGE
+from deeplab_tf.models.multiscale import MultiScaleWrapper, check_model, fuse_on_logit_grid
 
 
 def _scale_key(scale: float) -> str:
@@ -21,7 +22,7 @@ def _scale_key(scale: float) -> str:
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class MultiScaleModel(keras.Model):
+class MultiScaleTraining(MultiScaleWrapper):
     """Wraps a DeepLab model for MSC training under plain ``model.fit``.
 
     Inference (``training`` false: ``predict``, ``evaluate``, export) returns the max-fused
@@ -30,61 +31,42 @@ class MultiScaleModel(keras.Model):
     of the compiled loss over the four entries (each shrinks the label to its own size); metrics
     see the fused logits. Weights are shared: the wrapped model is called at each scale.
 
+    The fused logits are those of :class:`~deeplab_tf.inference.multiscale.MultiScaleInference`
+    with the same scales, ``fusion="max"`` and ``output="logits"`` before its upsampling to
+    the image (the two share :mod:`deeplab_tf.models.multiscale`).
+
+    Registered as ``deeplab_tf>MultiScaleTraining``; ``.keras`` files written before the rename
+    (``deeplab_tf>MultiScaleModel``) load as this class. ``MultiScaleModel`` remains as an alias
+    of this class, for compatibility only.
+
     Args:
         model: a DeepLab ``keras.Model`` (images in, stride-8 logits out).
         scales: input scales; the first must be 1 (the fusion happens at its size).
         name: model name (defaults to ``"{model.name}_msc"``).
 
     Example:
-        >>> msc = MultiScaleModel(create_model("deeplabv2_resnet101_aspp_l"))
+        >>> msc = MultiScaleTraining(create_model("deeplabv2_resnet101_aspp_l"))
         >>> msc.compile(**deeplab_tf.recipes.paper("resnet101"))
         >>> msc.fit(train_batches, steps_per_epoch=1000, epochs=20)
     """
 
     def __init__(self, model, scales=(1.0, 0.75, 0.5), name=None, **kwargs):
-        super().__init__(name=name or f"{model.name}_msc", **kwargs)
-        scales = tuple(float(s) for s in scales)
-        if (
-            not scales
-            or scales[0] != 1.0
-            or any(not 0 < s <= 4 for s in scales)
-            or len(set(scales)) != len(scales)
-        ):
+        check_model(model)
+        super().__init__(model, scales, name=name or f"{model.name}_msc", **kwargs)
+        if self.scales[0] != 1.0:
             raise ValueError(
-                "scales must be distinct values in (0, 4] starting with 1.0. "
-                f"Received: scales={scales!r}"
+                "MSC training fuses on the grid of the 1x scores, so scales must start with "
+                f"1.0. Received: scales={self.scales!r}"
             )
-        if not isinstance(model, keras.Model):
-            raise ValueError(f"model must be a keras.Model. Received: {type(model).__name__}")
-        self.model = model
-        self.scales = scales
         if model.built:
             # Weights exist already (shared with the wrapped model): callbacks such as
             # BackupAndRestore require a built model before fit().
             self.build(None)
 
-    def build(self, input_shape):
-        if not self.model.built:
-            self.model.build(input_shape)
-        self.built = True
-
     def _all_scales(self, images, training):
-        outputs = {}
-        base = None
-        for s in self.scales:
-            x = images if s == 1.0 else resize_by_scale(tf.cast(images, tf.float32), s)
-            logits = self.model(x, training=training)
-            if base is None:
-                base = logits
-            outputs[_scale_key(s)] = logits
-        size = tf.shape(base)[1:3]
-        fused = base
-        for s in self.scales[1:]:
-            up = tf.raw_ops.ResizeBilinear(
-                images=tf.cast(outputs[_scale_key(s)], tf.float32), size=size, align_corners=True
-            )
-            fused = tf.maximum(fused, tf.cast(up, base.dtype))
-        outputs["fused"] = fused
+        branches = self.run_branches(images, training=training)
+        outputs = {_scale_key(b.scale): b.logits for b in branches}
+        outputs["fused"] = fuse_on_logit_grid(branches, fusion="max", mode="caffe")
         return outputs
 
     def call(self, images, training=None):
@@ -110,17 +92,9 @@ class MultiScaleModel(keras.Model):
             y_pred = y_pred["fused"]
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "model": keras.saving.serialize_keras_object(self.model),
-            "scales": list(self.scales),
-        }
 
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["model"] = keras.saving.deserialize_keras_object(
-            config["model"], custom_objects=custom_objects
-        )
-        return cls(**config)
+#: The name before the rename; kept for compatibility (code importing it).
+MultiScaleModel = MultiScaleTraining
+
+# ``.keras`` files written before the rename record ``deeplab_tf>MultiScaleModel``.
+keras.saving.get_custom_objects()[f"{PACKAGE}>MultiScaleModel"] = MultiScaleTraining
