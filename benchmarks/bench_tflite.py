@@ -3,7 +3,7 @@
 Each TFLite file is written by ``deeplab_tf.export.export_tflite`` (uint8 image in, labels and
 probabilities at image size out, preprocessing and upsampling inside) and run with LiteRT's
 default CPU path (XNNPACK). The reference is the same computation in TensorFlow, measured in the
-same run: ``MultiScale(model, scales=(1.0,))`` under ``tf.function`` with a fixed input
+same run: ``MultiScaleInference(model, scales=(1.0,))`` under ``tf.function`` with a fixed input
 signature, for the model as built (``tf_graph``) and with the benchmarks' inference rewrite
 (``tf_fused``: folded BN, direct dilated convs). Reported: latency, images/s, file size, conversion
 time, and the fraction of pixel labels equal to the TensorFlow float32 labels.
@@ -79,7 +79,7 @@ def main(argv=None):
     import deeplab_tf
     from deeplab_tf.export import fuse_for_inference, with_input_shape
     from deeplab_tf.export.tflite import export_tflite, litert_interpreter, run_tflite
-    from deeplab_tf.inference import MultiScale
+    from deeplab_tf.inference import MultiScaleInference
 
     tf.get_logger().setLevel("ERROR")
     info = _common.machine_info()
@@ -95,7 +95,7 @@ def main(argv=None):
     rows, outputs = {}, {}
 
     def serve_fn(net):
-        msc = MultiScale(net, scales=(1.0,))
+        msc = MultiScaleInference(net, scales=(1.0,))
 
         @tf.function(input_signature=[tf.TensorSpec((1, size, size, 3), tf.uint8)])
         def serve(images):

@@ -22,11 +22,11 @@ def worker(args):
 
     import numpy as np
 
-    from deeplab_tf.inference import MultiScale, Predictor
+    from deeplab_tf.inference import MultiScaleInference, Predictor
     from deeplab_tf.models import DeepLabV2
 
     model = DeepLabV2(args.backbone, "aspp_l", num_classes=19)
-    msc = MultiScale(model, scales=tuple(args.scales) if args.mode == "msc" else (1.0,))
+    msc = MultiScaleInference(model, scales=tuple(args.scales) if args.mode == "msc" else (1.0,))
     tile = args.tile if args.mode == "tiled" else None
     predictor = Predictor(msc, tile_size=tile, overlap=1 / 3)
     image = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), np.uint8)

@@ -86,12 +86,12 @@ def tf_worker(args, msc: bool) -> dict:
     import numpy as np
 
     import deeplab_tf
-    from deeplab_tf.training import MultiScaleModel, paper
+    from deeplab_tf.training import MultiScaleTraining, paper
 
     name = f"deeplabv2_resnet{args.depth}_aspp_l"
     model = deeplab_tf.create_model(name, freeze_batchnorm=True)
     if msc:
-        model = MultiScaleModel(model)
+        model = MultiScaleTraining(model)
     compile_args = paper(name, accumulation_steps=args.accumulation)
     compile_args.pop("metrics", None)  # the loss step only, like the PyTorch step
     model.compile(**compile_args, jit_compile=bool(args.jit_compile))

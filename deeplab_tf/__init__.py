@@ -30,7 +30,8 @@ _EXPORTS = {
     "get_model_config": "deeplab_tf.models",
     "list_models": "deeplab_tf.models",
     "output_stride_of": "deeplab_tf.models",
-    "MultiScale": "deeplab_tf.inference",
+    "MultiScaleInference": "deeplab_tf.inference",
+    "MultiScale": "deeplab_tf.inference",  # former name of MultiScaleInference, an alias
     "Predictor": "deeplab_tf.inference",
     "load_inference_model": "deeplab_tf.inference",
     "sliding_window": "deeplab_tf.inference",

@@ -94,7 +94,7 @@ def _run(work, steps, num_train, num_val, num_samples, sample_size, crf_iteratio
     from deeplab_tf.evaluation.metrics import format_table
     from deeplab_tf.export.savedmodel import export_saved_model
     from deeplab_tf.export.tflite import export_tflite, run_tflite
-    from deeplab_tf.inference.multiscale import MultiScale
+    from deeplab_tf.inference.multiscale import MultiScaleInference
     from deeplab_tf.inference.predict import Predictor
     from deeplab_tf.training.cli import load_config
     from deeplab_tf.training.trainer import train
@@ -133,10 +133,10 @@ def _run(work, steps, num_train, num_val, num_samples, sample_size, crf_iteratio
     _stage(f"2/5 Evaluating on {num_val} held-out images (single-scale and MSC {MSC_SCALES})")
     val_ds, info = synthetic_dataset("val", num_val, data["size"], num_classes, seed=1)
     scores = evaluate(
-        Predictor(MultiScale(net, scales=(1.0,))), val_ds.as_numpy_iterator(), num_classes
+        Predictor(MultiScaleInference(net, scales=(1.0,))), val_ds.as_numpy_iterator(), num_classes
     )
     scores.pop("confusion_matrix", None)
-    predictor = Predictor(MultiScale(net, scales=MSC_SCALES))
+    predictor = Predictor(MultiScaleInference(net, scales=MSC_SCALES))
     msc_scores = evaluate(predictor, val_ds.as_numpy_iterator(), num_classes)
     msc_scores.pop("confusion_matrix", None)
     print(format_table(scores, info.class_names))
@@ -197,7 +197,7 @@ def _run(work, steps, num_train, num_val, num_samples, sample_size, crf_iteratio
         print("  here; pip install ai-edge-litert)")
     else:
         val_images = np.stack([e["image"] for e in val_ds.take(4).as_numpy_iterator()])
-        keras_labels = MultiScale(net, scales=(1.0,))(val_images).numpy().argmax(-1)
+        keras_labels = MultiScaleInference(net, scales=(1.0,))(val_images).numpy().argmax(-1)
         lite = np.concatenate([run_tflite(tflite_path, im)["labels"] for im in val_images])
         tflite_agreement = float((lite == keras_labels).mean())
         print(f"TFLite: {os.path.relpath(tflite_path, work)}  (LiteRT vs Keras labels: ")

@@ -204,9 +204,9 @@ else:
         """\
 ## Segment: multi-scale inference and the dense CRF
 
-`MultiScale` runs the model at scales 1, 0.75 and 0.5, fuses the scores with a max (the paper)
-and returns probabilities at the image's resolution. `DenseCRF` then refines them with the
-fully connected CRF (a permutohedral-lattice mean field in TensorFlow ops).""",
+`MultiScaleInference` runs the model at scales 1, 0.75 and 0.5, fuses the scores with a max
+(the paper) and returns probabilities at the image's resolution. `DenseCRF` then refines them
+with the fully connected CRF (a permutohedral-lattice mean field in TensorFlow ops).""",
     ),
     (
         "code",
@@ -215,7 +215,7 @@ from deeplab_tf.data.synthetic import synthetic_arrays
 from deeplab_tf.visualize import overlay
 
 images, truth, _ = synthetic_arrays("samples", 3, SIZE + 16, NUM_CLASSES, seed=2)
-msc = deeplab_tf.MultiScale(model, scales=(1.0, 0.75, 0.5))
+msc = deeplab_tf.MultiScaleInference(model, scales=(1.0, 0.75, 0.5))
 crf = deeplab_tf.DenseCRF.from_preset("mobilenetv2", iterations=2 if TINY else 10)
 probs = msc.predict(images, verbose=0)  # (N, H, W, C)
 refined = crf(images, probs).numpy()
@@ -267,7 +267,7 @@ loaded = tf.saved_model.load(path)
 png = tf.io.encode_png(images[0]).numpy()
 result = loaded.signatures["serving_bytes"](image_bytes=tf.constant([png]))
 served = result["labels"].numpy()[0]
-direct = deeplab_tf.MultiScale(model, scales=(1.0,))(images[:1]).numpy().argmax(-1)[0]
+direct = deeplab_tf.MultiScaleInference(model, scales=(1.0,))(images[:1]).numpy().argmax(-1)[0]
 print("outputs:", sorted(result))
 print(f"served labels {served.shape}: {(served == direct).mean():.1%} equal to Keras's")
 model.save(os.path.join(OUT, "model.keras"))  # for `deeplab-tf predict --model ...`""",

@@ -4,8 +4,8 @@ A thin, readable version of ``deeplab-tf predict`` built from the library's piec
 
 1. :func:`deeplab_tf.load_inference_model` reads a ``.keras`` file (or builds a zoo model from
    its registry name plus a weights file);
-2. :class:`deeplab_tf.MultiScale` runs it at one or more scales (the paper's MSC: 1, 0.75, 0.5)
-   and returns full-resolution class probabilities;
+2. :class:`deeplab_tf.MultiScaleInference` runs it at one or more scales (the paper's MSC: 1,
+   0.75, 0.5) and returns full-resolution class probabilities;
 3. :class:`deeplab_tf.DenseCRF` (``--crf``) refines them with the paper's fully connected CRF;
 4. :mod:`deeplab_tf.visualize` writes, per image, ``NAME.png`` (class ids, palette PNG) and
    ``NAME_overlay.png`` (the photo tinted with the classes); with ``--crf`` also
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
 
     try:
         net = deeplab_tf.load_inference_model(args.model, args.weights, args.num_classes)
-        model = deeplab_tf.MultiScale(net, scales=args.scales, output="probs")
+        model = deeplab_tf.MultiScaleInference(net, scales=args.scales, output="probs")
         crf = (
             deeplab_tf.DenseCRF.from_preset(args.crf_preset, iterations=args.crf_iterations)
             if args.crf

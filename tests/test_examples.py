@@ -3,7 +3,7 @@ clients run against it, and the Colab notebook's code executes end to end.
 
 * ``train_voc.py`` trains two steps on a fake VOC + SBD tree (``tests/_data_utils.py``).
 * ``predict.py`` segments generated images with a small saved ``.keras`` model; its label PNGs
-  are checked against an independent MultiScale (+ CRF) computation.
+  are checked against an independent MultiScaleInference (+ CRF) computation.
 * ``serve.md``: its signature table must equal the export's signatures exactly, every quoted
   name in its code must exist, its ``deeplab-tf export`` commands run, and its Python and curl
   clients run against the SavedModel through stand-ins for TF Serving's REST and gRPC front
@@ -176,7 +176,7 @@ def test_predict_writes_overlays_matching_the_library(tmp_path, tiny_model_path)
     names = sorted(os.listdir(out))
     assert names == ["a.png", "a_overlay.png", "a_overlay_before_crf.png"]
     net = keras.saving.load_model(tiny_model_path, compile=False)
-    msc = deeplab_tf.MultiScale(net, scales=(1.0, 0.75))
+    msc = deeplab_tf.MultiScaleInference(net, scales=(1.0, 0.75))
     crf = deeplab_tf.DenseCRF.from_preset("resnet101", iterations=2)
     for stem, image in images.items():
         probs = msc(image[None]).numpy()
@@ -189,14 +189,14 @@ def test_predict_writes_overlays_matching_the_library(tmp_path, tiny_model_path)
         with Image.open(out / f"{stem}_overlay_before_crf.png") as im:  # the MSC labels
             expected = overlay(image, probs[0].argmax(-1).astype(np.uint8), voc_palette())
             np.testing.assert_array_equal(np.asarray(im), expected)
-    # Without --crf: labels are the MultiScale argmax, a JPEG input (decoded as the script does).
+    # Without --crf: MultiScaleInference's argmax, on a JPEG input decoded as the script does.
     out2 = tmp_path / "out2"
     jpeg = _photo(str(photos / "c.jpg"), (20, 28), 2)
     argv = [str(photos / "c.jpg"), "--model", tiny_model_path, "--out", str(out2)]
     assert predict.main(argv) == 0
     assert sorted(os.listdir(out2)) == ["c.png", "c_overlay.png"]
     with Image.open(out2 / "c.png") as im:
-        expected = deeplab_tf.MultiScale(net, scales=(1.0,))(jpeg[None]).numpy()
+        expected = deeplab_tf.MultiScaleInference(net, scales=(1.0,))(jpeg[None]).numpy()
         np.testing.assert_array_equal(np.asarray(im), expected[0].argmax(-1))
     assert predict.main([str(tmp_path / "nothing*.png"), "--model", "x", "--out", "o"]) == 2
 
@@ -447,7 +447,7 @@ def test_notebook_is_generated_and_valid(tmp_path):
         "pip_command(spec)",
         "DEEPLAB_TF_SOURCE",
         "model.fit",
-        "MultiScale",
+        "MultiScaleInference",
         "DenseCRF",
         "export_saved_model",
     ):

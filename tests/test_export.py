@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplab_tf import DeepLabV2, MultiScale
+from deeplab_tf import DeepLabV2, MultiScaleInference
 from deeplab_tf.cli import main as cli_main
 from deeplab_tf.export import (
     export_saved_model,
@@ -173,7 +173,7 @@ def _run_script(script, *args):
 def test_saved_model_reloads_without_deeplab_tf(tmp_path, model):
     images = _images()
     small = _images(1, 29, 23, seed=3)[0]
-    msc = MultiScale(model, scales=(1.0, 0.5))
+    msc = MultiScaleInference(model, scales=(1.0, 0.5))
     expected = msc(images).numpy()
 
     from deeplab_tf import DenseCRF
@@ -418,12 +418,14 @@ def test_cli_exports_keras_file(tmp_path, tiny):
     loaded = tf.saved_model.load(str(out / "5"))
     images = _images(1)
     got = loaded.signatures["serving_uint8"](images=tf.constant(images))["labels"].numpy()
-    np.testing.assert_array_equal(got, MultiScale(model, scales=(1.0,))(images).numpy().argmax(-1))
+    np.testing.assert_array_equal(
+        got, MultiScaleInference(model, scales=(1.0,))(images).numpy().argmax(-1)
+    )
 
 
 def test_tflite_fp32_matches_and_keeps_dilated_convs_plain(tmp_path, model):
     images = _images(1, 41, 33)
-    expected = MultiScale(model, scales=(1.0,))(images).numpy()
+    expected = MultiScaleInference(model, scales=(1.0,))(images).numpy()
     path = export_tflite(model, tmp_path / "m.tflite", (41, 33))
     out = run_tflite(path, images[0])
     np.testing.assert_allclose(out["probabilities"], expected, rtol=1e-4, atol=1e-4)
@@ -440,7 +442,7 @@ def test_tflite_fp32_matches_and_keeps_dilated_convs_plain(tmp_path, model):
 def test_tflite_fp16_and_int8_label_agreement(tmp_path, trained):
     model, images = trained
     calibration = list(images[:2])
-    expected = MultiScale(model, scales=(1.0,))(images).numpy().argmax(-1)
+    expected = MultiScaleInference(model, scales=(1.0,))(images).numpy().argmax(-1)
     assert len(np.unique(expected)) >= 3  # the model has learnt several classes
     sizes = {}
     for q, threshold in (("fp16", 0.99), ("int8", 0.95)):
@@ -584,7 +586,7 @@ def test_every_signature_rejects_bad_requests_and_keeps_serving(tmp_path, tiny):
 def test_keras_entry_points_reject_bad_images(tiny, shape, dtype, match):
     images = np.zeros(shape, dtype)
     with pytest.raises(ValueError, match=match):
-        MultiScale(tiny, scales=(1.0,))(images)
+        MultiScaleInference(tiny, scales=(1.0,))(images)
     if dtype not in (np.uint16, bool):  # a functional model casts to its input dtype first
         with pytest.raises(ValueError):  # Keras' input check or the Preprocess layer's
             tiny(images)

@@ -1,11 +1,17 @@
-"""MultiScale, the upsampling rules and sliding windows against NumPy references."""
+"""MultiScaleInference, the upsampling rules and sliding windows against NumPy references."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_tf.inference import MultiScale, Predictor, sliding_window, tile_cores, tile_starts
+from deeplab_tf.inference import (
+    MultiScaleInference,
+    Predictor,
+    sliding_window,
+    tile_cores,
+    tile_starts,
+)
 from deeplab_tf.layers import resize_by_scale, resize_logits
 from deeplab_tf.models import DeepLabV2, Logits
 
@@ -93,7 +99,7 @@ def np_toy(model, x):
 
 
 def np_multiscale(model, x, scales, fusion, flip, upsample, fuse_at, output="probs"):
-    """NumPy restatement of MultiScale's documented algorithm."""
+    """NumPy restatement of MultiScaleInference's documented algorithm."""
     n, hgt, wid = x.shape[:3]
     resize = np_align_corners if upsample == "caffe" else np_half_pixel
     branches = []
@@ -161,7 +167,7 @@ def test_resize_by_scale_matches_numpy(hw, scale, rng):
     np.testing.assert_allclose(got, np_align_corners(x, oh, ow), atol=1e-3)
 
 
-# --- MultiScale against the NumPy restatement ---------------------------------------------------
+# --- MultiScaleInference against the NumPy restatement ------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -179,12 +185,14 @@ def test_resize_by_scale_matches_numpy(hw, scale, rng):
 def test_multiscale_matches_numpy(scales, fusion, flip, upsample, fuse_at, hw, rng):
     model = toy_model()
     x = rng.uniform(0, 255, size=(2, *hw, 3)).astype("float32")
-    msc = MultiScale(model, scales, fusion, flip, upsample, output="logits", fuse_at=fuse_at)
+    msc = MultiScaleInference(
+        model, scales, fusion, flip, upsample, output="logits", fuse_at=fuse_at
+    )
     got = msc(x).numpy()
     want = np_multiscale(model, x, scales, fusion, flip, upsample, fuse_at, output="logits")
     assert got.shape == (2, *hw, NUM_CLASSES)
     np.testing.assert_allclose(got, want, atol=2e-3)
-    probs = MultiScale(model, scales, fusion, flip, upsample, fuse_at=fuse_at)(x).numpy()
+    probs = MultiScaleInference(model, scales, fusion, flip, upsample, fuse_at=fuse_at)(x).numpy()
     np.testing.assert_allclose(probs, np_softmax(want), atol=2e-4)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
 
@@ -192,7 +200,7 @@ def test_multiscale_matches_numpy(scales, fusion, flip, upsample, fuse_at, hw, r
 def test_single_scale_is_model_plus_caffe_upsampling(rng):
     model = toy_model()
     x = rng.uniform(0, 255, size=(1, 33, 40, 3)).astype("float32")
-    got = MultiScale(model, scales=(1.0,), output="logits")(x).numpy()
+    got = MultiScaleInference(model, scales=(1.0,), output="logits")(x).numpy()
     want = np_caffe_upsample(model(x).numpy(), 33, 40)
     np.testing.assert_allclose(got, want, atol=1e-4)
 
@@ -202,8 +210,9 @@ def test_flip_is_exact_for_mirror_symmetric_input(rng):
     model = toy_model()
     half = rng.uniform(0, 255, size=(1, 33, 17, 3)).astype("float32")
     x = np.concatenate([half, half[:, :, -2::-1]], axis=2)  # width 33, symmetric
-    plain = MultiScale(model, (1.0,), fuse_at="image")(x).numpy()
-    flipped = MultiScale(model, (1.0,), flip=True, fusion="mean", fuse_at="image")(x).numpy()
+    plain = MultiScaleInference(model, (1.0,), fuse_at="image")(x).numpy()
+    flipped = MultiScaleInference(model, (1.0,), flip=True, fusion="mean", fuse_at="image")
+    flipped = flipped(x).numpy()
     np.testing.assert_allclose(plain, flipped, atol=1e-5)
 
 
@@ -217,7 +226,7 @@ def vgg_tiny():
 
 
 def test_multiscale_save_reload_safe_mode(vgg_tiny, tmp_path, rng):
-    msc = MultiScale(vgg_tiny, scales=(1.0, 0.5), fusion="max", flip=True)
+    msc = MultiScaleInference(vgg_tiny, scales=(1.0, 0.5), fusion="max", flip=True)
     x = rng.integers(0, 256, size=(1, 41, 35, 3)).astype("uint8")
     want = msc.predict(x, verbose=0)
     assert want.shape == (1, 41, 35, 3)
@@ -226,7 +235,7 @@ def test_multiscale_save_reload_safe_mode(vgg_tiny, tmp_path, rng):
     path = str(tmp_path / "msc.keras")
     msc.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
-    assert isinstance(loaded, MultiScale) and loaded.flip and loaded.scales == (1.0, 0.5)
+    assert isinstance(loaded, MultiScaleInference) and loaded.flip and loaded.scales == (1.0, 0.5)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), want, atol=1e-5)
     # Weights are shared with the wrapped model, not copied.
     assert msc.trainable_weights[0] is vgg_tiny.trainable_weights[0]
@@ -248,9 +257,9 @@ def test_multiscale_rejects_bad_arguments(vgg_tiny):
     ]
     for kwargs in bad:
         with pytest.raises(ValueError, match="Received"):
-            MultiScale(vgg_tiny, **kwargs)
+            MultiScaleInference(vgg_tiny, **kwargs)
     with pytest.raises(ValueError, match="keras.Model"):
-        MultiScale(lambda x: x)
+        MultiScaleInference(lambda x: x)
 
 
 # --- sliding window ---------------------------------------------------------------------------
@@ -280,7 +289,7 @@ def test_sliding_window_equals_untiled_for_a_local_model(rng):
     161 - 65 = 96; elsewhere the last tile may sit off the grid (a different, equally valid
     sampling phase), which a real network barely notices.
     """
-    msc = MultiScale(toy_model(), scales=(1.0,))
+    msc = MultiScaleInference(toy_model(), scales=(1.0,))
     image = rng.integers(0, 256, size=(97, 161, 3)).astype("uint8")
     whole = msc(image[None]).numpy()[0]
     calls = []
@@ -299,7 +308,7 @@ def test_sliding_window_equals_untiled_for_a_local_model(rng):
 
 
 def test_sliding_window_real_model_single_tile_equals_whole(vgg_tiny, rng):
-    msc = MultiScale(vgg_tiny, scales=(1.0, 0.75))
+    msc = MultiScaleInference(vgg_tiny, scales=(1.0, 0.75))
     image = rng.integers(0, 256, size=(45, 38, 3)).astype("uint8")
     whole = msc(image[None]).numpy()[0]
     tiled = sliding_window(lambda b: msc(b), image, tile_size=64)

@@ -89,14 +89,14 @@ def test_predict_batch_with_bad_files(model_file, tmp_path, rng, capsys):
 
 
 def test_predict_matches_library_and_user_errors(model_file, tmp_path, rng, capsys):
-    from deeplab_tf.inference import MultiScale
+    from deeplab_tf.inference import MultiScaleInference
 
     image = _photo(rng, 37, 43)
     Image.fromarray(image).save(tmp_path / "x.png")
     out = tmp_path / "out"
     args = ["predict", str(tmp_path / "x.png"), "--out", str(out), "--model", model_file]
     assert main([*args, "--scales", "1", "0.5"]) == 0
-    msc = MultiScale(keras.saving.load_model(model_file), scales=(1.0, 0.5))
+    msc = MultiScaleInference(keras.saving.load_model(model_file), scales=(1.0, 0.5))
     want = np.argmax(msc(image[None]).numpy()[0], -1)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "x.png")), want)
     capsys.readouterr()
@@ -161,10 +161,10 @@ def test_crf_flag(model_file, tmp_path, rng, capsys):
     except ImportError:
         assert rc == 2 and "CRF backend not available" in capsys.readouterr().err
         return
-    from deeplab_tf.inference import MultiScale
+    from deeplab_tf.inference import MultiScaleInference
 
     assert rc == 0, capsys.readouterr().err
-    probs = MultiScale(keras.saving.load_model(model_file), scales=(1.0,))(image[None])
+    probs = MultiScaleInference(keras.saving.load_model(model_file), scales=(1.0,))(image[None])
     want = DenseCRF.from_preset("vgg16")(image[None], probs).numpy()[0]
     got = np.load(out / "x_probs.npy").astype(np.float32)
     np.testing.assert_allclose(got, want, atol=2e-3)

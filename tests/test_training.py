@@ -9,7 +9,7 @@ from deeplab_tf.training import (
     CaffeSGD,
     DeepLabLoss,
     MeanIoU,
-    MultiScaleModel,
+    MultiScaleTraining,
     PolyDecay,
     paper,
     shrink_labels,
@@ -246,7 +246,7 @@ def test_paper_recipe_reads_registry():
 
 def test_msc_under_fit_sums_four_losses_and_saves(tmp_path):
     net = tiny_net(3)
-    msc = MultiScaleModel(net)
+    msc = MultiScaleTraining(net)
     assert msc.built  # BackupAndRestore needs a built model before fit()
     rng = np.random.default_rng(4)
     x = rng.uniform(0, 255, (2, 16, 16, 3)).astype("float32")
@@ -274,4 +274,4 @@ def test_msc_under_fit_sums_four_losses_and_saves(tmp_path):
     np.testing.assert_allclose(back.predict(x, verbose=0), msc.predict(x, verbose=0), atol=1e-5)
     assert back.scales == (1.0, 0.75, 0.5)
     with pytest.raises(ValueError, match="Received"):
-        MultiScaleModel(net, scales=(0.5, 1.0))
+        MultiScaleTraining(net, scales=(0.5, 1.0))

@@ -34,7 +34,7 @@ import tensorflow as tf
 from deeplab_tf import atomic
 from deeplab_tf.export.warmup import write_warmup_requests
 from deeplab_tf.inference.io import DEFAULT_MAX_PIXELS
-from deeplab_tf.inference.multiscale import MultiScale
+from deeplab_tf.inference.multiscale import MultiScaleInference
 from deeplab_tf.layers import check_images
 
 SIGNATURES = ("serving_default", "serving_uint8", "serving_bytes", "serving_crf")
@@ -256,11 +256,11 @@ def _pad_flat_maps(flat, sizes):
 
 
 def _inference_net(model, scales, flip, fusion, upsample):
-    if isinstance(model, MultiScale):
+    if isinstance(model, MultiScaleInference):
         return model
     if not isinstance(model, keras.Model):
         raise ValueError(f"model must be a keras.Model. Received: {type(model).__name__}")
-    return MultiScale(model, scales=scales, flip=flip, fusion=fusion, upsample=upsample)
+    return MultiScaleInference(model, scales=scales, flip=flip, fusion=fusion, upsample=upsample)
 
 
 def export_saved_model(
@@ -283,7 +283,7 @@ def export_saved_model(
     """Exports a DeepLab model as a TF Serving version folder, atomically.
 
     Args:
-        model: a DeepLab ``keras.Model`` (logits) or a :class:`MultiScale` wrapper.
+        model: a DeepLab ``keras.Model`` (logits) or a :class:`MultiScaleInference` wrapper.
         base_dir: the model's base path (``--model_base_path`` of TF Serving).
         version: positive integer; default: one above the highest existing version when the
             finished export is published (a concurrent export that published first pushes

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from deeplab_tf.atomic import exists_error, temp_path, write_bytes
 from deeplab_tf.export.optimize import with_input_shape
-from deeplab_tf.inference.multiscale import MultiScale
+from deeplab_tf.inference.multiscale import MultiScaleInference
 
 QUANTIZATIONS = ("fp32", "fp16", "int8")
 
@@ -54,7 +54,7 @@ def export_tflite(
     """Converts a DeepLab model to a ``.tflite`` file with builtin ops only.
 
     Args:
-        model: a DeepLab ``keras.Model`` (logits) or a :class:`MultiScale` wrapper.
+        model: a DeepLab ``keras.Model`` (logits) or a :class:`MultiScaleInference` wrapper.
         path: output file (written atomically).
         input_size: ``(H, W)`` of the fixed input.
         quantization: ``"fp32"``, ``"fp16"`` (fp16 weights) or ``"int8"`` (post-training
@@ -84,13 +84,13 @@ def export_tflite(
         raise ValueError(f"The TFLite output path is a folder. Received: {path!r}")
     if not overwrite and os.path.lexists(path):
         raise exists_error(path)
-    if isinstance(model, MultiScale):
+    if isinstance(model, MultiScaleInference):
         base = with_input_shape(model.model, h, w)
-        net = MultiScale(
+        net = MultiScaleInference(
             base, model.scales, model.fusion, model.flip, model.upsample, fuse_at=model.fuse_at
         )
     else:
-        net = MultiScale(with_input_shape(model, h, w), scales=scales, upsample=upsample)
+        net = MultiScaleInference(with_input_shape(model, h, w), scales=scales, upsample=upsample)
 
     def serve(images):
         probs = tf.cast(net(tf.cast(images, tf.float32)), tf.float32)

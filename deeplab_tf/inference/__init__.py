@@ -13,7 +13,8 @@ _EXPORTS = {
     "atomic_write": "deeplab_tf.inference.io",
     "expand_inputs": "deeplab_tf.inference.io",
     "read_image": "deeplab_tf.inference.io",
-    "MultiScale": "deeplab_tf.inference.multiscale",
+    "MultiScaleInference": "deeplab_tf.inference.multiscale",
+    "MultiScale": "deeplab_tf.inference.multiscale",  # former name, an alias (compatibility)
     "Predictor": "deeplab_tf.inference.predict",
     "load_inference_model": "deeplab_tf.inference.predict",
     "sliding_window": "deeplab_tf.inference.tiling",

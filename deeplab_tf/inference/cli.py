@@ -65,7 +65,7 @@ def add_inference_arguments(p):
 def build_predictor(args, num_classes=None):
     """Builds a :class:`Predictor` from parsed options; returns ``(predictor, settings)``."""
     from deeplab_tf.cli import CLIError
-    from deeplab_tf.inference.multiscale import MultiScale
+    from deeplab_tf.inference.multiscale import MultiScaleInference
     from deeplab_tf.inference.predict import Predictor, load_inference_model
 
     if args.num_classes is not None and num_classes is not None and args.num_classes != num_classes:
@@ -79,7 +79,7 @@ def build_predictor(args, num_classes=None):
         raise CLIError(f"--overlap must be in [0, 1). Received: {args.overlap}")
     try:
         net = load_inference_model(args.model, args.weights, num_classes)
-        msc = MultiScale(
+        msc = MultiScaleInference(
             net,
             scales=args.scales,
             fusion=args.fusion,

@@ -19,7 +19,7 @@ class Predictor:
     """Full-resolution scores for single images, whole or tiled.
 
     Args:
-        model: a model returning full-resolution scores, e.g. :class:`MultiScale`.
+        model: a model returning full-resolution scores, e.g. :class:`MultiScaleInference`.
         tile_size: tile size (int or ``(h, w)``) above which images are tiled; ``None`` or 0
             runs every image whole.
         overlap: tile overlap fraction for tiled images.
@@ -28,7 +28,7 @@ class Predictor:
             CRF); it needs ``model`` to return probabilities.
 
     Example:
-        >>> predictor = Predictor(MultiScale(model), tile_size=513)
+        >>> predictor = Predictor(MultiScaleInference(model), tile_size=513)
         >>> probs = predictor(image)            # (H, W, C) float32
     """
 
@@ -73,7 +73,7 @@ def load_inference_model(model, weights=None, num_classes=None):
 
     Args:
         model: a ``keras.Model``, the path of a ``.keras`` file (a DeepLab model or a saved
-            :class:`MultiScale`, whose wrapped model is used), or a registry name
+            :class:`MultiScaleInference`, whose wrapped model is used), or a registry name
             (``deeplab-tf models`` lists them).
         weights: for a registry name: a ``.weights.h5`` file saved from the same architecture.
         num_classes: for a registry name: number of classes (21 when omitted).
@@ -86,7 +86,7 @@ def load_inference_model(model, weights=None, num_classes=None):
     """
     import keras
 
-    from deeplab_tf.inference.multiscale import MultiScale
+    from deeplab_tf.inference.multiscale import MultiScaleInference
     from deeplab_tf.models.registry import create_model, list_models
 
     if isinstance(model, keras.Model):
@@ -115,7 +115,7 @@ def load_inference_model(model, weights=None, num_classes=None):
             f"model must be a .keras file or one of {', '.join(list_models())}. "
             f"Received: model={model!r}"
         )
-    if isinstance(net, MultiScale):
+    if isinstance(net, MultiScaleInference):
         net = net.model
     if num_classes is not None and int(net.output_shape[-1]) != int(num_classes):
         raise ValueError(

@@ -1,10 +1,10 @@
 """Sliding-window inference for images too large to run whole (e.g. Cityscapes 1024x2048).
 
 The image is cut into overlapping tiles, every tile runs through the model (for example a
-:class:`~deeplab_tf.inference.MultiScale`), and the full-resolution scores are stitched back:
-each output pixel is taken from the one tile in which it lies deepest (the tile "cores" split
-every overlap in the middle), so a pixel always gets the prediction with the most context on
-all sides and no seam is averaged. Memory is bounded by one batch of tiles plus the
+:class:`~deeplab_tf.inference.MultiScaleInference`), and the full-resolution scores are
+stitched back: each output pixel is taken from the one tile in which it lies deepest (the tile
+"cores" split every overlap in the middle), so a pixel always gets the prediction with the most
+context on all sides and no seam is averaged. Memory is bounded by one batch of tiles plus the
 ``(H, W, C)`` output.
 """
 
@@ -70,7 +70,7 @@ def sliding_window(fn, image, tile_size=513, overlap: float = 1 / 3, align: int 
 
     Args:
         fn: callable mapping a ``(n, h, w, 3)`` batch to ``(n, h, w, C)`` scores (NumPy or
-            tensors), e.g. ``MultiScale(...).predict_on_batch`` or a ``tf.function``.
+            tensors), e.g. ``MultiScaleInference(...).predict_on_batch`` or a ``tf.function``.
         image: ``(H, W, 3)`` array.
         tile_size: tile size, an int or ``(height, width)``; tiles are clipped to the image.
         overlap: fraction of a tile shared with each neighbour, in [0, 1).

@@ -27,7 +27,8 @@ _EXPORTS = {
     "DeepLabLoss": _LOSSES,
     "shrink_labels": _LOSSES,
     "MeanIoU": "deeplab_tf.training.metrics",
-    "MultiScaleModel": "deeplab_tf.training.msc",
+    "MultiScaleTraining": "deeplab_tf.training.msc",
+    "MultiScaleModel": "deeplab_tf.training.msc",  # former name, an alias (compatibility)
     "CaffeSGD": _OPTIMIZER,
     "PolyDecay": _OPTIMIZER,
     "poly_schedule": _OPTIMIZER,

@@ -65,7 +65,7 @@ class StepCheckpoint(keras.callbacks.Callback):
         directory: where checkpoints go (created if missing).
         max_to_keep: keep the newest this many (``None`` keeps all).
         model_to_save: save this model's weights instead of the trained one (e.g. the wrapped
-            network of a :class:`~deeplab_tf.training.msc.MultiScaleModel`).
+            network of a :class:`~deeplab_tf.training.msc.MultiScaleTraining`).
     """
 
     def __init__(self, directory: str, max_to_keep: int | None = 5, model_to_save=None):

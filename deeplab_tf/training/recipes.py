@@ -63,7 +63,7 @@ def paper(
     metric: :class:`MeanIoU` (``mean_iou`` in the progress bar).
 
     Multi-scale training (the ResNet recipe's ``msc``) is a model change, not a compile
-    argument: wrap the model in :class:`~deeplab_tf.training.msc.MultiScaleModel`.
+    argument: wrap the model in :class:`~deeplab_tf.training.msc.MultiScaleTraining`.
 
     Args:
         backbone_or_model_name: ``"resnet101"``, ``"vgg16"``, a registry name, or a DeepLab

@@ -265,7 +265,7 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
     from deeplab_tf.training.callbacks import backup_epoch, training_callbacks
     from deeplab_tf.training.losses import DeepLabLoss
     from deeplab_tf.training.metrics import MeanIoU
-    from deeplab_tf.training.msc import MultiScaleModel
+    from deeplab_tf.training.msc import MultiScaleTraining
     from deeplab_tf.training.optimizer import CaffeSGD, PolyDecay
     from deeplab_tf.training.pipeline import (
         CAFFE_RGB_MEAN,
@@ -332,7 +332,7 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
         net = create_model(mcfg["name"], **build_kwargs)
         if tcfg["bn_momentum"] is not None:
             set_batchnorm_momentum(net, tcfg["bn_momentum"])
-        model = MultiScaleModel(net, tcfg["msc_scales"]) if tcfg["msc"] else net
+        model = MultiScaleTraining(net, tcfg["msc_scales"]) if tcfg["msc"] else net
         schedule = PolyDecay(tcfg["base_lr"], tcfg["steps"], tcfg["power"])
         if tcfg["optimizer"] == "caffe_sgd":
             optimizer = CaffeSGD(
