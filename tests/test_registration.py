@@ -3,12 +3,14 @@
 The loading process imports ``deeplab_tf`` and ``keras`` and nothing else of the library, then
 calls ``keras.saving.load_model(path)`` (safe mode, the default) on every kind of object the
 library saves: each registry entry, compiled models (CaffeSGD, DeepLabLoss, MeanIoU), the
-inference wrapper ``MultiScale``, the training wrapper ``MultiScaleModel``, and the fused and
-bfloat16 inference rewrites.
+inference wrapper ``MultiScaleInference``, the training wrapper ``MultiScaleTraining``, and the
+fused and bfloat16 inference rewrites.
 """
 
 import json
+import pathlib
 import sys
+import zipfile
 
 import keras
 import numpy as np
@@ -18,9 +20,9 @@ from _fresh_process import run_python
 import deeplab_tf
 from deeplab_tf import _registration
 from deeplab_tf.export import fuse_for_inference, to_bfloat16
-from deeplab_tf.inference import MultiScale
+from deeplab_tf.inference import MultiScaleInference
 from deeplab_tf.models import DeepLabV2, create_model, list_models
-from deeplab_tf.training import MultiScaleModel
+from deeplab_tf.training import MultiScaleTraining
 
 # The child: load every file, run it on its input, save the output; for compiled models also
 # check the optimizer / loss / metric classes and train one more step.
@@ -110,14 +112,14 @@ def test_compiled_models_and_wrappers_load_in_a_new_process(tmp_path):
     objects = {
         "plain": (net, x, None),
         "compiled": _compiled(DeepLabV2("mobilenetv2", "aspp_s", num_classes=3), x),
-        "msc_training": _compiled(MultiScaleModel(msc_net, scales=(1.0, 0.75)), x),
-        "multiscale": (MultiScale(net, scales=(1.0, 0.5), flip=True), x, None),
+        "msc_training": _compiled(MultiScaleTraining(msc_net, scales=(1.0, 0.75)), x),
+        "multiscale": (MultiScaleInference(net, scales=(1.0, 0.5), flip=True), x, None),
         "fused": (fuse_for_inference(net), x, None),
         "bfloat16": (to_bfloat16(net), x, None),
     }
     results = _load_in_new_process(tmp_path, objects)
-    assert results["multiscale"]["class"] == "MultiScale"
-    assert results["msc_training"]["class"] == "MultiScaleModel"
+    assert results["multiscale"]["class"] == "MultiScaleInference"
+    assert results["msc_training"]["class"] == "MultiScaleTraining"
     for name in ("compiled", "msc_training"):
         info = results[name]
         assert info["optimizer"] == "CaffeSGD", info
@@ -128,23 +130,115 @@ def test_compiled_models_and_wrappers_load_in_a_new_process(tmp_path):
 
 
 def test_registration_lists_every_registered_class():
-    """SERIALIZABLE_MODULES covers every ``deeplab_tf>`` class the package defines."""
+    """SERIALIZABLE_MODULES covers every ``deeplab_tf>`` class the package defines.
+
+    Also the modules that keep a renamed class's old registered name (an entry added to
+    ``keras.saving.get_custom_objects()``), so that files saved under the old name load.
+    """
     import ast
     import pathlib
 
     root = pathlib.Path(deeplab_tf.__file__).parent
     defining = set()
     for path in root.rglob("*.py"):
-        if "register_keras_serializable" in path.read_text():
-            tree = ast.parse(path.read_text())
+        text = path.read_text()
+        if "register_keras_serializable" in text or "get_custom_objects" in text:
+            tree = ast.parse(text)
             uses = any(
-                isinstance(node, ast.Attribute) and node.attr == "register_keras_serializable"
+                isinstance(node, ast.Attribute)
+                and node.attr in ("register_keras_serializable", "get_custom_objects")
                 for node in ast.walk(tree)
             )
             if uses:
                 rel = path.relative_to(root.parent).with_suffix("")
                 defining.add(".".join(rel.parts))
     assert defining == set(_registration.SERIALIZABLE_MODULES)
+    # The multi-scale core has no registered class of its own: the wrappers register.
+    assert "deeplab_tf.models.multiscale" not in defining
+
+
+# Multi-scale wrappers as the previous version (commit caa7d81) saved them: registered names
+# deeplab_tf>MultiScale and deeplab_tf>MultiScaleModel (tests/fixtures/README.md).
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+OLD_NAMES = {"MultiScaleInference": "MultiScale", "MultiScaleTraining": "MultiScaleModel"}
+
+
+def _with_old_names(src, dst):
+    """Copies a ``.keras`` file, recording the multi-scale wrappers under their old names."""
+    with zipfile.ZipFile(src) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    new = config["class_name"]
+    assert new in OLD_NAMES, new
+    config["class_name"] = OLD_NAMES[new]
+    config["registered_name"] = f"deeplab_tf>{OLD_NAMES[new]}"
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(dst, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def test_multiscale_files_of_the_previous_version_load_in_a_new_process(tmp_path):
+    """Old registered names load in safe mode, as the new classes, with the old outputs.
+
+    Two kinds of file: the fixtures written by the previous version's code, and files written
+    now with the registered names rewritten to the old ones (the current wrapped model inside).
+    """
+    expected = np.load(FIXTURES / "legacy_multiscale_expected.npz")
+    x, y = expected["x"], expected["y"]
+    keras.utils.set_random_seed(4)
+    net = DeepLabV2("mobilenetv2", "largefov", num_classes=3, name="renamed_base")
+    fresh = {
+        "renamed_inference": MultiScaleInference(net, scales=(1.0, 0.75), flip=True),
+        "renamed_training": MultiScaleTraining(net, scales=(1.0, 0.5)),
+    }
+    jobs, want = [], {}
+    for name, path, out in [
+        ("inference", FIXTURES / "legacy_multiscale.keras", expected["inference"]),
+        ("training", FIXTURES / "legacy_multiscale_model.keras", expected["training_fused"]),
+    ]:
+        jobs.append({"path": str(path), "compiled": name == "training"})
+        want[str(path)] = (out, name)
+    for name, model in fresh.items():
+        path = tmp_path / f"{name}.keras"
+        want[str(path)] = (keras.ops.convert_to_numpy(model(x, training=False)), name)
+        model.save(tmp_path / "new.keras")
+        _with_old_names(tmp_path / "new.keras", path)
+        jobs.append({"path": str(path)})
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    for i, job in enumerate(jobs):
+        job.update(x=str(tmp_path / "x.npy"), out=str(tmp_path / f"out{i}.npy"))
+        if job.get("compiled"):
+            job["y"] = str(tmp_path / "y.npy")
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    run_python(LOADER, str(tmp_path / "jobs.json"), str(tmp_path / "report.json"))
+    report = json.loads((tmp_path / "report.json").read_text())
+    for job in jobs:
+        out, name = want[job["path"]]
+        got = np.load(job["out"])
+        # Relative to the outputs' size: fresh MobileNetV2 logits are tiny (about 1e-11).
+        scale = float(np.abs(out).max())
+        assert scale > 0, job["path"]
+        np.testing.assert_allclose(got, out, rtol=1e-5, atol=1e-6 * scale, err_msg=job["path"])
+        info = report[job["path"]]
+        cls = "MultiScaleInference" if "inference" in name else "MultiScaleTraining"
+        assert info["class"] == cls, (job["path"], info)
+    info = report[str(FIXTURES / "legacy_multiscale_model.keras")]
+    assert info["optimizer"] == "CaffeSGD" and info["loss"] == "DeepLabLoss", info
+    assert info["iterations"] == 1 and info["iterations_after"] == 2, info
+    assert info["metrics"] == ["loss", "mean_iou"] and np.isfinite(info["loss_after"]), info
+
+
+def test_old_msc_training_file_gives_the_old_per_scale_outputs():
+    """The previous version's MSC training file, loaded here: every output of the fit dict."""
+    expected = np.load(FIXTURES / "legacy_multiscale_expected.npz")
+    model = keras.saving.load_model(FIXTURES / "legacy_multiscale_model.keras")
+    assert isinstance(model, MultiScaleTraining) and model.scales == (1.0, 0.75)
+    outputs = model(expected["x"], training=True)
+    assert sorted(outputs) == ["fused", "scale_0.75", "scale_1"]
+    for key, value in outputs.items():
+        np.testing.assert_allclose(value, expected[f"training_{key}"], rtol=1e-5, atol=1e-5)
 
 
 def test_unsupported_versions_fail_with_the_supported_range():
