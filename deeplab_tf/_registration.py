@@ -9,6 +9,11 @@ new process loads any saved model with ``keras.saving.load_model(path)`` in safe
 ``import deeplab_tf`` calls it, except in the ``deeplab-tf`` command's own process, where the
 command line calls it once it has parsed a verb (so ``deeplab-tf --help`` does not start
 TensorFlow).
+
+A renamed class keeps its old registered name as well: beside the class, its module maps the
+old name to it in ``keras.saving.get_custom_objects()``, so files saved before the rename load
+as the new class (``deeplab_tf>MultiScale`` -> ``MultiScaleInference``,
+``deeplab_tf>MultiScaleModel`` -> ``MultiScaleTraining``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import sys
 #: Keep in step with ``install_requires`` in setup.cfg.
 SUPPORTED = {"keras": ("3.10", "3.16"), "tensorflow": ("2.16", "2.22")}
 
-#: Every module that defines a registered (``deeplab_tf>...``) class.
+#: Every module that defines a registered (``deeplab_tf>...``) class or keeps an old registered
+#: name. (The multi-scale core, ``deeplab_tf.models.multiscale``, registers nothing: the two
+#: wrappers built on it do.)
 SERIALIZABLE_MODULES = (
     "deeplab_tf.layers",
     "deeplab_tf.models.deeplab",
