@@ -3,7 +3,7 @@
 The fully connected CRF's Gaussian message passing is a high-dimensional Gaussian filter; the
 permutohedral lattice computes it in linear time by splatting each point onto the d+1 vertices
 of its enclosing simplex, blurring along the d+1 lattice directions, and slicing back
-(SPEC section 6). This module follows the reference implementation used by pydensecrf
+(docs/architecture.md#permutohedral-lattice). It follows the reference code used by pydensecrf
 (Kraehenbuehl's ``permutohedral.cpp``) operation by operation, in float32, so that a single
 filtering pass matches it to float32 precision:
 

@@ -1,11 +1,11 @@
-"""Multi-scale inference as a Keras model (paper section 3.3 / 4; SPEC sections 3 and 5).
+"""Multi-scale inference as a Keras model (paper Sec. 3.2 and Table 4).
 
 The paper's test-time recipe runs the same network on the image at scales 1, 0.75 and 0.5,
 brings the smaller score maps to the size of the 1x scores with Caffe's corner-aligned
 ``Interp``, fuses them with an element-wise max and upsamples the fused stride-8 scores to the
 image (``Interp`` with zoom 8, then crop). :class:`MultiScale` reproduces that order by default
 and adds the common extensions: mean fusion, horizontal flips, any scale list, the half-pixel
-upsampling rule, and fusion at image resolution.
+upsampling rule, and fusion at image resolution (docs/architecture.md#multi-scale-inference).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Multi-scale (MSC) training (SPEC section 4; the authors' ResNet-101 MSC prototxt).
+"""Multi-scale (MSC) training (paper Sec. 3.2, Table 4; the authors' ResNet-101 MSC prototxt).
 
 The same network runs on the image at scales 1, 0.75 and 0.5; the smaller score maps are
 upsampled bilinearly (corners aligned, Caffe ``Interp``) to the 1x score map's size and fused by
