@@ -415,7 +415,7 @@ def atrous_conv2d(x, kernel, rate, pad: int = 0):
     * forward: one ``tf.nn.conv2d`` with ``dilations`` and explicit padding; when the output
       is much narrower than the input (an ASPP classifier: 2048 -> 21 channels), instead one
       ``(N*H*W, C_in) @ (C_in, kh*kw*C_out)`` MatMul followed by a shifted sum of the kh*kw
-      output planes (2-3x faster than the convolution there);
+      output planes (faster than the convolution there; benchmarks/README.md);
     * input gradient: the same dilated convolution of the output gradient with the kernel
       flipped in space and transposed in channels;
     * kernel gradient: one ``(C_in, N*H*W) @ (N*H*W, C_out)`` MatMul per kernel tap on the
