@@ -1,7 +1,7 @@
 """Dense CRF speed: the TF backend against pydensecrf, same photo, same run.
 
 500x375 photo (tests/fixtures/coffee_500x375.jpg), 21 classes, 10 mean-field iterations,
-ResNet-101 preset (SPEC section 6). Prints JSON with the median wall time of each backend,
+ResNet-101 preset (docs/architecture.md). Prints JSON with the median wall time of each backend,
 the ratio tf / pydensecrf (target <= 0.75) and the label agreement. The two backends run
 interleaved so that they share the machine's load; the JSON also records each backend's
 median process CPU time (their ratio is less sensitive to other users of a shared machine,

@@ -1,7 +1,7 @@
 """A PyTorch DeepLab v2 ResNet (ASPP) with the same Caffe semantics as ``deeplab_tf``.
 
 Used by the benchmarks as the reference implementation timed in the same run. It follows the
-authors' release like the Keras model does (SPEC section 3): conv1 7x7/2 pad 3, pool1 max 3x3/2
+authors' release, as the Keras model does (docs/architecture.md): conv1 7x7/2 pad 3, pool1 max 3x3/2
 pad 1 in ceil mode, bottlenecks with the stride on the first 1x1 (``branch2a``) and on the
 projection, res4/res5 dilated by 2/4 (output stride 8), frozen BatchNorm (eps 1e-5), and an ASPP
 head of one 3x3 conv per rate whose outputs are summed. Preprocessing (RGB 0..255 -> BGR minus

@@ -20,8 +20,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow's BFC allocator for host memory: it reuses freed blocks, where the default
 # allocator hands large tensors back to the OS and page-faults them in again on every step
-# (ResNet-101 training step on 2 cores: 23.0 s -> 19.5 s, system time 35 s -> 16 s;
-# benchmarks/README.md). Set before TensorFlow starts; a user's own setting wins.
+# (measured effect on a training step: benchmarks/README.md, "Figures behind code comments").
+# Set before TensorFlow starts; a user's own setting wins.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 #: Modules that contribute sub-commands (each defines ``register(subparsers)``).

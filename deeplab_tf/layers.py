@@ -4,7 +4,7 @@ Every layer here is serializable (``keras.saving.register_keras_serializable``) 
 built from them save to ``.keras`` and reload with ``keras.saving.load_model`` in safe mode, and
 every layer uses only standard TensorFlow ops so that the graph exports to SavedModel and TFLite.
 
-Caffe rules reproduced (SPEC section 3):
+Caffe rules reproduced (docs/architecture.md#caffe-rounding-rules):
 
 * convolution pads symmetrically and rounds down:
   ``out = floor((in + 2*pad - k_eff) / s) + 1`` (``CaffePadding`` + a ``valid`` convolution);
@@ -139,7 +139,8 @@ class Preprocess(keras.layers.Layer):
     """Turns caller images (RGB, 0..255, uint8 or float) into what the network expects.
 
     For the authors' Caffe models: RGB -> BGR, subtract ``CAFFE_BGR_MEAN``, no scaling
-    (SPEC section 2). Other backbones (e.g. MobileNetV2) use ``mode="tf"``: ``x / 127.5 - 1``.
+    (docs/architecture.md#input-and-preprocessing). Other backbones (e.g. MobileNetV2) use
+    ``mode="tf"``: ``x / 127.5 - 1``.
 
     Args:
         mode: ``"caffe"`` (BGR, mean subtracted) or ``"tf"`` (RGB scaled to [-1, 1]).
@@ -286,7 +287,7 @@ class CaffeAveragePooling2D(_CaffePool):
 class ResizeLogits(keras.layers.Layer):
     """Upsamples stride-``stride`` logits (or probabilities) to a reference image's size.
 
-    Two rules (SPEC section 3, "Output and upsampling"):
+    Two rules (docs/architecture.md#upsampling-interp):
 
     * ``"caffe"`` (default; what the authors' test nets and converted weights expect): Caffe's
       ``Interp`` with zoom factor ``stride``: bilinear with corners on corners
@@ -414,7 +415,7 @@ def atrous_conv2d(x, kernel, rate, pad: int = 0):
     * forward: one ``tf.nn.conv2d`` with ``dilations`` and explicit padding; when the output
       is much narrower than the input (an ASPP classifier: 2048 -> 21 channels), instead one
       ``(N*H*W, C_in) @ (C_in, kh*kw*C_out)`` MatMul followed by a shifted sum of the kh*kw
-      output planes (2-3x faster than the convolution there);
+      output planes (faster than the convolution there; benchmarks/README.md);
     * input gradient: the same dilated convolution of the output gradient with the kernel
       flipped in space and transposed in channels;
     * kernel gradient: one ``(C_in, N*H*W) @ (N*H*W, C_out)`` MatMul per kernel tap on the

@@ -25,8 +25,8 @@ from deeplab_tf import atomic
 
 QUICKSTART_CONFIG = "synthetic_tiny"
 MSC_SCALES = (1.0, 0.75, 0.5)
-#: Training length: on 2 CPU cores 480 steps take about 105 s and reach held-out mIoU ~0.88
-#: single-scale (300 steps: 0.78; the config's own 120: 0.55), measured on these scenes.
+#: Training length, chosen by held-out mIoU on these scenes against training time (steps, seconds
+#: and mIoU measured: benchmarks/README.md, "Figures behind code comments").
 QUICKSTART_STEPS = 480
 CHECKPOINT_EVERY = 160
 

@@ -12,7 +12,7 @@ from deeplab_tf.layers import caffe_pool_output_size as pool_out
 
 
 def expected_size(backbone, n):
-    """Output length by chaining Caffe's rules over the release's layer table (SPEC 3)."""
+    """Caffe's output length over the release's layer table (docs/architecture.md#output-sizes)."""
     if backbone == "vgg16":
         for stride in (2, 2, 2, 1, 1):
             n = pool_out(n, 3, stride, 1)

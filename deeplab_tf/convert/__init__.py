@@ -1,4 +1,4 @@
-"""Importing the authors' released weights without Caffe (SPEC sections 3 and 5).
+"""Importing the authors' released weights without Caffe (docs/architecture.md#released-weights).
 
 * :func:`read_caffemodel` parses a ``.caffemodel`` (V1 ``layers`` or V2 ``layer``, either blob
   shape encoding) with the ``protobuf`` runtime and a minimal ``caffe.proto``;

@@ -2,7 +2,7 @@
 layer lists (names, types, blob shapes, hyper-parameters).
 
 :func:`caffe_layers` writes down, in Caffe's own terms (NCHW, OIHW, BatchNorm + Scale pairs), the
-layers of the authors' DeepLab v2 prototxts (SPEC section 3). It is deliberately independent of
+layers of the release's prototxts (docs/architecture.md#layer-tables), deliberately independent of
 the Keras builders so that tests compare two separate descriptions of the same network; it is
 also what :func:`synthetic_caffemodel` fills with random weights.
 """
@@ -156,8 +156,8 @@ def caffe_layers(
     """The Caffe layers of a DeepLab v2 release model, with random weights in Caffe layouts.
 
     Names, types, blob shapes and hyper-parameters follow the authors' prototxts
-    (deeplab-public-ver2; SPEC section 3). Parameter-free layers (ReLU, Pooling, Dropout,
-    Eltwise, the data layer) are included too, as in a real file.
+    (deeplab-public-ver2; docs/architecture.md#layer-tables). Parameter-free layers (ReLU,
+    Pooling, Dropout, Eltwise, the data layer) are included too, as in a real file.
 
     Args:
         arch: e.g. ``"resnet101-aspp-l"``, ``"vgg16-largefov"``.

@@ -1,6 +1,6 @@
 """Maps the layers of a parsed caffemodel onto a DeepLab v2 Keras model, checking everything.
 
-Mapping (SPEC sections 3 and 5):
+Mapping (docs/architecture.md#released-weights):
 
 * ``Convolution``: kernel OIHW -> HWIO, bias as is. Every convolution's kernel (from the weight
   blob), stride, dilation and pad is checked against the Keras layer (kernel from its weights,

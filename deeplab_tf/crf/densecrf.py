@@ -1,4 +1,4 @@
-"""Fully connected CRF refinement (Kraehenbuehl and Koltun 2011; DeepLab v2, SPEC section 6).
+"""Fully connected CRF refinement (Kraehenbuehl and Koltun 2011; DeepLab v2 paper Sec. 3.3).
 
 Energy ``E(x) = sum_i theta_i(x_i) + sum_{i<j} mu(x_i, x_j) k(f_i, f_j)`` with unary
 ``theta_i = -log P(x_i)``, Potts ``mu`` and the two Gaussian kernels
@@ -6,6 +6,7 @@ Energy ``E(x) = sum_i theta_i(x_i) + sum_{i<j} mu(x_i, x_j) k(f_i, f_j)`` with u
     w1 exp(-|p_i-p_j|^2 / 2 s_a^2 - |I_i-I_j|^2 / 2 s_b^2) + w2 exp(-|p_i-p_j|^2 / 2 s_g^2),
 
 minimised by mean field: ``Q = softmax(-U + sum_k w_k * normalised message_k(Q))``.
+(The paper's Eqs. (2)-(3); docs/architecture.md#dense-crf.)
 
 Example:
     >>> crf = DenseCRF.from_preset("resnet101")
@@ -178,7 +179,7 @@ class DenseCRF(tf.Module):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> DenseCRF:
-        """The paper's parameters for a backbone or model (SPEC section 6).
+        """The preset parameters for a backbone or model (docs/architecture.md#crf-parameters).
 
         Args:
             name: ``"resnet101"`` (also ``"resnet"``, ``"resnet50"``, ``"resnet152"``,

@@ -3,7 +3,7 @@
 The fully connected CRF's Gaussian message passing is a high-dimensional Gaussian filter; the
 permutohedral lattice computes it in linear time by splatting each point onto the d+1 vertices
 of its enclosing simplex, blurring along the d+1 lattice directions, and slicing back
-(SPEC section 6). This module follows the reference implementation used by pydensecrf
+(docs/architecture.md#permutohedral-lattice). It follows the reference code used by pydensecrf
 (Kraehenbuehl's ``permutohedral.cpp``) operation by operation, in float32, so that a single
 filtering pass matches it to float32 precision:
 
@@ -16,8 +16,8 @@ filtering pass matches it to float32 precision:
 4. hashing: ``impl="builtin"`` uses one ``tf.unique`` (first-occurrence order, like the
    reference hash table) and two more over [keys, shifted keys] for the neighbours;
    ``impl="sparse"`` (the CPU default) hashes in ``key mod 8`` partitions, numbers the
-   vertices in ascending key order (neighbours then sit close in memory: the blur's gathers
-   run about 3x faster) and finds neighbours with ``tf.searchsorted``;
+   vertices in ascending key order (neighbours then sit close in memory, so the blur's gathers
+   run faster; benchmarks/README.md) and finds neighbours with ``tf.searchsorted``;
 5. splat, blur and slice as sparse-dense MatMuls (``"sparse"``, int32 indices, missing
    neighbours dropped) or ``unsorted_segment_sum`` and gathers (``"builtin"``).
 
@@ -419,8 +419,9 @@ def _sort_vertices(keys, offsets, num_vertices):
     """Renumbers the vertices in ascending key order.
 
     Neighbours along a lattice direction then sit a few mixed-radix "slabs" apart in memory
-    instead of anywhere in the table, which makes the blur's gathers about 3x faster than in
-    first-occurrence order (and lets the neighbour look-up search sorted runs).
+    instead of anywhere in the table, which makes the blur's gathers faster than in
+    first-occurrence order (benchmarks/README.md) and lets the neighbour look-up search sorted
+    runs.
 
     Returns:
         (sorted keys, offsets renumbered).

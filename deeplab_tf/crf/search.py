@@ -1,7 +1,7 @@
 """Grid search of the dense CRF's appearance kernel (w1, s_a, s_b) on a validation subset.
 
 The DeepLab release chose ``bi_w``, ``bi_xy_std`` and ``bi_rgb_std`` by a grid search on a
-subset of VOC val, keeping ``pos_w`` and ``pos_xy_std`` fixed (SPEC section 6). The core,
+subset of VOC val, keeping ``pos_w`` and ``pos_xy_std`` fixed (paper Sec. 4.1.1). The core,
 :func:`grid_search`, takes any iterable of ``(image, probs, label)`` samples, so it does not
 depend on how the data or the probabilities were produced.
 

@@ -1,6 +1,6 @@
 """Streaming confusion matrix and the segmentation scores computed from it.
 
-The scores are the columns the PyTorch port reports (SPEC section 5): pixel accuracy, mean
+The scores are the columns the PyTorch port reports (docs/architecture.md): pixel accuracy, mean
 (class) accuracy, mean IoU, frequency-weighted IoU and per-class IoU. Pixels whose ground truth
 is the ignore label (255 for VOC boundaries and padding) are left out. A class that occurs in
 neither the ground truth nor the prediction has no IoU (``nan``) and is excluded from the mean;

@@ -100,9 +100,8 @@ def fuse_for_inference(model: keras.Model, fold: bool = True) -> keras.Model:
     remaining ``CaffePadding`` -> ``Conv2D`` pair (the builders already make dilated convs
     :class:`~deeplab_tf.layers.PaddedConv2D`; models saved before that may still have dilated
     VALID ``Conv2D`` layers, which are converted too) into one ``PaddedConv2D``: a direct
-    ``tf.nn.conv2d`` with explicit padding, no separate pad copy and no SPACE_TO_BATCH_ND. On
-    2 idle CPU cores ResNet-101 ASPP-L at 513x513 ran in 0.96x a PyTorch implementation's time
-    this way, against 1.06x for the plain graph (``benchmarks/bench_inference.py``).
+    ``tf.nn.conv2d`` with explicit padding, no separate pad copy and no SPACE_TO_BATCH_ND. Its
+    speed against the plain graph and PyTorch: ``benchmarks/README.md`` (``bench_inference.py``).
 
     The result is meant for inference (with BatchNorm folded, SGD would see a different
     parameterisation); it saves to ``.keras`` and exports to SavedModel like the original.

@@ -1,4 +1,4 @@
-"""SavedModel export for TF Serving (SPEC section 7).
+"""SavedModel export for TF Serving (docs/architecture.md#savedmodel-tf-serving).
 
 Layout: ``<base>/<version>/saved_model.pb`` + ``variables/`` + ``assets.extra/`` with warm-up
 requests. The version is written into a hidden temporary folder beside it (TF Serving only

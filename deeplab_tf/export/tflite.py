@@ -2,7 +2,7 @@
 
 With a dynamic spatial shape TensorFlow lowers dilated convolutions to SPACE_TO_BATCH_ND +
 CONV_2D + BATCH_TO_SPACE_ND, which the TFLite GPU delegate rejects; a fixed input size keeps
-them plain dilated CONV_2D ops (SPEC section 7), so the model is rebuilt at that size first.
+them plain dilated CONV_2D ops (docs/architecture.md#tflite): the model is rebuilt at that size.
 
 The TFLite model takes ``images`` uint8 ``(1, H, W, 3)`` RGB (preprocessing inside) and returns
 ``labels`` int32 ``(1, H, W)`` and ``probabilities`` float32 ``(1, H, W, C)``.

@@ -130,7 +130,7 @@ def build_crf(args, net=None):
 
     The preset is ``--crf-preset`` if given, else the registry name given as ``--model``, else
     the backbone named in the model's name (``deeplabv2_vgg16_...`` -> ``vgg16``), else
-    ``resnet101`` (SPEC section 6).
+    ``resnet101`` (docs/architecture.md#crf-parameters).
     """
     from deeplab_tf.cli import CLIError
 

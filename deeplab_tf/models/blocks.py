@@ -6,7 +6,8 @@ import keras
 
 from deeplab_tf.layers import CaffePadding, PaddedConv2D
 
-#: Caffe's BatchNorm epsilon (SPEC section 3); Keras' default 1e-3 would be wrong here.
+#: Caffe's BatchNorm epsilon; Keras' default 1e-3 would be wrong here
+#: (docs/architecture.md#batchnorm-strides-and-initialisation).
 BN_EPSILON = 1e-5
 
 

@@ -1,10 +1,12 @@
-"""DeepLab v2 classifier heads: LargeFOV and ASPP (SPEC section 3).
+"""DeepLab v2 classifier heads: LargeFOV and ASPP (paper Sec. 3.2, Fig. 7; Tables 3-4).
 
 * VGG-16 heads turn fc6/fc7/fc8 into convolutions: per branch ``fc6`` 3x3 1024 (dilated) ->
   ReLU -> dropout -> ``fc7`` 1x1 1024 -> ReLU -> dropout -> ``fc8`` 1x1 C. LargeFOV is one branch
   at rate 12; ASPP has four branches whose class scores are summed.
 * ResNet heads (and the MobileNetV2 extension) are one 3x3 conv (with bias) per branch,
   ``features -> C`` at rate ``r_i``, summed (Caffe names ``fc1_voc12_c0..c3``).
+
+Layer tables and names: docs/architecture.md#layer-tables.
 """
 
 from __future__ import annotations

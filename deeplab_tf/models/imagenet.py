@@ -9,10 +9,10 @@ exactly:
   ``BN'(conv(x))`` with ``moving_mean' = moving_mean - b``, so the bias is folded into the
   BatchNorm. Keras uses BN epsilon 1.001e-5 where Caffe uses 1e-5: the difference is moved into
   the variance (``var' = var + 1e-8``), so outputs are unchanged.
-* VGG-16: fc6/fc7 are initialised by DeepLab's decimation (SPEC section 3): the ImageNet fc6
+* VGG-16: fc6/fc7 are initialised by DeepLab v1's decimation: the ImageNet fc6
   (7x7x512 -> 4096) keeps every 3rd spatial tap and every 4th output (3x3x512 -> 1024); fc7
   keeps every 4th input and output (1024 -> 1024). Every fc6_i / fc7_i branch of an ASPP head
-  gets the same initialisation.
+  gets the same initialisation (docs/architecture.md#imagenet-initialisation).
 * MobileNetV2: our layer names are Keras Applications' own; weights are copied by name.
 """
 

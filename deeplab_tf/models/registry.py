@@ -1,8 +1,8 @@
 """Registry of the paper's named DeepLab v2 variants, kept as data (timm / keras-hub style).
 
 Each entry carries its builder arguments, its preprocessing, the paper's dense-CRF parameters,
-its training recipe (the authors' solvers, SPEC section 4) and the numbers the paper reports, so
-that training, inference and export can all start from a name.
+its training recipe (the authors' solvers, docs/architecture.md#training-recipe) and the numbers
+the paper reports, so that training, inference and export can all start from a name.
 
 Example:
     >>> import deeplab_tf
@@ -17,7 +17,7 @@ import copy
 
 from deeplab_tf.layers import CAFFE_BGR_MEAN
 
-#: Dense-CRF settings (SPEC section 6).
+#: Dense-CRF settings and where they come from (docs/architecture.md#crf-parameters).
 CRF_RESNET = {
     "iterations": 10, "bi_w": 4.0, "bi_xy_std": 67.0, "bi_rgb_std": 3.0, "pos_w": 3.0,
     "pos_xy_std": 1.0, "source": "PyTorch port's VOC config",

@@ -1,4 +1,4 @@
-"""DeepLab's dilated ResNet backbones (MSRA/Caffe ResNet, SPEC section 3).
+"""DeepLab's dilated ResNet backbones (MSRA/Caffe ResNet; docs/architecture.md#resnet-backbones).
 
 * conv1 7x7/2 pad 3 (no bias) + BN + ReLU, pool1 max 3x3/2 pad 1 in ceil mode;
 * bottleneck blocks whose stride sits on the first 1x1 (``branch2a``) and on the projection

@@ -1,4 +1,4 @@
-"""DeepLab's VGG-16 backbone (SPEC section 3, "VGG-16 backbone").
+"""DeepLab's VGG-16 backbone (paper Sec. 3.1; docs/architecture.md#vgg-16-backbone).
 
 conv1..conv5 as in VGG-16, every pooling 3x3 with pad 1 in Caffe's ceil mode; pool4 and pool5
 have stride 1 and conv5 is dilated by 2, giving output stride 8 (321 -> 41, 513 -> 65).

@@ -23,7 +23,7 @@ Conventions used by :func:`deeplab_tf.training.train` under a strategy:
   hidden per-worker temporary directory (:func:`worker_dir`) that is deleted right after, so
   every worker runs the same collective reads and nobody overwrites the chief's files.
 
-Paper: SPEC section 4 (batch 10 of 321x321 crops, 20k updates).
+Paper: Sec. 4.1.2, Table 2 (batch 10, 20k updates; 321x321 crops in the release).
 """
 
 from __future__ import annotations

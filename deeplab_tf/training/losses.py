@@ -1,4 +1,4 @@
-"""Softmax cross-entropy over valid pixels, at logit resolution (SPEC section 4).
+"""Softmax cross-entropy over valid pixels, at logit resolution (paper Sec. 4).
 
 The authors' Caffe nets shrink the label map to the score map's size (``Interp`` with a shrink
 factor of 8, i.e. sampling label pixels at the logit positions) and apply ``SoftmaxWithLoss``

@@ -1,7 +1,8 @@
 """Caffe's SGD with per-parameter learning-rate multipliers, and the poly schedule.
 
-The authors' solvers (SPEC section 4) use Caffe's SGD with momentum and L2 weight decay added to
-the gradient, scaled per parameter blob by ``lr_mult`` and ``decay_mult``::
+The authors' solvers (docs/architecture.md#solver-and-schedule) use Caffe's SGD with momentum
+and L2 weight decay added to the gradient, scaled per parameter blob by ``lr_mult`` and
+``decay_mult``::
 
     v = momentum * v + lr * lr_mult * (grad + weight_decay * decay_mult * w)
     w = w - v
@@ -78,7 +79,7 @@ class CaffeSGD(keras.optimizers.Optimizer):
     Accumulation also works under ``tf.distribute`` strategies (gradients are summed over the
     replicas every micro-batch, then accumulated), which Keras's generic accumulation does not.
 
-    Paper: SPEC section 4 (the authors' solvers).
+    Paper: Sec. 4.1.1-4.1.2; the authors' solvers (docs/architecture.md#solver-and-schedule).
 
     Args:
         learning_rate: float or a ``LearningRateSchedule`` (e.g. :func:`poly_schedule`).
@@ -269,5 +270,5 @@ class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def poly_schedule(base_lr: float, max_steps: int, power: float = 0.9) -> PolyDecay:
-    """The paper's schedule (SPEC section 4): see :class:`PolyDecay`."""
+    """The paper's schedule (Sec. 4.1.2, Table 2: "poly", power 0.9): see :class:`PolyDecay`."""
     return PolyDecay(base_lr, max_steps, power)

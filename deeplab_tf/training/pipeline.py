@@ -1,4 +1,4 @@
-"""In-graph ``tf.data`` input pipelines for training and validation (SPEC section 4).
+"""In-graph ``tf.data`` input pipelines for training and validation (paper Sec. 4.1.2).
 
 The authors' ``ImageSegData`` layer: random scale (image bilinear, label nearest), pad the
 bottom/right to at least the crop size (image with the mean colour, label with 255), random

@@ -1,4 +1,4 @@
-"""The paper's training recipes as ``model.compile`` arguments (SPEC section 4).
+"""The paper's training recipes as ``model.compile`` arguments (paper Sec. 4.1, Tables 2 and 4).
 
 Example:
     >>> import deeplab_tf
