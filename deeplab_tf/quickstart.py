@@ -149,7 +149,9 @@ def _run(work, steps, num_train, num_val, num_samples, sample_size, crf_iteratio
 
     _stage(f"3/5 Segmenting {num_samples} sample images with MSC + dense CRF")
     images, labels, ids = synthetic_arrays("samples", num_samples, sample_size, num_classes, seed=2)
-    crf = DenseCRF.from_preset(net.name, iterations=crf_iterations)
+    from deeplab_tf.models.deeplab import find_deeplab
+
+    crf = DenseCRF.from_preset(find_deeplab(net).backbone, iterations=crf_iterations)
     probs = np.stack([predictor(im) for im in images])
     refined = crf(images, probs).numpy()
     before, after = probs.argmax(-1), refined.argmax(-1)

@@ -6,23 +6,24 @@ import json
 import os
 import re
 
+import keras
 import numpy as np
 import pytest
 
 from deeplab_tf.convert import (
     ChecksumError,
     ConversionError,
-    caffe_layers,
     convert_caffemodel,
     guess_architecture,
+    load_weights,
     map_caffe_to_keras,
     parse_caffemodel,
     read_caffemodel,
-    synthetic_caffemodel,
     write_caffemodel,
 )
 from deeplab_tf.convert.architectures import ARCHITECTURES, build_model
 from deeplab_tf.convert.caffemodel import CaffeLayer, CaffeNet, ConvSpec, serialize_caffemodel
+from tests._caffe_reference import caffe_layers, synthetic_caffemodel
 from tests._convert_utils import assert_close_to_reference, assert_every_tensor, caffe_forward
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,7 +135,7 @@ def test_resnet101_aspp_l_with_msc_copies(tmp_path, rng):
     x = _image(rng, 25, 30)
     assert_close_to_reference(model.predict(x, verbose=0), caffe_forward(layers, x, "fc1_voc12"))
     # the first conv + BN + ReLU + pool on its own, too
-    stem = type(model)(model.input, model.get_layer("pool1").output)
+    stem = keras.Model(model.input, model.get_layer("pool1").output)
     assert_close_to_reference(stem.predict(x, verbose=0), caffe_forward(layers, x, "pool1"),
                               rtol=1e-5)  # fmt: skip
 
@@ -245,8 +246,14 @@ def test_cli_manifest_and_checksum_refusal(vgg_largefov, tmp_path, rng, capsys):
     model = DeepLabV2(backbone="vgg16", head="largefov", weights=str(out))  # manifest beside it
     assert_every_tensor(model, layers)
     x = _image(rng, 17, 17)
-    direct = DeepLabV2(backbone="vgg16", head="largefov", weights=path)  # the caffemodel itself
+    direct = load_weights(DeepLabV2(backbone="vgg16", head="largefov"), path)  # the caffemodel
     np.testing.assert_allclose(model.predict(x, verbose=0), direct.predict(x, verbose=0))
+
+    # The builder takes Keras files only; a Caffe file is named as such, with the converter's call.
+    with pytest.raises(
+        ValueError, match=r"Caffe or PyTorch file.*deeplab_tf\.convert\.load_weights"
+    ):
+        DeepLabV2(backbone="vgg16", head="largefov", weights=path)
 
     entry["sha256"] = "0" * 64
     manifest.write_text(json.dumps({"format_version": 1, "models": [entry]}))
@@ -318,7 +325,7 @@ def test_release_manifest_is_well_formed():
 
 def _port_state_dict(layers, depth, prefix="base.", old_names=False):
     """The PyTorch port's key names for a Caffe ResNet layer list (written from its module tree)."""
-    from deeplab_tf.convert.architectures import resnet_block_names
+    from tests._caffe_reference import resnet_block_names
 
     counts = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
     where = {}
@@ -383,7 +390,7 @@ def test_pytorch_port_pth_file(tmp_path):
     sd = _port_state_dict(layers, 50)
     path = tmp_path / "deeplabv2_resnet50_msc.pth"
     torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, path)
-    model = DeepLabV2(backbone="resnet50", head="aspp_l", weights=str(path))
+    model = load_weights(DeepLabV2(backbone="resnet50", head="aspp_l"), str(path))
     assert assert_every_tensor(model, layers) == 110
 
 

@@ -231,7 +231,7 @@ def test_multiscale_save_reload_safe_mode(vgg_tiny, tmp_path, rng):
     want = msc.predict(x, verbose=0)
     assert want.shape == (1, 41, 35, 3)
     cfg = msc.get_config()
-    assert cfg["model"]["class_name"] == "Functional" and cfg["scales"] == [1.0, 0.5]
+    assert cfg["model"]["class_name"] == "DeepLabV2" and cfg["scales"] == [1.0, 0.5]
     path = str(tmp_path / "msc.keras")
     msc.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)

@@ -7,7 +7,7 @@
   side;
 * :func:`load_weights` loads ``.weights.h5`` / ``.caffemodel`` / the PyTorch port's ``.pth``
   into a model, refusing a file whose SHA-256 differs from its manifest entry;
-* :func:`write_caffemodel` / :func:`synthetic_caffemodel` write caffemodels (tests, benchmarks).
+* :func:`write_caffemodel` writes caffemodels.
 
 Example:
     >>> from deeplab_tf.convert import convert_caffemodel
@@ -22,10 +22,8 @@ Command line: ``deeplab-tf convert-caffe MODEL.caffemodel --arch resnet101-aspp-
 from deeplab_tf.convert.architectures import (
     ARCHITECTURES,
     build_model,
-    caffe_layers,
     guess_architecture,
     parse_arch,
-    synthetic_caffemodel,
 )
 from deeplab_tf.convert.caffe_to_keras import (
     ConversionError,
@@ -41,9 +39,9 @@ from deeplab_tf.convert.caffemodel import (
     read_caffemodel,
     write_caffemodel,
 )
-from deeplab_tf.convert.weights import (
+from deeplab_tf.convert.weights import load_weights
+from deeplab_tf.weights import (
     ChecksumError,
-    load_weights,
     read_manifest,
     record_in_manifest,
     sha256_of,
@@ -59,7 +57,6 @@ __all__ = [
     "ConversionReport",
     "ConvSpec",
     "build_model",
-    "caffe_layers",
     "convert_caffemodel",
     "guess_architecture",
     "load_weights",
@@ -70,7 +67,6 @@ __all__ = [
     "read_manifest",
     "record_in_manifest",
     "sha256_of",
-    "synthetic_caffemodel",
     "verify_weights",
     "write_caffemodel",
 ]

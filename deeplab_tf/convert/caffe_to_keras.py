@@ -70,11 +70,6 @@ def is_msc_copy(name: str) -> bool:
     return name.endswith(MSC_SUFFIXES)
 
 
-def is_keras_classifier(name: str) -> bool:
-    """Classifier layers of the DeepLab Keras models (``fc8*``, ``fc1_voc12*``)."""
-    return name.startswith("fc8") or name.startswith("fc1_voc12")
-
-
 def keras_classifier_name(caffe_name: str):
     """``fc1_coco_c2`` -> ``("fc1_voc12_c2", "coco")``; ``fc8_voc12_3`` -> ``("fc8_voc12_3", ...)``.
 
@@ -305,7 +300,14 @@ def map_caffe_to_keras(net: CaffeNet, model, include_classifier: bool = True):
     """
     import keras
 
+    from deeplab_tf.models.deeplab import deeplab_config, find_deeplab
+
     keras_layers = _keras_weighted_layers(model)
+    # The model says which layers are its classifier (its config), the file's are found by role.
+    net_classifier = find_deeplab(model)
+    if net_classifier is None:
+        deeplab_config(model)  # raises TypeError with the migration hint
+    classifier = set(net_classifier.classifier_layer_names)
     report = ConversionReport(encoding=net.encoding)
     errors: list[str] = []
     plan: dict = {}
@@ -350,7 +352,7 @@ def map_caffe_to_keras(net: CaffeNet, model, include_classifier: bool = True):
     for layer in ordered:
         if layer.type in ("Convolution", "InnerProduct"):
             kname, tag = layer.name, None
-            if kname not in keras_layers or is_keras_classifier(kname):
+            if kname not in keras_layers or kname in classifier:
                 mapped, tag = keras_classifier_name(layer.name)
                 if mapped is not None:
                     kname = mapped
@@ -388,7 +390,7 @@ def map_caffe_to_keras(net: CaffeNet, model, include_classifier: bool = True):
     missing = [
         n
         for n in keras_layers
-        if n not in sources and not (not include_classifier and is_keras_classifier(n))
+        if n not in sources and not (not include_classifier and n in classifier)
     ]
     if unmapped_file:
         errors.append("layers of the file with no place in the model: " + _bullet(unmapped_file))
@@ -402,7 +404,7 @@ def map_caffe_to_keras(net: CaffeNet, model, include_classifier: bool = True):
         if (
             include_classifier
             and any(_ANY_CLASSIFIER.match(u.split(" ")[0]) for u in unmapped_file)
-            and not any(not is_keras_classifier(m) for m in missing)
+            and not any(m not in classifier for m in missing)
         ):
             hint += (
                 " Its classifier does not fit: pass include_classifier=False "

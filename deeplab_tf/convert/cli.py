@@ -53,7 +53,7 @@ def _check_manifest_target(manifest):
     """Before any work: an existing --manifest must be a readable manifest (it is rewritten
     after the weights), a new one must be creatable."""
     from deeplab_tf.cli import CLIError
-    from deeplab_tf.convert.weights import read_manifest
+    from deeplab_tf.weights import read_manifest
 
     if not manifest:
         return
@@ -91,7 +91,7 @@ def run(args):
     if os.path.isdir(out):
         raise CLIError(f"--out is a folder, not a file. Received: {out!r}")
     from deeplab_tf.atomic import atomic_write, check_outputs
-    from deeplab_tf.convert.weights import manifest_entry_exists
+    from deeplab_tf.weights import manifest_entry_exists
 
     name = args.name or os.path.basename(out)[: -len(".weights.h5")]
     try:  # before any work: never replace the input, or an existing output unless asked
@@ -116,7 +116,7 @@ def run(args):
     from deeplab_tf.convert.architectures import arch_name, guess_architecture, parse_arch
     from deeplab_tf.convert.caffe_to_keras import ConversionError, convert_caffemodel
     from deeplab_tf.convert.caffemodel import read_caffemodel
-    from deeplab_tf.convert.weights import record_in_manifest, sha256_of
+    from deeplab_tf.weights import record_in_manifest, sha256_of
 
     try:
         net = read_caffemodel(args.caffemodel)

@@ -54,7 +54,7 @@ def state_dict_to_caffe_net(state_dict, source: str = "<state_dict>") -> CaffeNe
     Raises:
         ValueError: keys that are not the port's DeepLab v2 ResNet keys.
     """
-    from deeplab_tf.convert.architectures import resnet_block_names
+    from deeplab_tf.models.specs import RESNET_DEPTHS, block_names
 
     parsed, unknown = [], []
     blocks: dict = {}
@@ -75,10 +75,10 @@ def state_dict_to_caffe_net(state_dict, source: str = "<state_dict>") -> CaffeNe
     if not parsed:
         raise ValueError(f"{source}: the state dict is empty.")
     counts = tuple(blocks.get(s, 0) for s in (2, 3, 4, 5))
-    depth = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}.get(counts)
+    depth = {blocks: d for d, blocks in RESNET_DEPTHS.items()}.get(counts)
     if depth is None:
         raise ValueError(f"{source}: blocks per stage {counts} are not ResNet-50/101/152.")
-    tags = {s: resnet_block_names(depth, s, counts[s - 2]) for s in (2, 3, 4, 5)}
+    tags = {s: block_names(depth, s, counts[s - 2]) for s in (2, 3, 4, 5)}
 
     layers: dict = {}
     order: list = []

@@ -129,8 +129,8 @@ def build_crf(args, net=None):
     """The dense CRF for ``--crf``: ``(DenseCRF, settings)``, or a CLIError if unavailable.
 
     The preset is ``--crf-preset`` if given, else the registry name given as ``--model``, else
-    the backbone named in the model's name (``deeplabv2_vgg16_...`` -> ``vgg16``), else
-    ``resnet101`` (docs/architecture.md#crf-parameters).
+    the model's own backbone (its DeepLabV2 config; its name is not read)
+    (docs/architecture.md#crf-parameters).
     """
     from deeplab_tf.cli import CLIError
 
@@ -138,15 +138,22 @@ def build_crf(args, net=None):
         from deeplab_tf.crf import DenseCRF
     except ImportError as err:
         raise CLIError(f"CRF backend not available yet ({err})") from None
-    from deeplab_tf.models.deeplab import BACKBONES
+    from deeplab_tf.models.deeplab import MIGRATION, find_deeplab
     from deeplab_tf.models.registry import list_models
 
     preset = args.crf_preset
     if preset is None and args.model in list_models():
         preset = args.model
+    if preset is None and net is not None:
+        deeplab = find_deeplab(net)
+        if deeplab is None:
+            raise CLIError(
+                f"The model does not say its backbone, which picks the CRF parameters: pass "
+                f"--crf-preset resnet101|vgg16. {MIGRATION}"
+            )
+        preset = deeplab.backbone
     if preset is None:
-        name = getattr(net, "name", "") or ""
-        preset = next((b for b in BACKBONES if b in name), "resnet101")
+        preset = "resnet101"
     try:
         # A lattice over the vertex cap (a large, detailed photo) falls back to a downsampled
         # CRF with a warning instead of failing the image.

@@ -1,4 +1,4 @@
-"""The ``DeepLabV2`` functional builder (Chen et al., TPAMI 2017, sections 3.1-3.2)."""
+"""``DeepLabV2``: a config-bearing functional model (Chen et al., TPAMI 2017, sections 3.1-3.2)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import os
 import keras
 
 from deeplab_tf.layers import PACKAGE, Preprocess
-from deeplab_tf.models.heads import conv_head, resolve_rates, vgg_head
+from deeplab_tf.models.heads import conv_head, vgg_head
 from deeplab_tf.models.mobilenetv2 import mobilenetv2_features
 from deeplab_tf.models.resnet import resnet_features
+from deeplab_tf.models.specs import BACKBONES, resolve_rates
 from deeplab_tf.models.vgg import vgg16_features
-
-BACKBONES = ("vgg16", "resnet50", "resnet101", "resnet152", "mobilenetv2")
-HEADS = ("largefov", "aspp_s", "aspp_l", "aspp")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -38,70 +36,75 @@ class Logits(keras.layers.Layer):
         return {**super().get_config(), "output_stride": self.output_stride}
 
 
-def output_stride_of(model: keras.Model) -> int:
-    """The output stride recorded in a DeepLab model's ``logits`` layer (8 if absent)."""
+def find_deeplab(model) -> DeepLabV2 | None:
+    """The :class:`DeepLabV2` a model is or wraps (a multi-scale wrapper's ``.model``), or None."""
+    seen = 0
+    while model is not None and seen < 8:
+        if isinstance(model, DeepLabV2):
+            return model
+        model = getattr(model, "model", None)
+        seen += 1
+    return None
+
+
+def deeplab_config(model) -> dict:
+    """The :meth:`DeepLabV2.get_config` of a model or of the DeepLabV2 it wraps.
+
+    Raises:
+        TypeError: for a model that is not (and does not wrap) a :class:`DeepLabV2`, such as a
+            plain functional model loaded from a ``.keras`` file written by deeplab_tf 0.1; the
+            message gives the one-line migration.
+    """
+    net = find_deeplab(model)
+    if net is None:
+        raise TypeError(
+            "Expected a DeepLabV2 (or a multi-scale wrapper of one), which carries its own "
+            f"description. Received: {type(model).__name__} {getattr(model, 'name', '')!r}. "
+            f"{MIGRATION}"
+        )
+    return net.get_config()
+
+
+#: How to turn a deeplab_tf 0.1 ``.keras`` file (a plain functional model) into a DeepLabV2.
+MIGRATION = (
+    "A .keras file written by deeplab_tf 0.1 holds a plain functional model: rebuild it once "
+    "with `m = DeepLabV2(backbone=..., head=..., num_classes=...); m.load_weights('old.keras'); "
+    "m.save('new.keras')` (weights load by layer name)."
+)
+
+
+def output_stride_of(model) -> int:
+    """Output stride of a DeepLab model: its config, else the stride its ``logits`` layer records.
+
+    Raises:
+        ValueError: the model is neither a DeepLabV2 nor has a ``logits`` layer (nothing records
+            its stride; no default is guessed).
+    """
+    net = find_deeplab(model)
+    if net is not None:
+        return int(net.output_stride)
     try:
-        return model.get_layer("logits").output_stride
-    except ValueError:
-        return 8
+        return int(model.get_layer("logits").output_stride)
+    except (ValueError, AttributeError):
+        raise ValueError(
+            "The model records no output stride: expected a DeepLabV2 or a model whose output "
+            f"layer is deeplab_tf's `Logits`. Received: {type(model).__name__} "
+            f"{getattr(model, 'name', '')!r}"
+        ) from None
 
 
-def preprocessing_mode(backbone: str) -> str:
+def default_preprocessing(backbone: str) -> str:
     """``"caffe"`` (BGR minus mean) for the Caffe backbones, ``"tf"`` ([-1, 1]) for MobileNetV2."""
     return "tf" if backbone == "mobilenetv2" else "caffe"
 
 
-def DeepLabV2(
-    backbone: str = "resnet101",
-    head: str = "aspp_l",
-    num_classes: int = 21,
-    rates=None,
-    weights=None,
-    freeze_batchnorm: bool = True,
-    dropout: float = 0.5,
-    input_shape=(None, None, 3),
-    output_stride: int = 8,
-    pool5a: bool = False,
-    name: str | None = None,
-) -> keras.Model:
-    """Builds a DeepLab v2 network as a functional ``keras.Model``.
+#: Kept for callers of deeplab_tf 0.1.
+preprocessing_mode = default_preprocessing
+PREPROCESSING_MODES = ("caffe", "tf")
 
-    The model takes RGB images with values 0..255 (uint8 or float, any size, batched),
-    preprocesses them in-graph (BGR, mean subtraction for the Caffe backbones) and returns
-    class logits at output stride 8: ``(N, H', W', num_classes)`` with Caffe's rounding
-    (321 -> 41, 513 -> 65). Layer names are the authors' Caffe names.
 
-    Paper: section 3.1 (atrous convolution), 3.2 (ASPP); Caffe release prototxts.
-
-    Args:
-        backbone: ``vgg16``, ``resnet50``, ``resnet101``, ``resnet152`` or ``mobilenetv2``
-            (beyond the paper; dilated as in DeepLab v3).
-        head: ``largefov`` (rate 12), ``aspp_s`` (2, 4, 8, 12), ``aspp_l`` (6, 12, 18, 24) or
-            ``aspp`` with explicit ``rates``.
-        num_classes: number of classes C (21 for PASCAL VOC).
-        rates: atrous rates for ``head="aspp"``.
-        weights: ``None`` (random init), ``"imagenet"`` (Keras Applications ImageNet weights
-            mapped into the dilated backbone; for VGG-16 also the decimated fc6/fc7), or a path
-            to a ``.weights.h5`` file saved from a model of the same architecture.
-        freeze_batchnorm: BatchNorm uses moving statistics and its gamma/beta do not train
-            (the paper). Ignored for VGG-16, which has no BatchNorm.
-        dropout: dropout rate after fc6 and fc7 of the VGG heads (0 disables).
-        input_shape: ``(H, W, 3)``; ``None`` for dynamic sizes. A fixed size gives TFLite plain
-            dilated ``CONV_2D`` ops.
-        output_stride: 8 (the paper) for every backbone; MobileNetV2 also allows 16.
-        pool5a: VGG-16 only: the parameter-free 3x3 average pool before fc6 found in v1
-            LargeFOV reimplementations.
-        name: model name; defaults to ``deeplabv2_{backbone}_{head}``.
-
-    Returns:
-        A ``keras.Model`` whose output layer is named ``logits``.
-
-    Example:
-        >>> from deeplab_tf import DeepLabV2
-        >>> model = DeepLabV2(backbone="vgg16", head="largefov", num_classes=21)
-        >>> model.count_params()
-        20505429
-    """
+def _check_args(backbone, head, num_classes, rates, dropout, output_stride, pool5a, input_shape,
+                preprocessing):  # fmt: skip
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}. Received: backbone={backbone!r}")
     rates = resolve_rates(head, rates)
@@ -123,32 +126,178 @@ def DeepLabV2(
         raise ValueError(
             f"input_shape must be (H, W, 3) with H, W ints or None. Received: {input_shape!r}"
         )
-    if weights is not None and weights != "imagenet" and not os.path.isfile(str(weights)):
+    preprocessing = default_preprocessing(backbone) if preprocessing is None else preprocessing
+    if preprocessing not in PREPROCESSING_MODES:
+        raise ValueError(
+            f"preprocessing must be one of {PREPROCESSING_MODES} or None (the backbone's). "
+            f"Received: preprocessing={preprocessing!r}"
+        )
+    return rates, input_shape, preprocessing
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DeepLabV2(keras.Model):
+    """A DeepLab v2 network: a functional ``keras.Model`` that knows how it was built.
+
+    The model takes RGB images with values 0..255 (uint8 or float, any size, batched),
+    preprocesses them in-graph (BGR, mean subtraction for the Caffe backbones) and returns
+    class logits at output stride 8: ``(N, H', W', num_classes)`` with Caffe's rounding
+    (321 -> 41, 513 -> 65). Layer names are the authors' Caffe names.
+
+    Like keras-hub's backbones, the class builds a functional graph in ``__init__``; its
+    ``get_config()`` is the builder's arguments (backbone, head, rates, num_classes,
+    output_stride, preprocessing, freeze_batchnorm, dropout, pool5a, input_shape), so training,
+    inference, export and conversion read the model's own description instead of its name, and
+    ``from_config`` rebuilds it. Saved ``.keras`` files record ``deeplab_tf>DeepLabV2``.
+
+    Paper: section 3.1 (atrous convolution), 3.2 (ASPP); the layer tables are in
+    ``docs/architecture.md``.
+
+    Args:
+        backbone: ``vgg16``, ``resnet50``, ``resnet101``, ``resnet152`` or ``mobilenetv2``
+            (beyond the paper; dilated as in DeepLab v3).
+        head: ``largefov`` (rate 12), ``aspp_s`` (2, 4, 8, 12), ``aspp_l`` (6, 12, 18, 24) or
+            ``aspp`` with explicit ``rates``.
+        num_classes: number of classes C (21 for PASCAL VOC).
+        rates: atrous rates for ``head="aspp"``.
+        weights: ``None`` (random init), ``"imagenet"`` (Keras Applications ImageNet weights
+            mapped into the dilated backbone; for VGG-16 also the decimated fc6/fc7), or the
+            path of a Keras weights file (``.weights.h5``, or a ``.keras`` file) saved from a
+            model of the same architecture (SHA-256 checked against a manifest beside it).
+            Caffe and PyTorch files go through the converter:
+            ``deeplab_tf.convert.load_weights(model, path)``. Not part of the config.
+        freeze_batchnorm: BatchNorm uses moving statistics and its gamma/beta do not train
+            (the paper). Ignored for VGG-16, which has no BatchNorm.
+        dropout: dropout rate after fc6 and fc7 of the VGG heads (0 disables).
+        input_shape: ``(H, W, 3)``; ``None`` for dynamic sizes. A fixed size gives TFLite plain
+            dilated ``CONV_2D`` ops.
+        output_stride: 8 (the paper) for every backbone; MobileNetV2 also allows 16.
+        pool5a: VGG-16 only: the parameter-free 3x3 average pool before fc6 found in v1
+            LargeFOV reimplementations.
+        preprocessing: ``"caffe"`` or ``"tf"``; ``None`` takes the backbone's (``"tf"`` for
+            MobileNetV2, whose ImageNet weights expect [-1, 1]).
+        name: model name; defaults to ``deeplabv2_{backbone}_{head}``. Nothing reads it.
+
+    Example:
+        >>> from deeplab_tf import DeepLabV2
+        >>> model = DeepLabV2(backbone="vgg16", head="largefov", num_classes=21)
+        >>> model.count_params()
+        20505429
+        >>> model.get_config()["rates"]
+        (12,)
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet101",
+        head: str = "aspp_l",
+        num_classes: int = 21,
+        rates=None,
+        weights=None,
+        freeze_batchnorm: bool = True,
+        dropout: float = 0.5,
+        input_shape=(None, None, 3),
+        output_stride: int = 8,
+        pool5a: bool = False,
+        preprocessing: str | None = None,
+        name: str | None = None,
+        **kwargs,
+    ):
+        rates, input_shape, preprocessing = _check_args(
+            backbone, head, num_classes, rates, dropout, output_stride, pool5a, input_shape,
+            preprocessing,
+        )  # fmt: skip
+        weights = _check_weights(weights)
+        images = keras.Input(shape=input_shape, name="images")
+        x = Preprocess(mode=preprocessing, name="preprocess")(images)
+        if backbone == "vgg16":
+            x = vgg16_features(x)
+            x = vgg_head(x, num_classes, rates, dropout=dropout, pool5a=pool5a)
+        elif backbone == "mobilenetv2":
+            x = mobilenetv2_features(x, output_stride, freeze_batchnorm)
+            x = conv_head(x, num_classes, rates)
+        else:
+            x = resnet_features(x, int(backbone[len("resnet") :]), freeze_batchnorm)
+            x = conv_head(x, num_classes, rates)
+        logits = Logits(output_stride, name="logits")(x)
+        super().__init__(images, logits, name=name or f"deeplabv2_{backbone}_{head}", **kwargs)
+
+        self.backbone = backbone
+        self.head = head
+        self.rates = rates
+        self.num_classes = num_classes
+        self.output_stride = int(output_stride)
+        self.preprocessing = preprocessing
+        self.freeze_batchnorm = bool(freeze_batchnorm)
+        self.dropout = float(dropout)
+        self.pool5a = bool(pool5a)
+        self.image_shape = input_shape
+
+        # The classifier's variables say so themselves (as Keras marks variables with
+        # `overwrite_with_gradient`): CaffeSGD gives them Caffe's 10x / 20x multipliers, in this
+        # process and in any process that loads the model (from_config rebuilds and re-marks).
+        for layer_name in self.classifier_layer_names:
+            for variable in self.get_layer(layer_name).weights:
+                variable.deeplab_classifier = True
+
+        if weights == "imagenet":
+            from deeplab_tf.models.imagenet import load_imagenet_weights
+
+            load_imagenet_weights(self, backbone)
+        elif weights is not None:
+            from deeplab_tf.weights import load_keras_weights
+
+            load_keras_weights(self, weights)
+
+    @property
+    def classifier_layer_names(self) -> tuple[str, ...]:
+        """Names of the layers whose weights are the classifier (the per-rate class convs).
+
+        VGG-16: ``fc8_voc12`` or ``fc8_voc12_1..``; ResNet / MobileNetV2: ``fc1_voc12_c0..``.
+        Their variables carry ``deeplab_classifier = True``, from which the optimizer gives them
+        Caffe's classifier multipliers (10x / 20x); the converter maps
+        the file's classifier onto them, ``include_classifier=False`` leaves them alone.
+        """
+        n = len(self.rates)
+        if self.backbone == "vgg16":
+            return ("fc8_voc12",) if n == 1 else tuple(f"fc8_voc12_{i}" for i in range(1, n + 1))
+        return tuple(f"fc1_voc12_c{i}" for i in range(n))
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": self.backbone,
+            "head": self.head,
+            "rates": list(self.rates),
+            "num_classes": self.num_classes,
+            "output_stride": self.output_stride,
+            "preprocessing": self.preprocessing,
+            "freeze_batchnorm": self.freeze_batchnorm,
+            "dropout": self.dropout,
+            "pool5a": self.pool5a,
+            "input_shape": list(self.image_shape),
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
+
+
+def _check_weights(weights):
+    if weights is None or weights == "imagenet":
+        return weights
+    path = os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else None
+    if path is None or not os.path.isfile(path):
         raise ValueError(
             "weights must be None, 'imagenet' or the path of an existing weights file. "
             f"Received: weights={weights!r}"
         )
-
-    images = keras.Input(shape=input_shape, name="images")
-    x = Preprocess(mode=preprocessing_mode(backbone), name="preprocess")(images)
-    if backbone == "vgg16":
-        x = vgg16_features(x)
-        x = vgg_head(x, num_classes, rates, dropout=dropout, pool5a=pool5a)
-    elif backbone == "mobilenetv2":
-        x = mobilenetv2_features(x, output_stride, freeze_batchnorm)
-        x = conv_head(x, num_classes, rates)
-    else:
-        x = resnet_features(x, int(backbone[len("resnet") :]), freeze_batchnorm)
-        x = conv_head(x, num_classes, rates)
-    logits = Logits(output_stride, name="logits")(x)
-    model = keras.Model(images, logits, name=name or f"deeplabv2_{backbone}_{head}")
-
-    if weights == "imagenet":
-        from deeplab_tf.models.imagenet import load_imagenet_weights
-
-        load_imagenet_weights(model, backbone)
-    elif weights is not None:
-        from deeplab_tf.convert.weights import load_weights
-
-        load_weights(model, weights)  # .weights.h5 (SHA-256 vs manifest), .caffemodel, .pth
-    return model
+    if path.lower().endswith((".caffemodel", ".pth", ".pt")):
+        raise ValueError(
+            f"weights={path!r} is a Caffe or PyTorch file, which the converter reads: build the "
+            "model, then `deeplab_tf.convert.load_weights(model, path)` (checked layer by "
+            "layer), or convert it once with `deeplab-tf convert-caffe`. DeepLabV2(weights=...) "
+            "takes None, 'imagenet' or a Keras .weights.h5 / .keras file."
+        )
+    return path

@@ -15,41 +15,7 @@ import keras
 
 from deeplab_tf.layers import CaffeAveragePooling2D
 from deeplab_tf.models.blocks import caffe_conv, classifier_initializer, relu
-
-#: The paper's named heads -> atrous rates.
-HEAD_RATES = {
-    "largefov": (12,),
-    "aspp_s": (2, 4, 8, 12),
-    "aspp_l": (6, 12, 18, 24),
-}
-
-
-def resolve_rates(head: str, rates=None) -> tuple[int, ...]:
-    """Atrous rates of a head name (``largefov``, ``aspp_s``, ``aspp_l``, or ``aspp`` + rates)."""
-    if head == "aspp":
-        if not rates:
-            raise ValueError(
-                "head='aspp' needs explicit rates, e.g. rates=(6, 12, 18, 24). "
-                f"Received: rates={rates!r}"
-            )
-    elif head in HEAD_RATES:
-        if rates is not None and tuple(rates) != HEAD_RATES[head]:
-            raise ValueError(
-                f"head={head!r} has fixed rates {HEAD_RATES[head]}; use head='aspp' for custom "
-                f"rates. Received: rates={rates!r}"
-            )
-        rates = HEAD_RATES[head]
-    else:
-        raise ValueError(
-            f"head must be one of {sorted(HEAD_RATES) + ['aspp']}. Received: head={head!r}"
-        )
-    try:
-        rates = tuple(int(r) for r in rates)
-    except (TypeError, ValueError):
-        raise ValueError(f"rates must be positive integers. Received: rates={rates!r}") from None
-    if not rates or any(r < 1 for r in rates):
-        raise ValueError(f"rates must be positive integers. Received: rates={rates!r}")
-    return rates
+from deeplab_tf.models.specs import HEAD_RATES, resolve_rates  # noqa: F401 (re-exported)
 
 
 def vgg_head(x, num_classes: int, rates, dropout: float = 0.5, pool5a: bool = False):

@@ -15,23 +15,7 @@ import keras
 
 from deeplab_tf.layers import CaffeMaxPooling2D
 from deeplab_tf.models.blocks import batch_norm, caffe_conv, relu
-
-#: blocks per stage (res2..res5)
-RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-
-#: (stage, bottleneck width, stride of the first block, dilation of the 3x3s)
-RESNET_STAGES = ((2, 64, 1, 1), (3, 128, 2, 1), (4, 256, 1, 2), (5, 512, 1, 4))
-
-
-def block_names(depth: int, stage: int, blocks: int) -> list[str]:
-    """Caffe block suffixes of one stage, e.g. ``['4a', '4b1', ..., '4b22']``.
-
-    MSRA's ResNet-50 names every block with a letter (``res4f``); ResNet-101/152 keep letters
-    for the 3-block stages and use ``a, b1, b2...`` elsewhere.
-    """
-    if depth == 50 or blocks == 3:
-        return [f"{stage}{chr(ord('a') + i)}" for i in range(blocks)]
-    return [f"{stage}a"] + [f"{stage}b{i}" for i in range(1, blocks)]
+from deeplab_tf.models.specs import RESNET_DEPTHS, RESNET_STAGES, block_names  # noqa: F401
 
 
 def bottleneck(x, tag: str, width: int, stride: int, dilation: int, project: bool, frozen: bool):

@@ -16,6 +16,8 @@ optimizer never sees it).
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -28,25 +30,31 @@ DEFAULT_LR_MULT = {
     "classifier_weights": 10.0,
     "classifier_biases": 20.0,
 }
-#: Layer-name prefixes of the classifier (VGG ``fc8*``, ResNet ``fc1_voc12*``).
+#: The Caffe release's classifier names (VGG ``fc8*``, ResNet ``fc1_voc12*``): the fallback for
+#: models that do not say which layers are their classifier (a DeepLabV2 does).
 CLASSIFIER_PREFIXES = ("fc8", "fc1_voc12")
 _NO_DECAY_NAMES = ("bias", "gamma", "beta")
 
 
-def variable_multipliers(variable, lr_mult=None, classifier_prefixes=CLASSIFIER_PREFIXES):
+def variable_multipliers(
+    variable, lr_mult=None, classifier_prefixes=CLASSIFIER_PREFIXES, classifier_layers=None
+):
     """Caffe's ``(lr_mult, decay_mult)`` for one Keras variable, from its path.
 
     Rules: a variable named ``bias`` gets the bias multiplier and no decay; a trainable BatchNorm
     ``gamma``/``beta`` (only with ``freeze_batchnorm=False``, never in the paper) gets the weight
     multiplier and no decay; everything else (kernels) gets the weight multiplier and decay 1.
-    A variable belongs to the classifier when any component of its path starts with one of
-    ``classifier_prefixes``.
+    A variable belongs to the classifier when it says so (``deeplab_classifier``, set by
+    :class:`~deeplab_tf.DeepLabV2` on its classifier's variables), else when a component of its
+    path is one of ``classifier_layers`` or, when those are not given either, starts with one of
+    ``classifier_prefixes`` (the Caffe release's names).
 
     Args:
         variable: a ``keras.Variable`` (uses ``.path``, falling back to ``.name``).
         lr_mult: dict with keys ``weights``, ``biases``, ``classifier_weights``,
             ``classifier_biases`` (defaults to :data:`DEFAULT_LR_MULT`).
         classifier_prefixes: layer-name prefixes of the classifier.
+        classifier_layers: exact classifier layer names; win over the prefixes.
 
     Returns:
         ``(lr_mult, decay_mult)`` floats.
@@ -55,7 +63,13 @@ def variable_multipliers(variable, lr_mult=None, classifier_prefixes=CLASSIFIER_
     path = str(getattr(variable, "path", None) or variable.name)
     parts = path.split("/")
     leaf = parts[-1].split(":")[0]
-    is_classifier = any(p.startswith(tuple(classifier_prefixes)) for p in parts[:-1])
+    marked = getattr(variable, "deeplab_classifier", None)
+    if marked is not None:
+        is_classifier = bool(marked)
+    elif classifier_layers is not None:
+        is_classifier = any(p in tuple(classifier_layers) for p in parts[:-1])
+    else:
+        is_classifier = any(p.startswith(tuple(classifier_prefixes)) for p in parts[:-1])
     prefix = "classifier_" if is_classifier else ""
     if leaf == "bias":
         return float(lr_mult[prefix + "biases"]), 0.0
@@ -87,7 +101,12 @@ class CaffeSGD(keras.optimizers.Optimizer):
         weight_decay: L2 coefficient added to the gradient (5e-4). Not Keras's decoupled decay.
         lr_mult: multipliers, keys ``weights``, ``biases``, ``classifier_weights``,
             ``classifier_biases`` (default 1, 2, 10, 20).
-        classifier_prefixes: layer-name prefixes treated as the classifier.
+        classifier_layers: names of the classifier layers, for models other than
+            :class:`~deeplab_tf.DeepLabV2` (whose classifier variables are marked, which wins).
+            With neither marks nor names, ``classifier_prefixes`` decide, with a warning that
+            says how many variables matched.
+        classifier_prefixes: layer-name prefixes treated as the classifier when
+            ``classifier_layers`` is not known (default: the Caffe release's names).
         **kwargs: passed to ``keras.optimizers.Optimizer`` (``gradient_accumulation_steps``,
             ``clipnorm``, ``name``...).
 
@@ -102,6 +121,7 @@ class CaffeSGD(keras.optimizers.Optimizer):
         weight_decay: float = 5e-4,
         lr_mult=None,
         classifier_prefixes=CLASSIFIER_PREFIXES,
+        classifier_layers=None,
         name: str = "caffe_sgd",
         **kwargs,
     ):
@@ -124,6 +144,7 @@ class CaffeSGD(keras.optimizers.Optimizer):
         self.caffe_weight_decay = float(weight_decay)
         self.lr_mult = {k: float(v) for k, v in {**DEFAULT_LR_MULT, **lr_mult}.items()}
         self.classifier_prefixes = tuple(classifier_prefixes)
+        self.classifier_layers = None if classifier_layers is None else tuple(classifier_layers)
 
     def build(self, variables):
         if self.built:
@@ -131,8 +152,23 @@ class CaffeSGD(keras.optimizers.Optimizer):
         super().build(variables)
         self.velocities = self.add_optimizer_variables(variables, "velocity")
         self._multipliers = [
-            variable_multipliers(v, self.lr_mult, self.classifier_prefixes) for v in variables
+            variable_multipliers(v, self.lr_mult, self.classifier_prefixes, self.classifier_layers)
+            for v in variables
         ]
+        marked = any(getattr(v, "deeplab_classifier", None) for v in variables)
+        if self.classifier_layers is None and not marked:
+            prefixes = tuple(self.classifier_prefixes)
+            found = sum(
+                any(part.startswith(prefixes) for part in str(v.path).split("/")[:-1])
+                for v in variables
+            )
+            warnings.warn(
+                "CaffeSGD was not told which layers are the classifier (the model is not a "
+                "DeepLabV2 and classifier_layers was not given): it used the layer-name prefixes "
+                f"{self.classifier_prefixes} and found {found} classifier variable(s) of "
+                f"{len(variables)}.",
+                stacklevel=2,
+            )
 
     def _backend_apply_gradients(self, grads, trainable_variables):
         import tensorflow as tf
@@ -225,6 +261,9 @@ class CaffeSGD(keras.optimizers.Optimizer):
                 "weight_decay": self.caffe_weight_decay,
                 "lr_mult": dict(self.lr_mult),
                 "classifier_prefixes": list(self.classifier_prefixes),
+                "classifier_layers": None
+                if self.classifier_layers is None
+                else list(self.classifier_layers),
             }
         )
         return config

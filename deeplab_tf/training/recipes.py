@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keras
 
+from deeplab_tf.models.deeplab import deeplab_config, find_deeplab
 from deeplab_tf.models.registry import get_model_config, list_models
 from deeplab_tf.training.losses import DeepLabLoss
 from deeplab_tf.training.metrics import MeanIoU
@@ -67,7 +68,9 @@ def paper(
 
     Args:
         backbone_or_model_name: ``"resnet101"``, ``"vgg16"``, a registry name, or a DeepLab
-            ``keras.Model`` (its name and output channels are used).
+            model (a :class:`~deeplab_tf.DeepLabV2` or a multi-scale wrapper of one: its
+            config gives the recipe and the classes; its name is not
+            read).
         steps: number of optimizer updates (Caffe ``max_iter``); the recipe's 20,000 by default.
         num_classes: classes for the metric; 21 by default, or the model's output channels.
         accumulation_steps: micro-batches per update (``2`` for the PyTorch port's 5 x 2).
@@ -79,16 +82,14 @@ def paper(
         ``{"optimizer", "loss", "metrics"}``.
     """
     if isinstance(backbone_or_model_name, keras.Model):
-        model = backbone_or_model_name
-        name = model.name
+        # The model's own description (backbone, head, classes), never its name.
+        net = find_deeplab(backbone_or_model_name)
+        if net is None:
+            deeplab_config(backbone_or_model_name)  # raises, with the migration hint
         if num_classes is None:
-            num_classes = int(model.output_shape[-1])
-        if name not in list_models() and not name.startswith("deeplabv2_"):
-            raise ValueError(
-                "Cannot tell the recipe from the model's name; pass a backbone or registry name. "
-                f"Received: model.name={name!r}"
-            )
-        backbone_or_model_name = name[: -len("_msc")] if name.endswith("_msc") else name
+            num_classes = net.num_classes
+        registered = f"deeplabv2_{net.backbone}_{net.head}"
+        backbone_or_model_name = registered if registered in list_models() else net.backbone
     recipe = get_recipe(backbone_or_model_name)
     steps = recipe["steps"] if steps is None else steps
     if not isinstance(steps, int) or steps < 1:

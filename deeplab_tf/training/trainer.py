@@ -260,6 +260,7 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
     """
     import keras
 
+    from deeplab_tf.models.deeplab import deeplab_config
     from deeplab_tf.models.registry import create_model
     from deeplab_tf.training import distribute
     from deeplab_tf.training.callbacks import backup_epoch, training_callbacks
@@ -353,7 +354,9 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
             loss=DeepLabLoss(ignore_label=ignore, label_mode=tcfg["label_mode"]),
             metrics=[MeanIoU(num_classes, ignore_label=ignore)],
         )
-    mean = CAFFE_RGB_MEAN if net.get_layer("preprocess").mode == "caffe" else (127.5, 127.5, 127.5)
+    mean = (
+        CAFFE_RGB_MEAN if deeplab_config(net)["preprocessing"] == "caffe" else (127.5, 127.5, 127.5)
+    )
     every = ocfg["checkpoint_every"]
     chief = distribute.is_chief(strategy)
     if chief:

@@ -1,4 +1,4 @@
-"""Converted weight files: SHA-256 manifest and a loader that checks it.
+"""Keras weight files: the SHA-256 manifest and a loader that checks it.
 
 ``weights/manifest.json`` (repository root) lists the converted release files::
 
@@ -7,8 +7,9 @@
                  "source_file": "train_iter_20000.caffemodel", "training_data": "...",
                  "num_classes": 21, "reported_miou": {...}, "sha256": "<hex>" or null}]}
 
-:func:`load_weights` refuses a file whose SHA-256 differs from its manifest entry; an entry whose
-``sha256`` is ``null`` (not yet converted by the maintainers) loads with a warning instead.
+:func:`load_keras_weights` refuses a file whose SHA-256 differs from its manifest entry; an
+entry whose ``sha256`` is ``null`` (not yet converted by the maintainers) loads with a warning
+instead.
 """
 
 from __future__ import annotations
@@ -170,14 +171,9 @@ def manifest_entry_exists(manifest_path, name) -> str | None:
     return None
 
 
-def load_weights(model, path, manifest="auto", name: str | None = None, include_classifier=True):
-    """Loads weights into a DeepLab model from any supported file, verifying checksums.
-
-    * ``.caffemodel``: the authors' Caffe release, converted on the fly and checked layer by
-      layer (:func:`convert_caffemodel`).
-    * ``.pth`` / ``.pt``: the PyTorch port's state dict (needs ``torch``).
-    * anything else (``.weights.h5``, ``.keras``): ``model.load_weights`` after checking the
-      SHA-256 against the manifest.
+def load_keras_weights(model, path, manifest="auto", name: str | None = None):
+    """Loads a Keras weights file (``.weights.h5`` all or nothing, or a ``.keras`` archive),
+    after checking its SHA-256 against the manifest.
 
     Args:
         model: the Keras model.
@@ -185,14 +181,12 @@ def load_weights(model, path, manifest="auto", name: str | None = None, include_
         manifest: manifest path or dict, ``"auto"`` (``manifest.json`` beside the file, if any)
             or ``None`` (no check).
         name: manifest entry name (default: matched by file name).
-        include_classifier: for Caffe/PyTorch files, whether to load the classifier.
 
     Returns:
         The model.
 
     Raises:
         ChecksumError: the file does not match its manifest entry.
-        ConversionError: a Caffe/PyTorch file does not fit the model.
         ValueError: a ``.weights.h5`` file that cannot be read or does not match the model
             (see :func:`load_h5_weights`); the model is then unchanged.
     """
@@ -200,16 +194,7 @@ def load_weights(model, path, manifest="auto", name: str | None = None, include_
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such weights file. Received: path={path!r}")
     verify_weights(path, manifest=manifest, name=name)
-    lower = path.lower()
-    if lower.endswith(".caffemodel"):
-        from deeplab_tf.convert.caffe_to_keras import convert_caffemodel
-
-        convert_caffemodel(path, model=model, include_classifier=include_classifier)
-    elif lower.endswith((".pth", ".pt")):
-        from deeplab_tf.convert.torch_port import load_torch_state_dict
-
-        load_torch_state_dict(model, path, include_classifier=include_classifier)
-    elif lower.endswith(".h5"):
+    if path.lower().endswith(".h5"):
         load_h5_weights(model, path)
     else:
         model.load_weights(path)
