@@ -229,12 +229,12 @@ def plan_outputs(paths, out, probs: bool = False, protected=(), overwrite: bool 
 def run(args):
     import numpy as np
 
+    from deeplab_tf.atomic import atomic_write
     from deeplab_tf.data.palettes import cityscapes_palette, voc_palette
     from deeplab_tf.errors import CLIError
     from deeplab_tf.inference.io import (
         DEFAULT_MAX_PIXELS,
         ImageReadError,
-        atomic_write,
         expand_inputs,
         read_image,
     )
