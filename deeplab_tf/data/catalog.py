@@ -15,37 +15,16 @@ from deeplab_tf.data.listing import DatasetListing
 #: not read from files); ``check_splits``: the splits ``data check`` reads by default;
 #: ``tfds``: whether ``load_dataset(..., source="tfds")`` has a builder for it.
 DATASETS = {
-    "voc2012": {
-        "lister": "deeplab_tf.data.voc:list_voc2012",
-        "check_splits": ("train", "val"),
-        "tfds": True,
-    },
-    "voc2012_aug": {
-        "lister": "deeplab_tf.data.voc:list_voc2012_aug",
-        "check_splits": ("train_aug", "val"),
-        "tfds": True,
-    },
-    "cityscapes": {
-        "lister": "deeplab_tf.data.cityscapes:list_cityscapes",
-        "check_splits": ("train", "val"),
-        "tfds": True,
-    },
-    "pascal_context": {
-        "lister": "deeplab_tf.data.context:list_pascal_context",
-        "check_splits": ("train", "val"),
-        "tfds": False,
-    },
-    "person_part": {
-        "lister": "deeplab_tf.data.person_part:list_person_part",
-        "check_splits": ("train", "val"),
-        "tfds": False,
-    },
-    "folder": {
-        "lister": "deeplab_tf.data.folder:list_folder",
-        "check_splits": ("train",),
-        "tfds": False,
-    },
-    "synthetic": {"lister": None, "check_splits": (), "tfds": False},
+    name: {"lister": lister, "check_splits": splits, "tfds": tfds}
+    for name, lister, splits, tfds in (
+        ("voc2012", "deeplab_tf.data.voc:list_voc2012", ("train", "val"), True),
+        ("voc2012_aug", "deeplab_tf.data.voc:list_voc2012_aug", ("train_aug", "val"), True),
+        ("cityscapes", "deeplab_tf.data.cityscapes:list_cityscapes", ("train", "val"), True),
+        ("pascal_context", "deeplab_tf.data.context:list_pascal_context", ("train", "val"), False),
+        ("person_part", "deeplab_tf.data.person_part:list_person_part", ("train", "val"), False),
+        ("folder", "deeplab_tf.data.folder:list_folder", ("train",), False),
+        ("synthetic", None, (), False),
+    )
 }
 
 #: Every name :func:`deeplab_tf.data.load_dataset` accepts.
