@@ -11,7 +11,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -316,17 +315,10 @@ def emit(report: dict, json_out: str | None) -> None:
     print(text)
     sys.stdout.flush()
     if json_out:
-        folder = os.path.dirname(os.path.abspath(json_out))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text + "\n")
-            os.replace(tmp, json_out)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        from deeplab_tf.atomic import write_text
+
+        os.makedirs(os.path.dirname(os.path.abspath(json_out)), exist_ok=True)
+        write_text(json_out, text + "\n")
 
 
 def keras_arrays(keras_model, names) -> dict:

@@ -63,8 +63,25 @@ def check_version(package: str, version: str) -> None:
         )
 
 
+def model_crf_preset(name: str):
+    """The dense-CRF parameters of a backbone (``"resnet101"``, ``"vgg16"``...) or of a
+    registered model name, from the model registry; None for another name."""
+    from deeplab_tf.models import registry
+
+    key = name.lower()
+    if key in ("resnet", "resnet101", "resnet50", "resnet152", "mobilenetv2"):
+        return registry.CRF_RESNET
+    if key in ("vgg", "vgg16"):
+        return registry.CRF_VGG
+    if key in registry.list_models():
+        return registry.get_model_config(key)["crf"]
+    return None
+
+
 def register_all() -> None:
-    """Imports every module that registers a ``deeplab_tf>`` Keras class (idempotent).
+    """Imports every module that registers a ``deeplab_tf>`` Keras class (idempotent), and hands
+    the model registry's CRF presets to the CRF (:mod:`deeplab_tf.crf.presets`, which does not
+    import the models).
 
     Raises:
         ImportError: Keras or TensorFlow is missing or outside the supported range.
@@ -79,6 +96,9 @@ def register_all() -> None:
     check_version("tensorflow", tf.__version__)
     for module in SERIALIZABLE_MODULES:
         importlib.import_module(module)
+    from deeplab_tf.crf import presets
+
+    presets.register_catalogue(model_crf_preset)
     _registered = True
 
 

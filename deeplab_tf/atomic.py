@@ -6,9 +6,11 @@ Every output of the package goes through this module (no TensorFlow here):
   an owned temporary file in the destination folder, flushed to disk (``fsync``) and renamed
   onto the final name. With ``overwrite=False`` the rename never replaces an existing file
   (:class:`FileExistsError` instead), so a concurrent writer cannot be clobbered.
-* :func:`atomic_dir` / :func:`publish_dir`: a folder is built under an owned temporary name
+* :func:`atomic_dir` / :func:`publish`: a folder is built under an owned temporary name
   and renamed into place; replacing an existing folder (``overwrite=True``) swaps the two
-  atomically where the kernel can (``renameat2(RENAME_EXCHANGE)``).
+  atomically where the kernel can (``renameat2(RENAME_EXCHANGE)``). :func:`scratch` is the
+  owned temporary alone, for work that is published some other way or thrown away.
+* :func:`discard`: deletes a file or folder by renaming it to a temporary first.
 * :func:`claim_next_version`: publishes a folder as the lowest free integer name above the
   existing ones, atomically (two concurrent publishers get two numbers).
 * :func:`temp_path` names temporaries ``.tmp-HOST~PID.START~TOKEN-NAME``: the owner's host,
@@ -392,6 +394,26 @@ def write_json(path, obj, overwrite: bool = True, indent: int = 2, **kwargs) -> 
 
 
 @contextmanager
+def scratch(path, kind: str = "", mkdir: bool = True):
+    """An owned temporary name beside ``path`` for work that is published from it (with
+    :func:`publish` or :func:`claim_next_version`) or thrown away.
+
+    Yields the temporary's path (a new empty folder, unless ``mkdir`` is False). Whatever is
+    still at that path when the block ends, normally or by an exception, is removed; a process
+    killed in the block leaves it to the next run's stale-temporary clean-up.
+    """
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = temp_path(path, kind)
+    if mkdir:
+        os.mkdir(tmp)
+    try:
+        yield tmp
+    finally:
+        _remove(tmp)
+
+
+@contextmanager
 def atomic_dir(path, overwrite: bool = False, aside: str | None = None):
     """Builds a folder under a temporary name and publishes it at ``path`` when the block ends.
 
@@ -404,15 +426,21 @@ def atomic_dir(path, overwrite: bool = False, aside: str | None = None):
     path = os.fspath(path)
     if not overwrite and os.path.lexists(path):
         raise exists_error(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = temp_path(path)
-    os.mkdir(tmp)
-    try:
+    with scratch(path) as tmp:
         yield tmp
         publish(tmp, path, overwrite, aside)
-    except BaseException:
-        _remove(tmp)
-        raise
+
+
+def discard(path) -> None:
+    """Deletes a file or folder, first renaming it to an owned temporary name, so that a kill
+    during the deletion leaves nothing half-deleted under the real name (the next run there
+    removes the temporary as stale). Nothing happens if ``path`` does not exist."""
+    path = os.fspath(path)
+    if not os.path.lexists(path):
+        return
+    doomed = temp_path(path, "discard")
+    os.rename(path, doomed)
+    _remove(doomed)
 
 
 def claim_next_version(tmp, base_dir, first: int | None = None, is_version=None) -> str:

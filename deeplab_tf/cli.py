@@ -16,6 +16,8 @@ import importlib
 import os
 import sys
 
+from deeplab_tf.errors import CLIError  # re-exported: the class every verb raises
+
 # Quiet TensorFlow's C++ start-up logging for command-line users (errors still show).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow's BFC allocator for host memory: it reuses freed blocks, where the default
@@ -36,10 +38,6 @@ COMMAND_MODULES = [
     "deeplab_tf.export.cli",
     "deeplab_tf.convert.cli",
 ]
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as ``deeplab-tf: error: ...`` with exit status 2."""
 
 
 # --- argparse types shared by every verb's numeric options: a bad value is refused by the

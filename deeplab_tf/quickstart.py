@@ -96,7 +96,7 @@ def _run(work, steps, num_train, num_val, num_samples, sample_size, crf_iteratio
     from deeplab_tf.export.tflite import export_tflite, run_tflite
     from deeplab_tf.inference.multiscale import MultiScaleInference
     from deeplab_tf.inference.predict import Predictor
-    from deeplab_tf.training.cli import load_config
+    from deeplab_tf.training.config_files import load_config
     from deeplab_tf.training.trainer import train
     from deeplab_tf.visualize import overlay, save_rgb_png, side_by_side
 
@@ -331,7 +331,7 @@ def register(sub):
 
 
 def _cli(args):
-    from deeplab_tf.cli import CLIError
+    from deeplab_tf.errors import CLIError
 
     try:
         check_output(os.path.abspath(args.out), args.overwrite)

@@ -103,7 +103,7 @@ def parse_args(argv=None):
 
 def build_config(args) -> dict:
     """The shipped paper config with this run's paths and options filled in."""
-    from deeplab_tf.training.cli import load_config
+    from deeplab_tf.training.config_files import load_config
 
     config = load_config(CONFIG)
     weights = None if args.weights.lower() == "none" else args.weights

@@ -142,3 +142,36 @@ def test_check_outputs_names_the_paths(tmp_path):
     with pytest.raises(atomic.OutputError, match="already exists; pass --overwrite"):
         atomic.check_outputs([("out", photo)])
     atomic.check_outputs([("out", photo)], overwrite=True)
+
+
+def test_scratch_is_owned_and_removed_whether_published_or_not(tmp_path):
+    target = tmp_path / "sub" / "out"
+    with atomic.scratch(target) as tmp:
+        assert os.path.isdir(tmp) and os.listdir(tmp) == []
+        assert atomic.temp_owner(os.path.basename(tmp))[1] == os.getpid()
+        (open(os.path.join(tmp, "f"), "w")).close()
+    assert os.listdir(tmp_path / "sub") == []  # thrown away
+    with atomic.scratch(target, "sm", mkdir=False) as tmp:
+        assert not os.path.lexists(tmp) and tmp.endswith("-sm-out")
+        os.mkdir(tmp)
+        atomic.publish(tmp, target)
+    assert os.listdir(tmp_path / "sub") == ["out"]  # published, nothing left over
+    with pytest.raises(RuntimeError), atomic.scratch(target) as tmp:
+        raise RuntimeError
+    assert not os.path.lexists(tmp) and os.listdir(tmp_path / "sub") == ["out"]
+
+
+def test_discard_renames_before_deleting(tmp_path, monkeypatch):
+    folder = tmp_path / "backup"
+    folder.mkdir()
+    (folder / "w.h5").write_text("x")
+    seen = []
+    real_remove = atomic._remove
+    monkeypatch.setattr(atomic, "_remove", lambda p: (seen.append(p), real_remove(p)))
+    atomic.discard(folder)
+    assert not folder.exists() and os.listdir(tmp_path) == []
+    assert len(seen) == 1 and os.path.basename(seen[0]).startswith(atomic.TEMP_PREFIX)
+    atomic.discard(folder)  # gone already: nothing to do
+    (tmp_path / "f").write_text("x")
+    atomic.discard(tmp_path / "f")
+    assert os.listdir(tmp_path) == []

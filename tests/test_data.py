@@ -506,3 +506,41 @@ def test_on_error_and_source_are_checked(voc_tree):
         load_dataset("voc2012", root=root, source="hdf5")
     with pytest.raises(ValueError, match="Unexpected arguments"):
         load_dataset("voc2012", root=root, num_classes=3)
+
+
+def test_one_image_reader_for_datasets_and_predict(tmp_path):
+    from deeplab_tf.data import catalog, readers
+    from deeplab_tf.inference import io
+
+    assert io.IMAGE_EXTENSIONS is readers.IMAGE_EXTENSIONS
+    assert (
+        issubclass(io.ImageReadError, DatasetError) and io.ImageReadError is readers.ImageReadError
+    )
+    assert catalog.DATASET_NAMES == tuple(catalog.list_datasets())
+    # A photo turned by its EXIF orientation: predict shows it upright, a dataset reads the
+    # stored pixels (its label mask is aligned with those).
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(pixels).save(tmp_path / "turned.png", exif=exif.tobytes())
+    stored = readers.read_image(str(tmp_path / "turned.png"))
+    np.testing.assert_array_equal(stored, pixels)
+    upright, notes = io.read_image(tmp_path / "turned.png")
+    assert upright.shape == (10, 6, 3) and notes == ["rotated by its EXIF orientation"]
+    np.testing.assert_array_equal(upright, np.rot90(pixels, -1))
+    # Greyscale and palette images convert the same way on both paths.
+    grey = rng.integers(0, 256, (4, 5), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    np.testing.assert_array_equal(
+        readers.read_image(str(tmp_path / "grey.png")), np.stack([grey] * 3, -1)
+    )
+    np.testing.assert_array_equal(io.read_image(tmp_path / "grey.png")[0], np.stack([grey] * 3, -1))
+    # Failures are DatasetErrors of the dataset kinds, naming the file.
+    with pytest.raises(DatasetError, match="nope.jpg: no such file") as err:
+        readers.read_image(str(tmp_path / "nope.jpg"), example_id="x")
+    assert err.value.kind == "missing" and err.value.example_id == "x"
+    (tmp_path / "bad.jpg").write_bytes(b"GIF89a not a jpeg")
+    with pytest.raises(DatasetError, match="bad.jpg") as err:
+        readers.read_image(str(tmp_path / "bad.jpg"))
+    assert err.value.kind == "corrupt"

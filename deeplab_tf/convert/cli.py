@@ -52,7 +52,7 @@ def register(sub):
 def _check_manifest_target(manifest):
     """Before any work: an existing --manifest must be a readable manifest (it is rewritten
     after the weights), a new one must be creatable."""
-    from deeplab_tf.cli import CLIError
+    from deeplab_tf.errors import CLIError
     from deeplab_tf.weights import read_manifest
 
     if not manifest:
@@ -79,7 +79,7 @@ def _check_manifest_target(manifest):
 
 
 def run(args):
-    from deeplab_tf.cli import CLIError
+    from deeplab_tf.errors import CLIError
 
     out = os.fspath(args.out)
     if not out.endswith(".weights.h5"):

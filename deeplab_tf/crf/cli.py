@@ -44,7 +44,7 @@ def _folder_samples(images_dir, masks_dir, limit):
     import numpy as np
     from PIL import Image
 
-    from deeplab_tf.cli import CLIError
+    from deeplab_tf.errors import CLIError
 
     for d, flag in ((images_dir, "--images"), (masks_dir, "--masks")):
         if not os.path.isdir(d):
@@ -76,7 +76,7 @@ def _dataset_samples(name, split, root, limit):
 
 
 def run(args):
-    from deeplab_tf.cli import CLIError
+    from deeplab_tf.errors import CLIError
 
     if args.num_images < 1:
         raise CLIError(f"--num-images must be >= 1. Received: {args.num_images}")

@@ -23,27 +23,12 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_tf.crf import lattice as _lattice
+from deeplab_tf.crf.presets import preset as _preset
 
 BACKENDS = ("tf", "pydensecrf")
 NORMALIZATIONS = ("symmetric", "after")
 IMPLS = ("sparse", "builtin")
 OVERFLOW = ("error", "downsample")
-
-
-def _preset(name: str) -> dict:
-    from deeplab_tf.models import registry
-
-    key = name.lower()
-    if key in ("resnet", "resnet101", "resnet50", "resnet152", "mobilenetv2"):
-        return dict(registry.CRF_RESNET)
-    if key in ("vgg", "vgg16"):
-        return dict(registry.CRF_VGG)
-    if key in registry.list_models():
-        return dict(registry.get_model_config(key)["crf"])
-    raise ValueError(
-        "Unknown CRF preset: expected 'resnet101', 'vgg16' (or another backbone) or a "
-        f"registered model name. Received: name={name!r}"
-    )
 
 
 class DenseCRF(tf.Module):

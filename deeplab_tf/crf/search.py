@@ -19,10 +19,14 @@ import itertools
 import numpy as np
 
 from deeplab_tf.crf.densecrf import DenseCRF
+from deeplab_tf.evaluation.metrics import confusion_matrix
+from deeplab_tf.evaluation.metrics import mean_iou as _mean_iou
 
 
 def confusion(pred, label, num_classes: int, ignore_label: int = 255) -> np.ndarray:
-    """Confusion matrix (rows: ground truth, columns: prediction) over valid pixels.
+    """Confusion matrix (rows: ground truth, columns: prediction) over valid pixels: labels
+    that are ``ignore_label`` or outside ``0..C-1`` are skipped
+    (:func:`deeplab_tf.evaluation.metrics.confusion_matrix` with ``strict=False``).
 
     Args:
         pred: int (H, W) predicted labels.
@@ -33,22 +37,13 @@ def confusion(pred, label, num_classes: int, ignore_label: int = 255) -> np.ndar
     Returns:
         int64 (C, C) matrix.
     """
-    pred = np.asarray(pred).reshape(-1).astype(np.int64)
-    label = np.asarray(label).reshape(-1).astype(np.int64)
-    valid = (label != ignore_label) & (label >= 0) & (label < num_classes)
-    idx = label[valid] * num_classes + pred[valid]
-    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return confusion_matrix(label, pred, num_classes, ignore_label, strict=False)
 
 
 def mean_iou(conf: np.ndarray) -> float:
-    """Mean intersection over union (in %) over classes present in prediction or truth."""
-    conf = np.asarray(conf, np.float64)
-    inter = np.diag(conf)
-    union = conf.sum(0) + conf.sum(1) - inter
-    present = union > 0
-    if not present.any():
-        return float("nan")
-    return float(100.0 * np.mean(inter[present] / union[present]))
+    """Mean intersection over union (in %) over classes present in prediction or truth
+    (:func:`deeplab_tf.evaluation.metrics.mean_iou` times 100)."""
+    return 100.0 * _mean_iou(conf)
 
 
 def _as_list(name, values):

@@ -13,17 +13,11 @@ import concurrent.futures
 
 import numpy as np
 
+from deeplab_tf.data.catalog import DATASETS
 from deeplab_tf.data.readers import DatasetError, decode_example
 
 #: Splits checked by default.
-DEFAULT_SPLITS = {
-    "voc2012": ("train", "val"),
-    "voc2012_aug": ("train_aug", "val"),
-    "cityscapes": ("train", "val"),
-    "pascal_context": ("train", "val"),
-    "person_part": ("train", "val"),
-    "folder": ("train",),
-}
+DEFAULT_SPLITS = {n: d["check_splits"] for n, d in DATASETS.items() if d["lister"]}
 
 
 def _check_one(example, label_map, rgb_palette, num_classes):
@@ -53,7 +47,7 @@ def check_split(listing, limit: int | None = None, workers: int = 2) -> dict:
     """Decodes every example of a listing and summarises it.
 
     Args:
-        listing: a DatasetListing (from :func:`deeplab_tf.data.loader.list_dataset`).
+        listing: a DatasetListing (from :func:`deeplab_tf.data.catalog.list_dataset`).
         limit: check only the first ``limit`` examples (None = all).
         workers: decoding threads.
 
@@ -121,7 +115,7 @@ def check_dataset(
         listing failed holds ``{"error": message}`` and counts as one problem, and so does a
         split with no examples (kind ``"empty"``).
     """
-    from deeplab_tf.data.loader import list_dataset
+    from deeplab_tf.data.catalog import list_dataset
 
     if name not in DEFAULT_SPLITS:
         raise ValueError(

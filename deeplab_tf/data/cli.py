@@ -6,8 +6,7 @@ import json
 import os
 
 from deeplab_tf.cli import nonneg_int, positive_int
-
-DATASETS = ("voc2012", "voc2012_aug", "cityscapes", "pascal_context", "person_part", "folder")
+from deeplab_tf.data.catalog import FILE_DATASETS as DATASETS
 
 
 def register(sub):
@@ -44,9 +43,9 @@ def _no_subcommand(parser):
 
 
 def run_check(args):
-    from deeplab_tf.cli import CLIError
     from deeplab_tf.data.check import check_dataset, format_report
     from deeplab_tf.data.readers import DatasetError
+    from deeplab_tf.errors import CLIError
 
     kwargs = {}
     if args.dataset == "folder":

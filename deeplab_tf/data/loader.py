@@ -11,54 +11,22 @@ the file, or, with ``on_error="skip"``, is skipped, logged and reported.
 
 from __future__ import annotations
 
-import importlib
 import logging
 
 import numpy as np
 
+from deeplab_tf.data.catalog import (  # noqa: F401  (re-exported: the loader's names)
+    DATASET_NAMES,
+    TFDS_DATASETS,
+    list_dataset,
+    list_datasets,
+)
 from deeplab_tf.data.listing import DatasetListing
 from deeplab_tf.data.readers import DatasetError, decode_example
 
 logger = logging.getLogger("deeplab_tf.data")
 
-#: Dataset name -> "module:function" returning a DatasetListing.
-_LISTERS = {
-    "voc2012": "deeplab_tf.data.voc:list_voc2012",
-    "voc2012_aug": "deeplab_tf.data.voc:list_voc2012_aug",
-    "cityscapes": "deeplab_tf.data.cityscapes:list_cityscapes",
-    "pascal_context": "deeplab_tf.data.context:list_pascal_context",
-    "person_part": "deeplab_tf.data.person_part:list_person_part",
-    "folder": "deeplab_tf.data.folder:list_folder",
-}
-
-DATASET_NAMES = (*_LISTERS, "synthetic")
 ON_ERROR = ("raise", "skip")
-
-
-def list_datasets() -> list[str]:
-    """Names accepted by :func:`load_dataset`."""
-    return list(DATASET_NAMES)
-
-
-def list_dataset(name: str, split: str = "train", root=None, **kwargs) -> DatasetListing:
-    """Finds the examples of a dataset split on disk without decoding them.
-
-    Args:
-        name: a dataset name from :func:`list_datasets` (not ``"synthetic"``).
-        split: split name (dataset specific).
-        root: dataset folder.
-        **kwargs: dataset-specific options (``sbd_root``, ``aug_dir``, ``list_file``,
-            ``label_dir``, ``label_type``, ``num_classes``, ``class_names``, ``palette``...).
-
-    Returns:
-        DatasetListing with the examples, label mapping, DatasetInfo and listing problems.
-    """
-    if name not in _LISTERS:
-        raise ValueError(
-            f"Unknown dataset {name!r}; expected one of {sorted(_LISTERS)}. Received: name={name!r}"
-        )
-    module, func = _LISTERS[name].split(":")
-    return getattr(importlib.import_module(module), func)(root=root, split=split, **kwargs)
 
 
 def _report(skipped, problem):
@@ -229,8 +197,8 @@ def load_dataset(
                 split, data_dir=data_dir, manual_dir=root, shuffle_files=shuffle_files
             )
         raise ValueError(
-            "source='tfds' is available for voc2012, voc2012_aug and cityscapes. "
-            f"Received: name={name!r}"
+            f"source='tfds' is available for {', '.join(TFDS_DATASETS[:-1])} and "
+            f"{TFDS_DATASETS[-1]}. Received: name={name!r}"
         )
     if data_dir is not None:
         raise ValueError(f"data_dir is only used with source='tfds'. Received: {data_dir!r}")

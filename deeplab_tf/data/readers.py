@@ -21,7 +21,11 @@ from deeplab_tf.data.palettes import IGNORE_LABEL, PERSON_PART_MERGE
 #: Label file formats :func:`read_label` understands.
 LABEL_FORMATS = ("png", "sbd_mat", "context_mat", "pascal_part_mat")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: File extensions read as images: image folders of datasets, ``predict`` on a directory.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+#: Default ceiling on decoded pixels (width x height) of a user's image; 8K UHD is 33 MP.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 class DatasetError(ValueError):
@@ -162,23 +166,121 @@ def _open_pil(path: str, what: str, example_id=None):
     return img
 
 
-def read_image(path: str, example_id: str | None = None) -> np.ndarray:
-    """Reads an image file as ``(H, W, 3)`` uint8 RGB (grey, CMYK and palette are converted).
+class ImageReadError(DatasetError):
+    """An image file that cannot be used, with a message naming the file and saying why."""
+
+
+def decode_image(path, max_pixels: int | None = None, orient: bool = True, example_id=None):
+    """Decodes an image file into RGB uint8, converting what can be converted: the one image
+    reader of the package (datasets, ``predict``, ``evaluate``).
+
+    Greyscale, palette, CMYK, 16-bit and alpha images are converted to RGB (alpha is dropped;
+    16-bit greyscale is scaled to 8 bits by its maximum, or 65535/255 when that is above 255)
+    and each conversion is reported in ``notes``.
 
     Args:
-        path: image file.
+        path: file path.
+        max_pixels: largest accepted ``width * height`` (None: Pillow's own bomb limit only).
+        orient: apply the EXIF orientation (a photo). Dataset images are read as stored
+            (``False``), because their label masks are aligned with the stored pixels.
         example_id: id for error messages.
 
     Returns:
-        ``(H, W, 3)`` uint8 array.
+        ``(image, notes)``: an ``(H, W, 3)`` uint8 array and a list of strings.
 
     Raises:
-        DatasetError: the file is missing or cannot be decoded.
+        ImageReadError: unreadable path (``kind="missing"``), not an image, undecodable or
+            empty (``"corrupt"``), larger than ``max_pixels`` or of an unsupported mode
+            (``"format"``).
     """
-    img = _open_pil(path, "image", example_id)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8)
+    try:
+        from PIL import Image, ImageOps, UnidentifiedImageError
+    except ImportError as err:  # pragma: no cover - pillow is a hard dependency
+        raise ImportError("Reading images needs Pillow: pip install pillow") from err
+
+    path = os.fspath(path)
+
+    def fail(message, kind="corrupt"):
+        return ImageReadError(f"{path}: {message}", path=path, example_id=example_id, kind=kind)
+
+    if not os.path.exists(path):
+        raise fail("no such file", "missing")
+    if os.path.isdir(path):
+        raise fail("is a directory, expected an image file", "missing")
+    if not os.access(path, os.R_OK):
+        raise fail("permission denied")
+    if os.path.getsize(path) == 0:
+        raise fail("file is empty (0 bytes)")
+    notes = []
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if width == 0 or height == 0:
+                raise fail(f"image is empty ({width}x{height} pixels)")
+            if max_pixels is not None and width * height > max_pixels:
+                raise fail(
+                    f"image is {width}x{height} = {width * height:,} pixels, above the "
+                    f"limit of {max_pixels:,} (raise it with --max-pixels, or downscale the image)",
+                    "format",
+                )
+            if getattr(img, "n_frames", 1) > 1:
+                notes.append(f"{img.n_frames} frames, used the first")
+            img.load()
+            if orient:
+                transposed = ImageOps.exif_transpose(img)
+                if transposed is not None and transposed.size != img.size:
+                    notes.append("rotated by its EXIF orientation")
+                img = transposed if transposed is not None else img
+            mode = img.mode
+            if mode != "RGB":
+                if mode in ("I;16", "I;16B", "I;16L", "I"):
+                    a = np.asarray(img, dtype=np.float64)
+                    top = a.max() if a.max() > 255 else 255.0
+                    img = Image.fromarray((a / top * 255.0).round().astype(np.uint8))
+                    notes.append(f"{mode} greyscale scaled to 8 bits and converted to RGB")
+                elif mode == "F":
+                    raise fail("floating-point images are not supported", "format")
+                elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+                    notes.append(f"{mode} image: alpha channel dropped, converted to RGB")
+                else:
+                    notes.append(f"{mode} image converted to RGB")
+                img = img.convert("RGB")
+            image = np.asarray(img, dtype=np.uint8)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        size = _png_header_size(path)
+        if size is not None and 0 in size:
+            raise fail(f"image is empty ({size[0]}x{size[1]} pixels)") from None
+        raise fail("not an image file Pillow can read") from None
+    except Image.DecompressionBombError as err:
+        raise fail(f"refused as a decompression bomb ({err})", "format") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise fail(f"cannot decode image ({err})") from None
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types for corrupt files
+        raise fail(f"cannot decode image ({type(err).__name__}: {err})") from None
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise fail(f"decoded to shape {image.shape}, expected (H, W, 3)", "format")
+    return image, notes
+
+
+def _png_header_size(path):
+    """(width, height) from a PNG's IHDR chunk (Pillow refuses 0-sized PNGs), else None."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) == 24 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return None
+
+
+def read_image(path: str, example_id: str | None = None) -> np.ndarray:
+    """Reads a dataset image as ``(H, W, 3)`` uint8 RGB, as stored (no EXIF rotation), with
+    the conversions of :func:`decode_image`.
+
+    Raises:
+        DatasetError: the file is missing or cannot be decoded (an :class:`ImageReadError`).
+    """
+    return decode_image(path, orient=False, example_id=example_id)[0]
 
 
 def read_index_png(

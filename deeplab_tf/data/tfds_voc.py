@@ -75,7 +75,7 @@ class DeeplabVoc2012(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, name, split, root):
         from PIL import Image
 
-        from deeplab_tf.data.loader import list_dataset
+        from deeplab_tf.data.catalog import list_dataset
 
         listing = list_dataset(name, split, root)
         if listing.problems:

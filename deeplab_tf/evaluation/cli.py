@@ -45,7 +45,7 @@ def register(sub):
 def _dataset_kwargs(pairs):
     import json
 
-    from deeplab_tf.cli import CLIError
+    from deeplab_tf.errors import CLIError
 
     out = {}
     for pair in pairs:
@@ -65,7 +65,7 @@ def check_evaluate_outputs(args):
     import re
 
     from deeplab_tf.atomic import check_outputs
-    from deeplab_tf.cli import CLIError
+    from deeplab_tf.errors import CLIError
 
     try:
         if args.report:
@@ -91,7 +91,8 @@ def check_evaluate_outputs(args):
 
 
 def run(args):
-    from deeplab_tf.cli import CLIError
+    from deeplab_tf.data import load_dataset
+    from deeplab_tf.errors import CLIError
     from deeplab_tf.evaluation.evaluate import evaluate, write_json
     from deeplab_tf.evaluation.metrics import format_table
     from deeplab_tf.inference.cli import build_predictor
@@ -100,10 +101,6 @@ def run(args):
     if args.limit is not None and args.limit < 1:
         raise CLIError(f"--limit must be >= 1. Received: {args.limit}")
     check_evaluate_outputs(args)
-    try:
-        from deeplab_tf.data import load_dataset
-    except ImportError:
-        raise CLIError("dataset loaders not available (deeplab_tf.data.load_dataset)") from None
     try:
         dataset, info = load_dataset(
             args.dataset, split=args.split, root=args.root, **_dataset_kwargs(args.dataset_arg)

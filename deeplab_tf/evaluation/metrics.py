@@ -59,34 +59,7 @@ class ConfusionMatrix:
         Raises:
             ValueError: on shape mismatch or ids outside the valid range.
         """
-        labels = _as_numpy(labels)
-        predictions = _as_numpy(predictions)
-        if labels.shape != predictions.shape:
-            raise ValueError(
-                "labels and predictions must have the same shape. Received: "
-                f"labels {labels.shape}, predictions {predictions.shape}"
-            )
-        for name, a in (("labels", labels), ("predictions", predictions)):
-            if not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
-                raise ValueError(f"{name} must hold integer class ids. Received dtype {a.dtype}")
-        labels = labels.reshape(-1).astype(np.int64)
-        predictions = predictions.reshape(-1).astype(np.int64)
-        if self.ignore_label is not None:
-            keep = labels != self.ignore_label
-            labels, predictions = labels[keep], predictions[keep]
-        c = self.num_classes
-        if labels.size:
-            if labels.min() < 0 or labels.max() >= c:
-                raise ValueError(
-                    f"labels must be class ids in [0, {c - 1}] or {self.ignore_label} (ignore). "
-                    f"Received values in [{labels.min()}, {labels.max()}]"
-                )
-            if predictions.min() < 0 or predictions.max() >= c:
-                raise ValueError(
-                    f"predictions must be class ids in [0, {c - 1}]. "
-                    f"Received values in [{predictions.min()}, {predictions.max()}]"
-                )
-        batch = np.bincount(labels * c + predictions, minlength=c * c).reshape(c, c)
+        batch = confusion_matrix(labels, predictions, self.num_classes, self.ignore_label)
         self.matrix += batch
         return batch
 
@@ -104,6 +77,77 @@ class ConfusionMatrix:
         return scores_from_confusion(self.matrix)
 
 
+def confusion_matrix(
+    labels, predictions, num_classes: int, ignore_label=IGNORE_LABEL, strict: bool = True
+) -> np.ndarray:
+    """The ``(C, C)`` int64 confusion matrix (rows: ground truth, columns: prediction) of one
+    batch or image: the one counting rule of every mIoU in the package.
+
+    Args:
+        labels: integer array of ground-truth ids ``0..C-1`` or the ignore label.
+        predictions: integer array of predicted ids ``0..C-1``, the same shape.
+        num_classes: C.
+        ignore_label: ground-truth value to skip (None: none).
+        strict: refuse non-integer arrays and labels outside ``0..C-1`` (other than the ignore
+            label); ``False`` skips such labels like the ignore label (the CRF grid search).
+
+    Raises:
+        ValueError: on shape mismatch, predictions outside the valid range, or (``strict``)
+            non-integer arrays or labels outside the valid range.
+    """
+    labels = _as_numpy(labels)
+    predictions = _as_numpy(predictions)
+    if labels.shape != predictions.shape:
+        raise ValueError(
+            "labels and predictions must have the same shape. Received: "
+            f"labels {labels.shape}, predictions {predictions.shape}"
+        )
+    if strict:
+        for name, a in (("labels", labels), ("predictions", predictions)):
+            if not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
+                raise ValueError(f"{name} must hold integer class ids. Received dtype {a.dtype}")
+    labels = labels.reshape(-1).astype(np.int64)
+    predictions = predictions.reshape(-1).astype(np.int64)
+    c = int(num_classes)
+    keep = None if ignore_label is None else labels != ignore_label
+    if not strict:
+        in_range = (labels >= 0) & (labels < c)
+        keep = in_range if keep is None else keep & in_range
+    if keep is not None:
+        labels, predictions = labels[keep], predictions[keep]
+    if labels.size:
+        if labels.min() < 0 or labels.max() >= c:
+            raise ValueError(
+                f"labels must be class ids in [0, {c - 1}] or {ignore_label} (ignore). "
+                f"Received values in [{labels.min()}, {labels.max()}]"
+            )
+        if predictions.min() < 0 or predictions.max() >= c:
+            raise ValueError(
+                f"predictions must be class ids in [0, {c - 1}]. "
+                f"Received values in [{predictions.min()}, {predictions.max()}]"
+            )
+    return np.bincount(labels * c + predictions, minlength=c * c).reshape(c, c)
+
+
+def intersection_and_union(matrix, ops=np):
+    """Per-class intersection (the diagonal) and union (ground truth + predicted - intersection)
+    of a confusion matrix: the one definition of IoU's terms.
+
+    Args:
+        matrix: ``(C, C)`` counts, rows ground truth.
+        ops: ``numpy`` or ``keras.ops`` (the Keras ``MeanIoU`` metric computes in-graph).
+    """
+    inter = ops.diagonal(matrix)
+    union = ops.sum(matrix, axis=1) + ops.sum(matrix, axis=0) - inter
+    return inter, union
+
+
+def mean_iou(matrix) -> float:
+    """Mean IoU (a fraction) of a confusion matrix over the classes in ground truth or
+    prediction; ``nan`` when nothing was counted (:func:`scores_from_confusion`)."""
+    return scores_from_confusion(matrix)["mean_iou"]
+
+
 def scores_from_confusion(matrix) -> dict:
     """Segmentation scores from a ``(C, C)`` confusion matrix (rows ground truth).
 
@@ -119,11 +163,9 @@ def scores_from_confusion(matrix) -> dict:
     m = np.asarray(matrix, dtype=np.float64)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
         raise ValueError(f"matrix must be square (C, C). Received shape {m.shape}")
-    tp = np.diag(m)
+    tp, union = intersection_and_union(m)
     gt = m.sum(axis=1)
-    pred = m.sum(axis=0)
     total = m.sum()
-    union = gt + pred - tp
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
         acc = np.where(gt > 0, tp / np.where(gt > 0, gt, 1), np.nan)

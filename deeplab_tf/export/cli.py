@@ -81,7 +81,7 @@ def register(sub):
 
 def run(args):
     from deeplab_tf.atomic import check_outputs
-    from deeplab_tf.cli import CLIError
+    from deeplab_tf.errors import CLIError
     from deeplab_tf.export.savedmodel import check_export_target
 
     try:  # argument checks first: nothing is built or written before they pass

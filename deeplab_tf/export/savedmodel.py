@@ -25,7 +25,6 @@ Signatures (inputs and outputs keep these names; ``saved_model_cli show --all`` 
 from __future__ import annotations
 
 import os
-import shutil
 
 import keras
 import numpy as np
@@ -335,16 +334,12 @@ def export_saved_model(
     if crf is not None:
         archive.add_endpoint("serving_crf", serving.with_crf, [image_spec(tf.float32)])
 
-    os.makedirs(base_dir, exist_ok=True)
-    tmp = atomic.temp_path(os.path.join(base_dir, "export"))  # not an integer: TF Serving skips it
-    try:
+    # named after "export", not an integer: TF Serving skips it while it is being written
+    with atomic.scratch(os.path.join(base_dir, "export"), mkdir=False) as tmp:
         archive.write_out(tmp, verbose=verbose)
         if warmup:
             write_warmup_requests(tmp, warmup_size)
         return publish_version(tmp, base_dir, version, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def publish_version(tmp: str, base_dir: str, version=None, overwrite: bool = False) -> str:

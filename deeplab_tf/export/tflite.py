@@ -11,13 +11,12 @@ The TFLite model takes ``images`` uint8 ``(1, H, W, 3)`` RGB (preprocessing insi
 from __future__ import annotations
 
 import os
-import shutil
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from deeplab_tf.atomic import exists_error, temp_path, write_bytes
+from deeplab_tf.atomic import exists_error, scratch, write_bytes
 from deeplab_tf.export.optimize import with_input_shape
 from deeplab_tf.inference.multiscale import MultiScaleInference
 
@@ -102,10 +101,7 @@ def export_tflite(
     archive.add_endpoint(
         "serving_default", serve, [tf.TensorSpec([1, h, w, 3], tf.uint8, name="images")]
     )
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    workdir = temp_path(path, "sm")  # owned: removed by the next run here if this one dies
-    os.mkdir(workdir)
-    try:
+    with scratch(path, "sm") as workdir:  # owned: removed by the next run here if this one dies
         archive.write_out(os.path.join(workdir, "sm"), verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(os.path.join(workdir, "sm"))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -119,8 +115,6 @@ def export_tflite(
                 data, (h, w), num_calibration
             )
         blob = converter.convert()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     write_bytes(path, blob, overwrite)
     return path
 

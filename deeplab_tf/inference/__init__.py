@@ -10,7 +10,7 @@ import importlib
 
 _EXPORTS = {
     "ImageReadError": "deeplab_tf.inference.io",
-    "atomic_write": "deeplab_tf.inference.io",
+    "atomic_write": "deeplab_tf.atomic",
     "expand_inputs": "deeplab_tf.inference.io",
     "read_image": "deeplab_tf.inference.io",
     "MultiScaleInference": "deeplab_tf.inference.multiscale",

@@ -64,7 +64,7 @@ def add_inference_arguments(p):
 
 def build_predictor(args, num_classes=None):
     """Builds a :class:`Predictor` from parsed options; returns ``(predictor, settings)``."""
-    from deeplab_tf.cli import CLIError
+    from deeplab_tf.errors import CLIError
     from deeplab_tf.inference.multiscale import MultiScaleInference
     from deeplab_tf.inference.predict import Predictor, load_inference_model
 
@@ -132,12 +132,8 @@ def build_crf(args, net=None):
     the model's own backbone (its DeepLabV2 config; its name is not read)
     (docs/architecture.md#crf-parameters).
     """
-    from deeplab_tf.cli import CLIError
-
-    try:
-        from deeplab_tf.crf import DenseCRF
-    except ImportError as err:
-        raise CLIError(f"CRF backend not available yet ({err})") from None
+    from deeplab_tf.crf import DenseCRF
+    from deeplab_tf.errors import CLIError
     from deeplab_tf.models.deeplab import MIGRATION, find_deeplab
     from deeplab_tf.models.registry import list_models
 
@@ -240,12 +236,12 @@ def plan_outputs(paths, out, probs: bool = False, protected=(), overwrite: bool 
 def run(args):
     import numpy as np
 
-    from deeplab_tf.cli import CLIError
+    from deeplab_tf.atomic import atomic_write
     from deeplab_tf.data.palettes import cityscapes_palette, voc_palette
+    from deeplab_tf.errors import CLIError
     from deeplab_tf.inference.io import (
         DEFAULT_MAX_PIXELS,
         ImageReadError,
-        atomic_write,
         expand_inputs,
         read_image,
     )

@@ -86,13 +86,14 @@ class StepCheckpoint(keras.callbacks.Callback):
         os.makedirs(directory, exist_ok=True)
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         final = os.path.join(directory, f"ckpt-{step:06d}.weights.h5")
-        tmp = atomic.temp_path(final)
-        (self.model_to_save or self.model).save_weights(tmp, overwrite=True)
-        if not chief:
+        save = (self.model_to_save or self.model).save_weights
+        if not chief:  # takes part in the save, keeps nothing
+            with atomic.scratch(final, mkdir=False) as tmp:
+                save(tmp, overwrite=True)
             shutil.rmtree(directory, ignore_errors=True)
             return
         # A resumed run redoes the interrupted epoch and rewrites its own step's file.
-        atomic.publish(tmp, final, overwrite=True)
+        atomic.atomic_write(final, lambda tmp: save(tmp, overwrite=True))
         if self.max_to_keep:
             for old in list_checkpoints(self.directory)[: -self.max_to_keep]:
                 os.remove(old)
@@ -177,11 +178,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         strategy = self.model.distribute_strategy
         chief = is_chief(strategy)
         target = os.path.normpath(worker_dir(self.backup_dir, strategy))
-        parent = os.path.dirname(target) or "."
-        os.makedirs(parent, exist_ok=True)
-        tmp = atomic.temp_path(target)
-        os.mkdir(tmp)
-        try:
+        # Every worker takes part in the (collective) save; only the chief publishes its copy.
+        with atomic.scratch(target) as tmp:
             self.model.save_weights(os.path.join(tmp, BACKUP_WEIGHTS), overwrite=True)
             step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
             with open(os.path.join(tmp, BACKUP_METADATA), "w") as f:
@@ -189,8 +187,6 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             if chief:
                 atomic.publish(tmp, target, overwrite=True, aside=target + ".old")
                 shutil.rmtree(target + ".old", ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def on_train_end(self, logs=None):
         if not weights_finite(self.model):  # stopped on NaN: the backup is the last good state
@@ -203,10 +199,7 @@ def discard_backup(backup_dir: str) -> None:
     """Deletes a backup (and its ``.old`` sibling): first renamed to a temporary name, so a kill
     during the deletion leaves no half-deleted backup that looks resumable."""
     for path in (str(backup_dir), str(backup_dir) + ".old"):
-        if os.path.lexists(path):
-            doomed = atomic.temp_path(path, "discard")
-            os.rename(path, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+        atomic.discard(path)
 
 
 class RemoveWorkerDirs(keras.callbacks.Callback):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from deeplab_tf.evaluation.metrics import intersection_and_union
 from deeplab_tf.training.losses import LABEL_MODES, align_labels_and_logits
 
 PACKAGE = "deeplab_tf"
@@ -19,7 +19,9 @@ class MeanIoU(keras.metrics.Metric):
     labels are shrunk to the logits' size like the loss (cheap, shown during ``fit``); use
     ``label_mode="upsample_logits"`` for full-resolution numbers. Classes absent from both the
     labels and the predictions are left out of the mean. Labels outside ``0..C-1`` other than
-    the ignore label are counted nowhere (the input pipeline rejects them beforehand).
+    the ignore label are counted nowhere (the input pipeline rejects them beforehand). The
+    counts are made in-graph; the IoU terms are
+    :func:`deeplab_tf.evaluation.metrics.intersection_and_union`, the evaluator's definition.
 
     Args:
         num_classes: C.
@@ -67,8 +69,7 @@ class MeanIoU(keras.metrics.Metric):
 
     def result(self):
         cm = tf.convert_to_tensor(self.confusion)
-        inter = tf.linalg.diag_part(cm)
-        union = tf.reduce_sum(cm, 0) + tf.reduce_sum(cm, 1) - inter
+        inter, union = intersection_and_union(cm, keras.ops)
         present = union > 0
         iou = tf.math.divide_no_nan(inter, union)
         n = tf.reduce_sum(tf.cast(present, tf.float64))
@@ -85,22 +86,3 @@ class MeanIoU(keras.metrics.Metric):
             "label_mode": self.label_mode,
             "stride": self.stride,
         }
-
-
-def confusion_matrix_np(labels, preds, num_classes: int, ignore_label: int = 255) -> np.ndarray:
-    """NumPy confusion matrix ``cm[true, pred]`` over pixels whose label is not ignored."""
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    preds = np.asarray(preds).reshape(-1).astype(np.int64)
-    keep = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
-    return np.bincount(
-        labels[keep] * num_classes + preds[keep], minlength=num_classes * num_classes
-    ).reshape(num_classes, num_classes)
-
-
-def mean_iou_np(cm: np.ndarray) -> float:
-    """Mean IoU of a confusion matrix over classes present in labels or predictions."""
-    cm = np.asarray(cm, np.float64)
-    inter = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - inter
-    present = union > 0
-    return float((inter[present] / union[present]).mean()) if present.any() else 0.0

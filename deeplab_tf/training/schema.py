@@ -203,12 +203,9 @@ def _dataset_keys(name):
         if name == "synthetic":
             from deeplab_tf.data.synthetic import synthetic_dataset as fn
         else:
-            import importlib
+            from deeplab_tf.data.catalog import lister
 
-            from deeplab_tf.data.loader import _LISTERS
-
-            module, func = _LISTERS[name].split(":")
-            fn = getattr(importlib.import_module(module), func)
+            fn = lister(name)
     except (ImportError, KeyError):
         return None
     params = inspect.signature(fn).parameters.values()
@@ -243,7 +240,7 @@ def validate(config) -> None:
         extra = set()
         if section == "data" and isinstance(values.get("name"), str):
             extra = _dataset_keys(values["name"])  # None: takes any keyword, names not judged
-            from deeplab_tf.data.loader import DATASET_NAMES
+            from deeplab_tf.data.catalog import DATASET_NAMES
 
             if values["name"] not in DATASET_NAMES:
                 problems.append(

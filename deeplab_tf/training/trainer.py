@@ -143,13 +143,8 @@ def load_split(data: dict, which: str):
             raise ValueError(
                 f"Bad options for the synthetic dataset: {err}. Received: {kwargs!r}"
             ) from None
-    try:
-        from deeplab_tf.data import load_dataset
-    except ImportError:
-        raise ValueError(
-            f"Dataset {name!r} needs deeplab_tf.data.load_dataset, which this installation lacks; "
-            "only 'synthetic' is built in."
-        ) from None
+    from deeplab_tf.data import load_dataset
+
     result = load_dataset(name, **kwargs)
     if isinstance(result, tuple):
         return result

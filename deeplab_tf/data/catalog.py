@@ -1,0 +1,67 @@
+"""The datasets this package reads, listed once: names, listing functions, standard splits.
+
+Every list of dataset names (``load_dataset``, the ``data`` config section, ``deeplab-tf data
+check``, the TFDS builders) is derived from :data:`DATASETS`. No TensorFlow here: the command
+line builds its ``--dataset`` choices from this module.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from deeplab_tf.data.listing import DatasetListing
+
+#: name -> ``lister``: "module:function" returning a :class:`DatasetListing` (None: generated,
+#: not read from files); ``check_splits``: the splits ``data check`` reads by default;
+#: ``tfds``: whether ``load_dataset(..., source="tfds")`` has a builder for it.
+DATASETS = {
+    name: {"lister": lister, "check_splits": splits, "tfds": tfds}
+    for name, lister, splits, tfds in (
+        ("voc2012", "deeplab_tf.data.voc:list_voc2012", ("train", "val"), True),
+        ("voc2012_aug", "deeplab_tf.data.voc:list_voc2012_aug", ("train_aug", "val"), True),
+        ("cityscapes", "deeplab_tf.data.cityscapes:list_cityscapes", ("train", "val"), True),
+        ("pascal_context", "deeplab_tf.data.context:list_pascal_context", ("train", "val"), False),
+        ("person_part", "deeplab_tf.data.person_part:list_person_part", ("train", "val"), False),
+        ("folder", "deeplab_tf.data.folder:list_folder", ("train",), False),
+        ("synthetic", None, (), False),
+    )
+}
+
+#: Every name :func:`deeplab_tf.data.load_dataset` accepts.
+DATASET_NAMES = tuple(DATASETS)
+#: The datasets read from files on disk (all but ``synthetic``).
+FILE_DATASETS = tuple(n for n, d in DATASETS.items() if d["lister"])
+#: The datasets with a TFDS builder.
+TFDS_DATASETS = tuple(n for n, d in DATASETS.items() if d["tfds"])
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`deeplab_tf.data.load_dataset`."""
+    return list(DATASET_NAMES)
+
+
+def lister(name: str):
+    """The listing function of a file dataset (``KeyError`` for another name)."""
+    module, func = DATASETS[name]["lister"].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def list_dataset(name: str, split: str = "train", root=None, **kwargs) -> DatasetListing:
+    """Finds the examples of a dataset split on disk without decoding them.
+
+    Args:
+        name: a dataset name from :func:`list_datasets` (not ``"synthetic"``).
+        split: split name (dataset specific).
+        root: dataset folder.
+        **kwargs: dataset-specific options (``sbd_root``, ``aug_dir``, ``list_file``,
+            ``label_dir``, ``label_type``, ``num_classes``, ``class_names``, ``palette``...).
+
+    Returns:
+        DatasetListing with the examples, label mapping, DatasetInfo and listing problems.
+    """
+    if name not in FILE_DATASETS:
+        raise ValueError(
+            f"Unknown dataset {name!r}; expected one of {sorted(FILE_DATASETS)}. "
+            f"Received: name={name!r}"
+        )
+    return lister(name)(root=root, split=split, **kwargs)
