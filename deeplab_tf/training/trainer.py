@@ -54,24 +54,32 @@ OPTIMIZERS = SCHEMA["train"]["optimizer"].choices
 def resolve_config(config: dict) -> dict:
     """Checks every value against the schema, then fills defaults from the registry recipe.
 
-    All problems are reported at once (see :func:`deeplab_tf.training.schema.validate`).
+    The steps, all declared in :mod:`deeplab_tf.training.schema`: :func:`~.schema.validate`
+    (every section, ``data`` with its dataset's own keys; all problems reported at once), the
+    model name resolved and its recipe looked up, each section merged over its
+    :func:`~.schema.defaults`, the result validated again (the recipe's values too), then the
+    cross-key rules of :data:`CONFIG_RULES`. Reads no data and writes nothing.
 
     Raises:
-        ValueError: unknown sections or keys, or invalid values, with what was received.
+        ValueError: unknown sections or keys, or invalid values, naming each key, what it
+            must be and the value received.
     """
     from deeplab_tf.training.recipes import get_recipe, resolve_model_name
 
     validate(config)
-    cfg = {k: dict(config.get(k) or {}) for k in SCHEMA}
-    model, data, train, val, out, dist = (
-        cfg[k] for k in ("model", "data", "train", "val", "output", "distribute")
-    )
-    model["name"] = resolve_model_name(model["name"])
-    recipe = get_recipe(model["name"])
-    train = {**defaults("train", recipe), **train}
-    validate({"train": train, "model": model, "data": data, "output": out})  # recipe values too
-    val = {**defaults("val", recipe), **val}
-    out = {**defaults("output", recipe), **out}
+    cfg = {section: dict(config.get(section) or {}) for section in SCHEMA}
+    cfg["model"]["name"] = resolve_model_name(cfg["model"]["name"])
+    recipe = get_recipe(cfg["model"]["name"])
+    cfg = {section: {**defaults(section, recipe), **values} for section, values in cfg.items()}
+    validate(cfg)
+    for rule in CONFIG_RULES:
+        rule(cfg)
+    return cfg
+
+
+def _checkpoint_interval(cfg: dict) -> None:
+    """``output.checkpoint_every`` (capped at ``train.steps``) divides ``train.steps``."""
+    train, out = cfg["train"], cfg["output"]
     every = min(out["checkpoint_every"], train["steps"])
     if train["steps"] % every:
         raise ValueError(
@@ -80,15 +88,11 @@ def resolve_config(config: dict) -> dict:
             f"steps={train['steps']}, checkpoint_every={every}"
         )
     out["checkpoint_every"] = every
-    dist = {**defaults("distribute", recipe), **dist}
-    return {
-        "model": model,
-        "data": data,
-        "train": train,
-        "val": val,
-        "output": out,
-        "distribute": dist,
-    }
+
+
+#: Rules over the whole resolved config, run in order after the schema: each raises
+#: ``ValueError`` or normalises its keys in place.
+CONFIG_RULES = (_checkpoint_interval,)
 
 
 def set_batchnorm_momentum(model, momentum: float) -> int:
