@@ -283,49 +283,15 @@ class CaffeAveragePooling2D(_CaffePool):
         return sums / counts
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class ResizeLogits(keras.layers.Layer):
-    """Upsamples stride-``stride`` logits (or probabilities) to a reference image's size.
+def resize_logits(logits, size, mode: str = "caffe", stride: int = 8):
+    """Upsamples stride-``stride`` logits (or probabilities) to ``size``.
 
     Two rules (docs/architecture.md#upsampling-interp):
 
     * ``"caffe"`` (default; what the authors' test nets and converted weights expect): Caffe's
       ``Interp`` with zoom factor ``stride``: bilinear with corners on corners
-      (``align_corners=True``) to ``(h - 1) * stride + 1``, then crop to the image size.
-    * ``"half_pixel"``: ``tf.image.resize`` bilinear straight to the image size.
-
-    Call it as ``ResizeLogits()([logits, images])``; only the reference's H and W are used.
-
-    Args:
-        mode: ``"caffe"`` or ``"half_pixel"``.
-        stride: the network's output stride (8 for DeepLab v2).
-    """
-
-    MODES = ("caffe", "half_pixel")
-
-    def __init__(self, mode: str = "caffe", stride: int = 8, **kwargs):
-        super().__init__(**kwargs)
-        if mode not in self.MODES:
-            raise ValueError(f"mode must be one of {self.MODES}. Received: mode={mode!r}")
-        if int(stride) < 1:
-            raise ValueError(f"stride must be >= 1. Received: stride={stride!r}")
-        self.mode = mode
-        self.stride = int(stride)
-
-    def call(self, inputs):
-        logits, reference = inputs
-        return resize_logits(logits, tf.shape(reference)[1:3], self.mode, self.stride)
-
-    def compute_output_shape(self, input_shapes):
-        logits, reference = input_shapes
-        return (logits[0], reference[1], reference[2], logits[3])
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode, "stride": self.stride}
-
-
-def resize_logits(logits, size, mode: str = "caffe", stride: int = 8):
-    """Functional form of :class:`ResizeLogits`.
+      (``align_corners=True``) to ``(h - 1) * stride + 1``, then crop to ``size``.
+    * ``"half_pixel"``: ``tf.image.resize`` bilinear straight to ``size``.
 
     Args:
         logits: ``(N, h, w, C)`` float tensor.
@@ -354,33 +320,12 @@ def resize_logits(logits, size, mode: str = "caffe", stride: int = 8):
     return tf.cast(out, dtype)
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class ResizeImages(keras.layers.Layer):
-    """Bilinear resize of an image batch by a scale factor (Caffe ``Interp``-style shrink).
-
-    Used by multi-scale training and inference: ``out = floor(in * scale)`` per side, via
-    ``ResizeBilinear(align_corners=True)`` as the authors' MSC prototxts do.
-    """
-
-    def __init__(self, scale: float, **kwargs):
-        super().__init__(**kwargs)
-        if not 0 < float(scale) <= 8:
-            raise ValueError(f"scale must be in (0, 8]. Received: scale={scale!r}")
-        self.scale = float(scale)
-
-    def call(self, x):
-        return resize_by_scale(x, self.scale)
-
-    def compute_output_shape(self, s):
-        f = lambda d: None if d is None else max(1, int(math.floor(d * self.scale)))
-        return (s[0], f(s[1]), f(s[2]), s[3])
-
-    def get_config(self):
-        return {**super().get_config(), "scale": self.scale}
-
-
 def resize_by_scale(x, scale: float):
-    """Resizes ``(N, H, W, C)`` by ``scale`` with corner alignment; size ``floor(H*scale)``."""
+    """Resizes ``(N, H, W, C)`` by ``scale`` with corner alignment; size ``floor(H*scale)``.
+
+    Caffe ``Interp``-style shrink of multi-scale training and inference: ``ResizeBilinear(
+    align_corners=True)`` as the authors' MSC prototxts do.
+    """
     if scale == 1.0:
         return x
     hw = tf.shape(x)[1:3]

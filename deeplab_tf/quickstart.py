@@ -17,6 +17,7 @@ run.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import time
@@ -85,22 +86,63 @@ def run_quickstart(
 
 
 def _run(work, steps, num_train, num_val, num_samples, sample_size, crf_iterations, verbose):
-    import keras
-    import numpy as np
-
-    from deeplab_tf.crf import DenseCRF
-    from deeplab_tf.data.synthetic import synthetic_arrays, synthetic_dataset
-    from deeplab_tf.evaluation.evaluate import evaluate
-    from deeplab_tf.evaluation.metrics import format_table
-    from deeplab_tf.export.savedmodel import export_saved_model
-    from deeplab_tf.export.tflite import export_tflite, run_tflite
-    from deeplab_tf.inference.multiscale import MultiScaleInference
-    from deeplab_tf.inference.predict import Predictor
-    from deeplab_tf.training.config_files import load_config
-    from deeplab_tf.training.trainer import train
-    from deeplab_tf.visualize import overlay, save_rgb_png, side_by_side
-
+    """The five stages into ``work``; returns the summary (``run_quickstart`` writes it)."""
     t0 = time.perf_counter()
+    config = quickstart_config(work, steps, num_train, verbose)
+    net, curve = train_stage(work, config)
+    heldout = evaluate_stage(work, net, config["data"], num_val)
+    samples = segment_stage(work, net, heldout, num_samples, sample_size, crf_iterations)
+    exported = export_stage(work, net, samples.crf, heldout.dataset, config["data"]["size"])
+    _stage("5/5 Drawing the summary figure")
+    figure = os.path.join(work, "summary.png")
+    info = heldout.info
+    draw_summary(
+        figure,
+        curve,
+        heldout.scores,
+        info.class_names,
+        samples.images[0],
+        samples.before[0],
+        samples.after[0],
+        info,
+    )
+    scores, msc_scores = heldout.scores, heldout.msc_scores
+    return {
+        "model": net.name,
+        "steps": config["train"]["steps"],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "heldout": {
+            **{
+                k: scores[k] for k in ("mean_iou", "pixel_accuracy", "mean_accuracy") if k in scores
+            },
+            "mean_iou_msc": msc_scores["mean_iou"],
+        },
+        "per_class_iou": scores.get("per_class_iou"),
+        "crf": {
+            "pixel_accuracy_before": samples.acc_before,
+            "pixel_accuracy_after": samples.acc_after,
+        },
+        "tflite_label_agreement": exported["tflite_agreement"],
+        "files": {
+            "model": "model.keras",
+            "metrics": "metrics.json",
+            "summary_figure": "summary.png",
+            "samples": samples.files,
+            "saved_model": exported["saved_model"],
+            "tflite": exported["tflite"],
+        },
+        "training_curve": curve,
+    }
+
+
+def quickstart_config(work, steps, num_train, verbose) -> dict:
+    """The shipped ``synthetic_tiny`` config, set up for the quickstart.
+
+    Trains into ``work/train`` without TensorBoard, for ``steps`` (default
+    :data:`QUICKSTART_STEPS`) rounded up to a multiple of the checkpoint interval.
+    """
+    from deeplab_tf.training.config_files import load_config
+
     config = load_config(QUICKSTART_CONFIG)
     config["output"]["workdir"] = os.path.join(work, "train")
     config["output"]["tensorboard"] = False
@@ -111,9 +153,20 @@ def _run(work, steps, num_train, num_val, num_samples, sample_size, crf_iteratio
     if num_train is not None:
         config["data"]["train"]["num_images"] = int(num_train)
     config["train"]["verbose"] = verbose
-    data = config["data"]
-    num_classes = data["num_classes"]
+    return config
 
+
+def train_stage(work, config):
+    """Stage 1: trains, saves ``work/model.keras`` for inference; returns ``(net, curve)``.
+
+    ``net`` is the trained network (unwrapped from MSC training) with its BatchNorm layers in
+    inference mode; ``curve`` holds the epoch history and every step's running loss and IoU.
+    """
+    import keras
+
+    from deeplab_tf.training.trainer import train
+
+    data = config["data"]
     _stage(
         f"1/5 Training {config['model']['name']} on synthetic scenes "
         f"({config['train']['steps']} steps, {data['size']}x{data['size']} crops)"
@@ -124,12 +177,33 @@ def _run(work, steps, num_train, num_val, num_samples, sample_size, crf_iteratio
     for layer in net.layers:  # deployed models run BatchNorm in inference mode
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-    model_path = os.path.join(work, "model.keras")
-    net.save(model_path)
+    net.save(os.path.join(work, "model.keras"))
     curve = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     curve["step_loss"] = recorder.losses
     curve["step_mean_iou"] = recorder.ious
+    return net, curve
 
+
+@dataclasses.dataclass
+class HeldOut:
+    """What :func:`evaluate_stage` measured, and what the later stages reuse."""
+
+    scores: dict  #: single-scale metrics, with ``multi_scale`` (the MSC metrics) inside
+    msc_scores: dict
+    predictor: object  #: the MSC :class:`~deeplab_tf.inference.predict.Predictor`
+    dataset: object  #: the held-out ``tf.data.Dataset``
+    info: object  #: its :class:`~deeplab_tf.data.info.DatasetInfo`
+
+
+def evaluate_stage(work, net, data: dict, num_val: int) -> HeldOut:
+    """Stage 2: scores ``num_val`` held-out scenes single-scale and with MSC; ``metrics.json``."""
+    from deeplab_tf.data.synthetic import synthetic_dataset
+    from deeplab_tf.evaluation.evaluate import evaluate
+    from deeplab_tf.evaluation.metrics import format_table
+    from deeplab_tf.inference.multiscale import MultiScaleInference
+    from deeplab_tf.inference.predict import Predictor
+
+    num_classes = data["num_classes"]
     _stage(f"2/5 Evaluating on {num_val} held-out images (single-scale and MSC {MSC_SCALES})")
     val_ds, info = synthetic_dataset("val", num_val, data["size"], num_classes, seed=1)
     scores = evaluate(
@@ -146,13 +220,38 @@ def _run(work, steps, num_train, num_val, num_samples, sample_size, crf_iteratio
     )
     scores["multi_scale"] = {"scales": list(MSC_SCALES), **msc_scores}
     atomic.write_json(os.path.join(work, "metrics.json"), scores)
+    return HeldOut(scores, msc_scores, predictor, val_ds, info)
 
-    _stage(f"3/5 Segmenting {num_samples} sample images with MSC + dense CRF")
-    images, labels, ids = synthetic_arrays("samples", num_samples, sample_size, num_classes, seed=2)
+
+@dataclasses.dataclass
+class Samples:
+    """The sample scenes of :func:`segment_stage`, before and after the CRF."""
+
+    images: object  #: ``(N, H, W, 3)`` uint8
+    before: object  #: ``(N, H, W)`` MSC labels
+    after: object  #: ``(N, H, W)`` labels after the dense CRF
+    acc_before: float
+    acc_after: float
+    files: list  #: the panels written, relative to the output folder
+    crf: object  #: the :class:`~deeplab_tf.crf.DenseCRF` used (exported with the model)
+
+
+def segment_stage(work, net, heldout: HeldOut, num_samples, sample_size, crf_iterations):
+    """Stage 3: segments sample scenes with MSC + dense CRF; writes ``work/samples/*.png``."""
+    import numpy as np
+
+    from deeplab_tf.crf import DenseCRF
+    from deeplab_tf.data.synthetic import synthetic_arrays
     from deeplab_tf.models.deeplab import find_deeplab
+    from deeplab_tf.visualize import overlay, save_rgb_png, side_by_side
 
+    info = heldout.info
+    _stage(f"3/5 Segmenting {num_samples} sample images with MSC + dense CRF")
+    images, labels, ids = synthetic_arrays(
+        "samples", num_samples, sample_size, info.num_classes, seed=2
+    )
     crf = DenseCRF.from_preset(find_deeplab(net).backbone, iterations=crf_iterations)
-    probs = np.stack([predictor(im) for im in images])
+    probs = np.stack([heldout.predictor(im) for im in images])
     refined = crf(images, probs).numpy()
     before, after = probs.argmax(-1), refined.argmax(-1)
     valid = labels != info.ignore_label
@@ -182,12 +281,29 @@ def _run(work, steps, num_train, num_val, num_samples, sample_size, crf_iteratio
             save_rgb_png(path, pic)
             sample_files.append(os.path.relpath(path, work))
     print(f"pixel accuracy on samples: {acc_before:.4f} before CRF, {acc_after:.4f} after")
+    return Samples(images, before, after, acc_before, acc_after, sample_files, crf)
+
+
+def export_stage(work, net, crf, val_ds, size: int) -> dict:
+    """Stage 4: a TF Serving SavedModel (``serving/1``, with the CRF) and a TFLite file.
+
+    The TFLite file is run in LiteRT on four held-out scenes against the Keras labels when
+    ``ai_edge_litert`` is installed.
+
+    Returns:
+        ``{"saved_model", "tflite"}`` (paths relative to ``work``) and ``"tflite_agreement"``
+        (the fraction of equal labels, ``None`` when LiteRT is missing).
+    """
+    import numpy as np
+
+    from deeplab_tf.export.savedmodel import export_saved_model
+    from deeplab_tf.export.tflite import export_tflite, run_tflite
+    from deeplab_tf.inference.multiscale import MultiScaleInference
 
     _stage("4/5 Exporting a TF Serving SavedModel and a TFLite file")
     serving = export_saved_model(
         net, os.path.join(work, "serving"), version=1, scales=(1.0,), crf=crf
     )
-    size = data["size"]
     tflite_path = export_tflite(
         net, os.path.join(work, "tflite", "model_fp32.tflite"), (size, size)
     )
@@ -204,32 +320,10 @@ def _run(work, steps, num_train, num_val, num_samples, sample_size, crf_iteratio
         tflite_agreement = float((lite == keras_labels).mean())
         print(f"TFLite: {os.path.relpath(tflite_path, work)}  (LiteRT vs Keras labels: ")
         print(f"  {tflite_agreement:.4%} equal)")
-
-    _stage("5/5 Drawing the summary figure")
-    figure = os.path.join(work, "summary.png")
-    draw_summary(figure, curve, scores, info.class_names, images[0], before[0], after[0], info)
     return {
-        "model": net.name,
-        "steps": config["train"]["steps"],
-        "seconds": round(time.perf_counter() - t0, 1),
-        "heldout": {
-            **{
-                k: scores[k] for k in ("mean_iou", "pixel_accuracy", "mean_accuracy") if k in scores
-            },
-            "mean_iou_msc": msc_scores["mean_iou"],
-        },
-        "per_class_iou": scores.get("per_class_iou"),
-        "crf": {"pixel_accuracy_before": acc_before, "pixel_accuracy_after": acc_after},
-        "tflite_label_agreement": tflite_agreement,
-        "files": {
-            "model": "model.keras",
-            "metrics": "metrics.json",
-            "summary_figure": "summary.png",
-            "samples": sample_files,
-            "saved_model": os.path.relpath(serving, work),
-            "tflite": os.path.relpath(tflite_path, work),
-        },
-        "training_curve": curve,
+        "saved_model": os.path.relpath(serving, work),
+        "tflite": os.path.relpath(tflite_path, work),
+        "tflite_agreement": tflite_agreement,
     }
 
 

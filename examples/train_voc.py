@@ -19,8 +19,9 @@ Usage::
     # The paper's run (needs a GPU; about 20k steps), ImageNet initialisation:
     python examples/train_voc.py --root /data --workdir runs/r101_voc
 
-    # From the release's MS-COCO initialisation (the paper's 76.35% val mIoU with MSC + CRF),
-    # converted with `deeplab-tf convert init.caffemodel --arch auto --no-classifier \
+    # From the release's MS-COCO initialisation (the paper's 76.35% val mIoU without the
+    # dense CRF, 77.69% with it), converted with
+    # `deeplab-tf convert-caffe init.caffemodel --arch auto --no-classifier \
     #     --num-classes 21 --out init.weights.h5`:
     python examples/train_voc.py --root /data --weights init.weights.h5 --workdir runs/r101_coco
 

@@ -14,11 +14,10 @@ from deeplab_tf.layers import (
     CaffePadding,
     PaddedConv2D,
     Preprocess,
-    ResizeImages,
-    ResizeLogits,
     atrous_conv2d,
     caffe_conv_output_size,
     caffe_pool_output_size,
+    resize_logits,
 )
 
 
@@ -111,8 +110,6 @@ def test_padding_is_symmetric():
         CaffePadding(3),
         CaffeMaxPooling2D(3, 1, 1),
         CaffeAveragePooling2D(3, 2, 1),
-        ResizeLogits(mode="half_pixel", stride=16),
-        ResizeImages(0.75),
         PaddedConv2D(pad=2, filters=4, kernel_size=3, dilation_rate=2),
     ],
     ids=lambda layer: type(layer).__name__,
@@ -128,9 +125,7 @@ def test_bad_layer_arguments():
     with pytest.raises(ValueError, match="pad must be smaller"):
         CaffeMaxPooling2D(3, 2, 3)
     with pytest.raises(ValueError, match="Received: mode='nearest'"):
-        ResizeLogits(mode="nearest")
-    with pytest.raises(ValueError, match="Received: scale=0"):
-        ResizeImages(0)
+        resize_logits(tf.zeros((1, 2, 2, 3)), (9, 9), mode="nearest")
 
 
 # === Atrous convolution with its own gradient ===

@@ -161,6 +161,38 @@ def test_poly_schedule_and_serialization():
         PolyDecay(0.1, 0)
 
 
+def test_docstring_claims_keras_sgd_and_polynomial_decay_agree_with_caffe():
+    """What optimizer.py states: with multipliers 1 and no decay CaffeSGD is Keras's momentum
+    SGD (under a schedule too), and PolynomialDecay(end 0) is PolyDecay up to float32 rounding;
+    with decay, CaffeSGD's L2 goes through the momentum, unlike Keras's decoupled decay."""
+    ones = dict.fromkeys(LR_MULT, 1.0)
+    grads = [np.array([1.0, -2.0, 0.5], np.float32) * (i + 1) for i in range(4)]
+
+    def run(opt):
+        w = keras.Variable(np.ones(3, np.float32), name="kernel")
+        for g in grads:
+            opt.apply_gradients([(g, w)])
+        return w.numpy()
+
+    caffe = run(CaffeSGD(PolyDecay(0.1, 5), momentum=0.9, weight_decay=0.0, lr_mult=ones))
+    np.testing.assert_allclose(caffe, run(keras.optimizers.SGD(PolyDecay(0.1, 5), momentum=0.9)))
+    decayed = run(CaffeSGD(0.1, momentum=0.9, weight_decay=0.01, lr_mult=ones))
+    w, v = np.ones(3), np.zeros(3)
+    for g in grads:
+        v = 0.9 * v + 0.1 * (g + 0.01 * w)
+        w = w - v
+    np.testing.assert_allclose(decayed, w, rtol=1e-6)
+    keras_decayed = run(keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=0.01))
+    assert not np.allclose(keras_decayed, w, rtol=1e-6)
+    keras_poly = keras.optimizers.schedules.PolynomialDecay(
+        2.5e-4, 20000, end_learning_rate=0.0, power=0.9
+    )
+    for step in (0, 1, 5000, 19990, 19999, 20000, 25000):
+        np.testing.assert_allclose(
+            float(keras_poly(step)), float(PolyDecay(2.5e-4, 20000)(step)), rtol=2e-4, atol=0
+        )
+
+
 def numpy_ce(labels, logits, ignore=255):
     z = logits - logits.max(-1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(-1, keepdims=True))

@@ -265,8 +265,8 @@ def training_callbacks(
             import tensorboard as _  # noqa: F401  (keras.callbacks.TensorBoard needs it)
         except ImportError:
             raise ImportError(
-                "TensorBoard logging needs the tensorboard package: pip install tensorboard "
-                "(or deeplab_tf[train]), or turn it off (output.tensorboard: false)."
+                "TensorBoard logging needs the tensorboard package (a dependency of deeplab_tf): "
+                "pip install tensorboard, or turn it off (output.tensorboard: false)."
             ) from None
         logs = worker_dir(os.path.join(workdir, "logs"), strategy)
         cbs.append(keras.callbacks.TensorBoard(logs, update_freq="epoch"))

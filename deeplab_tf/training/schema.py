@@ -5,15 +5,19 @@ once (unknown sections and keys with a did-you-mean, wrong types, out-of-range v
 and infinity); :func:`deeplab_tf.training.trainer.resolve_config` fills the defaults. Defaults
 written ``RECIPE`` come from the model's registry recipe.
 
-The ``data`` section's common keys are in the table; the dataset-specific ones (``size`` of
-``synthetic``, ``list_file`` of ``folder``...) are the keyword arguments of the dataset's
-listing function, checked by name.
+The ``data`` section's common keys are in the table; each dataset's own keys (``size`` of
+``synthetic``, ``list_file`` of ``voc2012``...) are in :data:`DATASET_FIELDS`, with their types:
+they are the keyword arguments of the dataset's listing function (a test keeps the two equal).
+``data.train`` and ``data.val`` take the same keys as ``data`` (except ``name``) and override
+them for their split. The rules that tie keys together are written as functions next to the
+tables (:data:`DATA_RULES`; the checkpoint interval rule is
+:func:`deeplab_tf.training.trainer.resolve_config`'s).
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
-import inspect
 import math
 from dataclasses import dataclass
 
@@ -25,10 +29,12 @@ REQUIRED = object()  # no default: the key must be given
 class Field:
     """One config key.
 
-    ``kind``: ``int``, ``float``, ``bool``, ``str``, ``floats`` / ``ints`` (non-empty lists),
-    ``size`` (positive int or ``[h, w]``), ``mapping`` or ``any``. ``lo``/``hi`` bound numbers
-    (and list items); ``lo_open``/``hi_open`` make the bound exclusive. ``nullable`` allows
-    ``null``.
+    ``kind``: ``int``, ``float``, ``bool``, ``str``, ``floats`` / ``ints`` / ``strs``
+    (non-empty lists), ``size`` (positive int or ``[h, w]``), ``colors`` (a list of ``[r, g,
+    b]``, each 0..255), ``mapping`` or ``any``. ``lo``/``hi`` bound numbers (and list items, and
+    each side of a ``size``); ``lo_open``/``hi_open`` make the bound exclusive. ``nullable``
+    allows ``null``. ``fallback``: the value of a ``RECIPE`` default the recipe does not set
+    (``None``: the key is left out).
     """
 
     kind: str
@@ -39,6 +45,7 @@ class Field:
     hi_open: bool = False
     choices: tuple | None = None
     nullable: bool = False
+    fallback: object = None
 
 
 def _pos_int(default=RECIPE, **kw):
@@ -86,8 +93,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "crop_size": Field("size", RECIPE),
         "scales": Field("floats", RECIPE, lo=0.0, hi=4.0, lo_open=True),
         "flip": Field("bool", True),
-        "msc": Field("bool", RECIPE),
-        "msc_scales": Field("floats", RECIPE, lo=0.0, hi=4.0, lo_open=True),
+        "msc": Field("bool", RECIPE, fallback=False),
+        "msc_scales": Field(
+            "floats", RECIPE, lo=0.0, hi=4.0, lo_open=True, fallback=[1.0, 0.75, 0.5]
+        ),
         "optimizer": Field("str", "caffe_sgd", choices=("caffe_sgd", "adam")),
         "base_lr": Field("float", RECIPE, lo=0.0, lo_open=True),
         "power": Field("float", RECIPE, lo=0.0),
@@ -122,6 +131,75 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "communication": Field("str", "auto", choices=("auto", "ring", "nccl")),
     },
 }
+
+
+#: Sections whose left-out keys get their defaults; ``model`` and ``data`` pass on only the keys
+#: given (the others take ``DeepLabV2``'s and the dataset's own defaults).
+FILLED_SECTIONS = ("train", "val", "output", "distribute")
+
+
+def _path():
+    return Field("str", None, nullable=True)
+
+
+#: Dataset name -> its own ``data`` keys: the keyword arguments of its listing function in
+#: :mod:`deeplab_tf.data` (``synthetic``: of ``synthetic_dataset``), besides ``root``/``split``.
+DATASET_FIELDS: dict[str, dict[str, Field]] = {
+    "voc2012": {"list_file": _path()},
+    "voc2012_aug": {"sbd_root": _path(), "aug_dir": _path(), "list_file": _path()},
+    "cityscapes": {
+        "label_type": Field("str", None, choices=("labelIds", "trainIds"), nullable=True)
+    },
+    "pascal_context": {"label_dir": _path(), "list_file": _path()},
+    "person_part": {"label_dir": _path(), "list_file": _path()},
+    "folder": {
+        "num_classes": Field("int", None, lo=1, hi=255, nullable=True),
+        "class_names": Field("strs", None, nullable=True),
+        "palette": Field("colors", None, nullable=True),
+        "ignore_label": Field("int", None, lo=0, hi=255, nullable=True),
+        "unlabeled": Field("bool", None, nullable=True),
+    },
+    "synthetic": {
+        "num_images": Field("int", None, lo=1, nullable=True),
+        "size": Field("size", None, lo=16, nullable=True),
+        "num_classes": Field("int", None, lo=2, hi=8, nullable=True),
+        "max_objects": Field("int", None, lo=1, nullable=True),
+        "noise": Field("float", None, lo=0.0, nullable=True),
+    },
+}
+#: The common ``data`` keys of datasets read from files; ``synthetic`` reads none and takes
+#: only ``split`` and ``seed`` (its generator's seed) of the common keys.
+FILE_KEYS = ("root", "on_error", "shuffle_files", "num_parallel_calls", "deterministic")
+FILE_KEYS += ("source", "data_dir")
+#: Datasets that ``source: tfds`` can prepare.
+TFDS_DATASETS = ("voc2012", "voc2012_aug", "cityscapes")
+
+
+def _tfds_rules(name, values):
+    """``source``/``data_dir``: what :func:`deeplab_tf.data.load_dataset` accepts."""
+    problems = []
+    source = values.get("source") or "files"
+    if source == "tfds" and name not in TFDS_DATASETS:
+        problems.append(
+            f"source 'tfds' is available for {list(TFDS_DATASETS)}. Received: name={name!r}"
+        )
+    own = sorted(k for k in values if k in DATASET_FIELDS.get(name, {}))
+    if source == "tfds" and own:
+        received = ", ".join(f"{k}={values[k]!r}" for k in own)
+        problems.append(
+            f"source 'tfds' takes no dataset options; expected none of {own}. Received: {received}"
+        )
+    if source != "tfds" and values.get("data_dir") is not None:
+        problems.append(
+            "data_dir is only used with source 'tfds'. "
+            f"Received: data_dir={values['data_dir']!r}, source={source!r}"
+        )
+    return problems
+
+
+#: Rules over the ``data`` keys of a split (``data`` merged with ``data.train`` or ``data.val``):
+#: ``rule(dataset_name, values) -> [problem]``, each problem starting with the key it names.
+DATA_RULES = (_tfds_rules,)
 
 
 def _number(value):
@@ -170,7 +248,30 @@ def check_value(value, f: Field):
         pair = [value, value] if not isinstance(value, (list, tuple)) else list(value)
         if len(pair) != 2 or any(not isinstance(v, int) or isinstance(v, bool) for v in pair):
             return "must be a positive integer or [height, width]"
-        problem = None if min(pair) >= 1 else "must be positive"
+        if f.lo is None:
+            problem = None if min(pair) >= 1 else "must be positive"
+        else:
+            problem = None if min(pair) >= f.lo else f"must be >= {f.lo:g} on each side"
+    elif kind == "strs":
+        if not isinstance(value, (list, tuple)) or not value:
+            return "must be a non-empty list of strings"
+        problem = (
+            None
+            if all(isinstance(v, str) and v for v in value)
+            else ("every item must be a non-empty string")
+        )
+    elif kind == "colors":
+        ok = (
+            isinstance(value, (list, tuple))
+            and value
+            and all(
+                isinstance(c, (list, tuple))
+                and len(c) == 3
+                and all(_integer(v) and 0 <= v <= 255 for v in c)
+                for c in value
+            )
+        )
+        problem = None if ok else "must be a non-empty list of [r, g, b] colours, each 0..255"
     elif kind in ("floats", "ints"):
         item_ok = (
             _number
@@ -197,21 +298,94 @@ def _did_you_mean(key, known):
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _dataset_keys(name):
-    """Extra keyword arguments the dataset ``name`` takes (``None``: cannot tell)."""
-    try:
-        if name == "synthetic":
-            from deeplab_tf.data.synthetic import synthetic_dataset as fn
-        else:
-            from deeplab_tf.data.catalog import lister
+def _unknown_keys(section, unknown, known, note=""):
+    hints = [f"{k!r}{_did_you_mean(k.split('.')[-1], known)}" for k in sorted(unknown, key=str)]
+    return (
+        f"Unknown keys in config section {section!r}{note}: {sorted(unknown, key=str)}: "
+        f"{', '.join(hints)}; allowed: {sorted(known)}"
+    )
 
-            fn = lister(name)
-    except (ImportError, KeyError):
-        return None
-    params = inspect.signature(fn).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params} - {"root", "split"}
+
+def _section_problems(section, values, fields):
+    """Type, range and required-key problems of one section, and its unknown keys."""
+    problems, unknown = [], []
+    for key, value in values.items():
+        if key in fields:
+            problem = check_value(value, fields[key])
+            if problem:
+                problems.append(f"{section}.{key} {problem}. Received: {value!r}")
+        else:
+            unknown.append(key)
+    for key, f in fields.items():
+        if f.default is REQUIRED and values.get(key) is None:
+            problems.append(f"{section}.{key} is required. Received none")
+    return problems, unknown
+
+
+def _data_problems(values):
+    """The ``data`` section: the dataset name, then every key of ``data``, ``data.train`` and
+    ``data.val`` against the common keys and the dataset's own (:data:`DATASET_FIELDS`)."""
+    from deeplab_tf.data.catalog import DATASET_NAMES
+
+    common = SCHEMA["data"]
+    problems, unknown = _section_problems("data", values, common)
+    name = values.get("name")
+    if not isinstance(name, str):
+        return problems  # data.name is required / must be a string: reported above
+    if name not in DATASET_NAMES:
+        problems.append(
+            f"data.name must be one of {list(DATASET_NAMES)}{_did_you_mean(name, DATASET_NAMES)}. "
+            f"Received: {name!r}"
+        )
+        return problems  # the dataset's own keys cannot be judged
+    own = DATASET_FIELDS[name]
+    splits = [s for s in ("train", "val") if isinstance(values.get(s), dict)]
+    for split in splits:
+        for key, value in values[split].items():
+            if key in ("name", "train", "val"):
+                problems.append(
+                    f"data.{split}.{key} cannot be set per split: name, train and val are keys "
+                    f"of data itself. Received: {value!r}"
+                )
+                continue
+            f = own.get(key) or common.get(key)
+            if f is None:
+                unknown.append(f"{split}.{key}")
+                continue
+            problem = check_value(value, f)
+            if problem:
+                problems.append(f"data.{split}.{key} {problem}. Received: {value!r}")
+    checked = {k for k in own if k not in common}
+    for key in [k for k in values if k in checked]:
+        problem = check_value(values[key], own[key])
+        if problem:
+            problems.append(f"data.{key} {problem}. Received: {values[key]!r}")
+    unknown = [k for k in unknown if k.split(".")[-1] not in own]
+    if name == "synthetic":
+        for where, mapping in [("", values)] + [(f"{s}.", values[s]) for s in splits]:
+            for key in [k for k in FILE_KEYS if k in mapping]:
+                problems.append(
+                    f"data.{where}{key} is not a key of dataset 'synthetic' (it reads no files; "
+                    f"expected only split, seed and {sorted(own)}). Received: {mapping[key]!r}"
+                )
+    if unknown:
+        known = (set(common) - (set(FILE_KEYS) if name == "synthetic" else set())) | set(own)
+        elsewhere = []
+        for key in sorted({k.split(".")[-1] for k in unknown}):
+            owners = [d for d, fields in DATASET_FIELDS.items() if key in fields and d != name]
+            if owners:
+                elsewhere.append(f"{key!r} is a key of {', '.join(map(repr, owners))}")
+        problems.append(
+            _unknown_keys("data", unknown, known, f" for dataset {name!r}")
+            + (f" ({'; '.join(elsewhere)})" if elsewhere else "")
+        )
+    for rule in DATA_RULES:
+        common_problems = rule(name, values)
+        problems += [f"data.{p}" for p in common_problems]
+        for split in splits:
+            found = rule(name, {**values, **values[split]})
+            problems += [f"data.{split}.{p}" for p in found if p not in common_problems]
+    return problems
 
 
 def validate(config) -> None:
@@ -237,56 +411,15 @@ def validate(config) -> None:
         if not isinstance(values, dict):
             problems.append(f"{section} must be a mapping. Received: {values!r}")
             continue
-        extra = set()
-        if section == "data" and isinstance(values.get("name"), str):
-            extra = _dataset_keys(values["name"])  # None: takes any keyword, names not judged
-            from deeplab_tf.data.catalog import DATASET_NAMES
-
-            if values["name"] not in DATASET_NAMES:
-                problems.append(
-                    f"data.name must be one of {list(DATASET_NAMES)}"
-                    f"{_did_you_mean(values['name'], DATASET_NAMES)}. "
-                    f"Received: {values['name']!r}"
-                )
-        unknown = []
-        for key, value in values.items():
-            if key in fields:
-                problem = check_value(value, fields[key])
-                if problem:
-                    problems.append(f"{section}.{key} {problem}. Received: {value!r}")
-            elif extra is not None and key not in extra:
-                unknown.append(key)
-        if section == "data" and extra is not None:
-            for split in ("train", "val"):
-                if isinstance(values.get(split), dict):
-                    unknown += [
-                        f"{split}.{k}" for k in values[split] if k not in fields and k not in extra
-                    ]
+        if section == "data":
+            problems += _data_problems(values)
+            continue
+        found, unknown = _section_problems(section, values, fields)
+        problems += found
         if unknown:
-            known = set(fields) | (extra or set())
-            hints = [
-                f"{k!r}{_did_you_mean(k.split('.')[-1], known)}" for k in sorted(unknown, key=str)
-            ]
-            problems.append(
-                f"Unknown keys in config section {section!r}: {sorted(unknown, key=str)}: "
-                f"{', '.join(hints)}; allowed: {sorted(known)}"
-            )
-        for key, f in fields.items():
-            if f.default is REQUIRED and values.get(key) is None:
-                problems.append(f"{section}.{key} is required. Received none")
+            problems.append(_unknown_keys(section, unknown, set(fields)))
         if section == "train":
-            lr_mult = values.get("lr_mult")
-            if isinstance(lr_mult, dict):
-                for k, v in lr_mult.items():
-                    if k not in _LR_MULT_KEYS:
-                        problems.append(
-                            f"unknown key train.lr_mult.{k}{_did_you_mean(k, _LR_MULT_KEYS)}; "
-                            f"expected one of {list(_LR_MULT_KEYS)}"
-                        )
-                    elif check_value(v, Field("float", lo=0.0)):
-                        problems.append(
-                            f"train.lr_mult.{k} must be a finite number >= 0. Received: {v!r}"
-                        )
+            problems += _lr_mult_problems(values.get("lr_mult"))
     if problems:
         raise ValueError(
             f"Invalid training config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n  "
@@ -294,8 +427,25 @@ def validate(config) -> None:
         )
 
 
+def _lr_mult_problems(lr_mult):
+    problems = []
+    if isinstance(lr_mult, dict):
+        for k, v in lr_mult.items():
+            if k not in _LR_MULT_KEYS:
+                problems.append(
+                    f"unknown key train.lr_mult.{k}{_did_you_mean(k, _LR_MULT_KEYS)}; "
+                    f"expected one of {list(_LR_MULT_KEYS)}"
+                )
+            elif check_value(v, Field("float", lo=0.0)):
+                problems.append(f"train.lr_mult.{k} must be a finite number >= 0. Received: {v!r}")
+    return problems
+
+
 def defaults(section: str, recipe: dict) -> dict:
-    """The section's defaults (``RECIPE`` ones from ``recipe``; required keys left out)."""
+    """The section's defaults (``RECIPE`` ones from ``recipe``, else the field's ``fallback``;
+    required keys left out). Sections not in :data:`FILLED_SECTIONS` have none."""
+    if section not in FILLED_SECTIONS:
+        return {}
     out = {}
     for key, f in SCHEMA[section].items():
         if f.default is REQUIRED:
@@ -303,10 +453,8 @@ def defaults(section: str, recipe: dict) -> dict:
         if f.default is RECIPE:
             if key in recipe:
                 out[key] = recipe[key]
-            elif key == "msc":
-                out[key] = False
-            elif key == "msc_scales":
-                out[key] = [1.0, 0.75, 0.5]
-        elif section in ("train", "val", "output", "distribute"):
+            elif f.fallback is not None:
+                out[key] = copy.deepcopy(f.fallback)
+        else:
             out[key] = f.default
     return out

@@ -28,6 +28,7 @@ finished run changes nothing (:class:`RunFinished`) unless ``restart=True``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import json
 import math
@@ -53,24 +54,32 @@ OPTIMIZERS = SCHEMA["train"]["optimizer"].choices
 def resolve_config(config: dict) -> dict:
     """Checks every value against the schema, then fills defaults from the registry recipe.
 
-    All problems are reported at once (see :func:`deeplab_tf.training.schema.validate`).
+    The steps, all declared in :mod:`deeplab_tf.training.schema`: :func:`~.schema.validate`
+    (every section, ``data`` with its dataset's own keys; all problems reported at once), the
+    model name resolved and its recipe looked up, each section merged over its
+    :func:`~.schema.defaults`, the result validated again (the recipe's values too), then the
+    cross-key rules of :data:`CONFIG_RULES`. Reads no data and writes nothing.
 
     Raises:
-        ValueError: unknown sections or keys, or invalid values, with what was received.
+        ValueError: unknown sections or keys, or invalid values, naming each key, what it
+            must be and the value received.
     """
     from deeplab_tf.training.recipes import get_recipe, resolve_model_name
 
     validate(config)
-    cfg = {k: dict(config.get(k) or {}) for k in SCHEMA}
-    model, data, train, val, out, dist = (
-        cfg[k] for k in ("model", "data", "train", "val", "output", "distribute")
-    )
-    model["name"] = resolve_model_name(model["name"])
-    recipe = get_recipe(model["name"])
-    train = {**defaults("train", recipe), **train}
-    validate({"train": train, "model": model, "data": data, "output": out})  # recipe values too
-    val = {**defaults("val", recipe), **val}
-    out = {**defaults("output", recipe), **out}
+    cfg = {section: dict(config.get(section) or {}) for section in SCHEMA}
+    cfg["model"]["name"] = resolve_model_name(cfg["model"]["name"])
+    recipe = get_recipe(cfg["model"]["name"])
+    cfg = {section: {**defaults(section, recipe), **values} for section, values in cfg.items()}
+    validate(cfg)
+    for rule in CONFIG_RULES:
+        rule(cfg)
+    return cfg
+
+
+def _checkpoint_interval(cfg: dict) -> None:
+    """``output.checkpoint_every`` (capped at ``train.steps``) divides ``train.steps``."""
+    train, out = cfg["train"], cfg["output"]
     every = min(out["checkpoint_every"], train["steps"])
     if train["steps"] % every:
         raise ValueError(
@@ -79,15 +88,11 @@ def resolve_config(config: dict) -> dict:
             f"steps={train['steps']}, checkpoint_every={every}"
         )
     out["checkpoint_every"] = every
-    dist = {**defaults("distribute", recipe), **dist}
-    return {
-        "model": model,
-        "data": data,
-        "train": train,
-        "val": val,
-        "output": out,
-        "distribute": dist,
-    }
+
+
+#: Rules over the whole resolved config, run in order after the schema: each raises
+#: ``ValueError`` or normalises its keys in place.
+CONFIG_RULES = (_checkpoint_interval,)
 
 
 def set_batchnorm_momentum(model, momentum: float) -> int:
@@ -229,6 +234,11 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
     ``train.seed`` (every worker computes the same global batches and keeps its slice). A
     restarted run resumes from the last backup and skips the input stream to the same batch.
 
+    The stages, in order (nothing is written to the workdir before the model is compiled):
+    :func:`resolve_run`, :func:`make_run_strategy`, :func:`load_data`, :func:`build_model`
+    and :func:`compile_model` (in the strategy's scope), :func:`prepare_workdir`,
+    :func:`input_pipelines`, :func:`fit_model` and :func:`finish_run`.
+
     Args:
         config: a config dict (see the module docstring); defaults from the registry recipe.
         callbacks: extra Keras callbacks.
@@ -253,31 +263,49 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
         >>> strategy = make_strategy("mirrored")   # deeplab_tf.training.distribute
         >>> model, history = train(load_config("voc12_vgg16_largefov"), strategy=strategy)
     """
-    import keras
+    cfg, record = resolve_run(config, restart)
+    strategy = make_run_strategy(cfg, strategy)
+    data = load_data(cfg, dataset_overrides)
+    with strategy.scope():
+        net, model = build_model(cfg, data.num_classes)
+        compile_model(model, cfg, data.num_classes, data.ignore)
+    prepare_workdir(cfg, record, restart, strategy)
+    train_batches, val_batches = input_pipelines(cfg, data, net, strategy)
+    history = fit_model(model, net, cfg, strategy, train_batches, val_batches, callbacks)
+    finish_run(cfg["output"]["workdir"], net, cfg, strategy)
+    return model, history
 
-    from deeplab_tf.models.deeplab import deeplab_config
-    from deeplab_tf.models.registry import create_model
-    from deeplab_tf.training import distribute
-    from deeplab_tf.training.callbacks import backup_epoch, training_callbacks
-    from deeplab_tf.training.losses import DeepLabLoss
-    from deeplab_tf.training.metrics import MeanIoU
-    from deeplab_tf.training.msc import MultiScaleTraining
-    from deeplab_tf.training.optimizer import CaffeSGD, PolyDecay
-    from deeplab_tf.training.pipeline import (
-        CAFFE_RGB_MEAN,
-        check_element_spec,
-        eval_pipeline,
-        train_pipeline,
-    )
 
+def resolve_run(config: dict, restart: bool = False):
+    """Stage 1: the resolved config and the workdir's run record (``None`` if there is none).
+
+    Reads nothing but the config and ``run.json``, writes nothing. With ``restart`` the record
+    is not read (the run is replaced).
+
+    Raises:
+        ValueError: a bad config (see :func:`resolve_config`) or an unreadable run record.
+        RunFinished: the workdir holds a finished run and ``restart`` is False.
+    """
     cfg = resolve_config(copy.deepcopy(config))
-    mcfg, tcfg, vcfg, ocfg = cfg["model"], cfg["train"], cfg["val"], cfg["output"]
-    dcfg = cfg["distribute"]
-    workdir = ocfg["workdir"]
+    workdir = cfg["output"]["workdir"]
     record = run_status(workdir) if os.path.isdir(workdir) and not restart else None
     if record is not None and record["status"] == "finished" and not restart:
         raise RunFinished(_finished_message(workdir, record))
-    # First: multi-worker and TPU strategies must exist before TensorFlow runs anything.
+    return cfg, record
+
+
+def make_run_strategy(cfg: dict, strategy=None):
+    """Stage 2: the ``tf.distribute`` strategy, checked against the training config.
+
+    First of all: multi-worker and TPU strategies must exist before TensorFlow runs anything.
+
+    Raises:
+        ValueError: ``train.batch_size`` does not split over the replicas, a multi-worker run
+            without ``train.seed``, or accumulation over several replicas without ``caffe_sgd``.
+    """
+    from deeplab_tf.training import distribute
+
+    tcfg, dcfg = cfg["train"], cfg["distribute"]
     if strategy is None:
         strategy = distribute.make_strategy(
             dcfg["strategy"], dcfg["devices"], dcfg["tpu"], dcfg["communication"]
@@ -299,7 +327,33 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
             f"optimizer={tcfg['optimizer']!r}, accumulation_steps={tcfg['accumulation_steps']}, "
             f"replicas={replicas}"
         )
-    on_tpu = distribute.strategy_name(strategy) == "tpu"
+    return strategy
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """The checked datasets of a run (:func:`load_data`)."""
+
+    train: object  #: the training ``tf.data.Dataset``
+    val: object  #: the validation ``tf.data.Dataset`` or ``None``
+    num_classes: int
+    ignore: int  #: the label value that is ignored (255)
+
+
+def load_data(cfg: dict, dataset_overrides=None) -> TrainingData:
+    """Stage 3: loads ``data.train`` and ``data.val`` (or takes ``dataset_overrides``), checked.
+
+    The number of classes comes from ``model.num_classes`` or the dataset and must agree; the
+    element spec, non-emptiness and the first ``train.validate_examples`` label maps of each
+    split are checked here, before the model is built.
+
+    Raises:
+        ValueError: no training split, unknown or disagreeing number of classes, a bad element
+            spec, an empty split or bad label values (naming the example).
+    """
+    from deeplab_tf.training.pipeline import check_element_spec
+
+    mcfg, tcfg = cfg["model"], cfg["train"]
     overrides = dataset_overrides or {}
     train_split = overrides.get("train") or load_split(cfg["data"], "train")
     if train_split is None:
@@ -317,59 +371,115 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
     ignore = info.ignore_label if info is not None else 255
     check_element_spec(train_ds)
     _check_labels(train_ds, "training", num_classes, ignore, tcfg["validate_examples"])
+    val_ds = None
     if val_split is not None:
-        check_element_spec(val_split[0])
-        _check_labels(val_split[0], "validation", num_classes, ignore, tcfg["validate_examples"])
+        val_ds = val_split[0]
+        check_element_spec(val_ds)
+        _check_labels(val_ds, "validation", num_classes, ignore, tcfg["validate_examples"])
+    return TrainingData(train_ds, val_ds, num_classes, ignore)
 
+
+def build_model(cfg: dict, num_classes: int):
+    """Stage 4 (in the strategy's scope): ``(net, model)``: the registry network and what is fit.
+
+    ``model`` is ``net`` itself, or ``net`` wrapped in :class:`MultiScaleTraining` when
+    ``train.msc``; ``train.bn_momentum`` is applied to the trainable BatchNorm layers.
+    """
+    from deeplab_tf.models.registry import create_model
+    from deeplab_tf.training.msc import MultiScaleTraining
+
+    mcfg, tcfg = cfg["model"], cfg["train"]
     build_kwargs = {k: v for k, v in mcfg.items() if k != "name"}
     build_kwargs["num_classes"] = num_classes
-    accum = tcfg["accumulation_steps"]
-    with strategy.scope():
-        net = create_model(mcfg["name"], **build_kwargs)
-        if tcfg["bn_momentum"] is not None:
-            set_batchnorm_momentum(net, tcfg["bn_momentum"])
-        model = MultiScaleTraining(net, tcfg["msc_scales"]) if tcfg["msc"] else net
-        schedule = PolyDecay(tcfg["base_lr"], tcfg["steps"], tcfg["power"])
-        if tcfg["optimizer"] == "caffe_sgd":
-            optimizer = CaffeSGD(
-                schedule,
-                momentum=tcfg["momentum"],
-                weight_decay=tcfg["weight_decay"],
-                lr_mult=tcfg["lr_mult"],
-                gradient_accumulation_steps=accum if accum > 1 else None,
-            )
-        else:
-            # Keras schedules see micro-batches: stretch the curve by the accumulation factor.
-            optimizer = keras.optimizers.Adam(
-                PolyDecay(tcfg["base_lr"], tcfg["steps"] * accum, tcfg["power"]),
-                gradient_accumulation_steps=accum if accum > 1 else None,
-            )
-        model.compile(
-            optimizer=optimizer,
-            loss=DeepLabLoss(ignore_label=ignore, label_mode=tcfg["label_mode"]),
-            metrics=[MeanIoU(num_classes, ignore_label=ignore)],
-        )
-    mean = (
-        CAFFE_RGB_MEAN if deeplab_config(net)["preprocessing"] == "caffe" else (127.5, 127.5, 127.5)
-    )
-    every = ocfg["checkpoint_every"]
-    chief = distribute.is_chief(strategy)
-    if chief:
-        from deeplab_tf import atomic
+    net = create_model(mcfg["name"], **build_kwargs)
+    if tcfg["bn_momentum"] is not None:
+        set_batchnorm_momentum(net, tcfg["bn_momentum"])
+    model = MultiScaleTraining(net, tcfg["msc_scales"]) if tcfg["msc"] else net
+    return net, model
 
-        os.makedirs(workdir, exist_ok=True)
-        atomic.remove_stale_temps(workdir)
-        if restart:
-            _restart(workdir)
-        if restart or record is None:
-            _write_run_record(workdir, "running", cfg)
-    # Resuming: start the (seeded) input stream at the first batch of the epoch to redo.
+
+def make_optimizer(tcfg: dict):
+    """The optimizer of ``train.optimizer`` on the poly schedule.
+
+    ``caffe_sgd``: :class:`CaffeSGD`, whose schedule counts applied updates. ``adam``: Keras
+    schedules see micro-batches, so the curve is stretched by the accumulation factor.
+    """
+    import keras
+
+    from deeplab_tf.training.optimizer import CaffeSGD, PolyDecay
+
+    accum = tcfg["accumulation_steps"]
+    if tcfg["optimizer"] == "caffe_sgd":
+        return CaffeSGD(
+            PolyDecay(tcfg["base_lr"], tcfg["steps"], tcfg["power"]),
+            momentum=tcfg["momentum"],
+            weight_decay=tcfg["weight_decay"],
+            lr_mult=tcfg["lr_mult"],
+            gradient_accumulation_steps=accum if accum > 1 else None,
+        )
+    return keras.optimizers.Adam(
+        PolyDecay(tcfg["base_lr"], tcfg["steps"] * accum, tcfg["power"]),
+        gradient_accumulation_steps=accum if accum > 1 else None,
+    )
+
+
+def compile_model(model, cfg: dict, num_classes: int, ignore: int) -> None:
+    """Stage 5 (in the strategy's scope): optimizer (:func:`make_optimizer`), loss and metric."""
+    from deeplab_tf.training.losses import DeepLabLoss
+    from deeplab_tf.training.metrics import MeanIoU
+
+    tcfg = cfg["train"]
+    model.compile(
+        optimizer=make_optimizer(tcfg),
+        loss=DeepLabLoss(ignore_label=ignore, label_mode=tcfg["label_mode"]),
+        metrics=[MeanIoU(num_classes, ignore_label=ignore)],
+    )
+
+
+def prepare_workdir(cfg: dict, record, restart: bool, strategy) -> None:
+    """Stage 6 (chief only): creates the workdir and starts the run record.
+
+    Removes stale temporary files of killed runs; with ``restart`` deletes the previous run's
+    backup and checkpoints; writes ``run.json`` as running unless an interrupted run's record
+    is already there (that run is resumed).
+    """
+    from deeplab_tf import atomic
+    from deeplab_tf.training import distribute
+
+    if not distribute.is_chief(strategy):
+        return
+    workdir = cfg["output"]["workdir"]
+    os.makedirs(workdir, exist_ok=True)
+    atomic.remove_stale_temps(workdir)
+    if restart:
+        _restart(workdir)
+    if restart or record is None:
+        _write_run_record(workdir, "running", cfg)
+
+
+def input_pipelines(cfg: dict, data: TrainingData, net, strategy):
+    """Stage 7: ``(train_batches, val_batches)`` (``val_batches`` ``None`` without ``data.val``).
+
+    The image mean follows the network's preprocessing. A resumed run with ``train.seed``
+    starts the (seeded) training stream at the first batch of the epoch to redo; multi-worker
+    runs keep each worker's slice of the global batches.
+    """
+    from deeplab_tf.models.deeplab import deeplab_config
+    from deeplab_tf.training import distribute
+    from deeplab_tf.training.callbacks import backup_epoch
+    from deeplab_tf.training.pipeline import CAFFE_RGB_MEAN, eval_pipeline, train_pipeline
+
+    tcfg, vcfg, ocfg = cfg["train"], cfg["val"], cfg["output"]
+    ignore, num_classes = data.ignore, data.num_classes
+    workers = distribute.num_workers(strategy)
+    caffe = deeplab_config(net)["preprocessing"] == "caffe"  # the model's own description
+    mean = CAFFE_RGB_MEAN if caffe else (127.5, 127.5, 127.5)
     start_batch = 0
     if ocfg["resume"] and tcfg["seed"] is not None:
-        start_batch = backup_epoch(os.path.join(workdir, "backup")) * every * accum
-
+        backup = os.path.join(ocfg["workdir"], "backup")
+        start_batch = backup_epoch(backup) * ocfg["checkpoint_every"] * tcfg["accumulation_steps"]
     train_batches = train_pipeline(
-        train_ds,
+        data.train,
         tcfg["crop_size"],
         tcfg["batch_size"],
         tcfg["scales"],
@@ -385,12 +495,8 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
     if workers > 1:
         train_batches = distribute.shard_by_data(train_batches)
     val_batches = None
-    if val_split is not None:
-        vds = (
-            val_split[0]
-            if vcfg["max_examples"] is None
-            else val_split[0].take(vcfg["max_examples"])
-        )
+    if data.val is not None:
+        vds = data.val if vcfg["max_examples"] is None else data.val.take(vcfg["max_examples"])
         val_batches = eval_pipeline(
             vds,
             vcfg["crop_size"],
@@ -398,11 +504,39 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
             mean,
             ignore,
             num_classes,
-            drop_remainder=on_tpu,
+            drop_remainder=distribute.strategy_name(strategy) == "tpu",
         )
         if workers > 1:
             val_batches = distribute.shard_by_data(val_batches)
+    return train_batches, val_batches
 
+
+def fit_model(model, net, cfg: dict, strategy, train_batches, val_batches, callbacks=None):
+    """Stage 8: ``model.fit`` (through :func:`distribute.fit`) with the run's callbacks.
+
+    One epoch is ``output.checkpoint_every`` updates (checkpoint, resume backup); a resumed
+    run restores its backup in the callbacks and runs only the epochs left.
+
+    Returns:
+        The ``keras.callbacks.History``.
+
+    Raises:
+        ValueError: a training example failed the in-pipeline check (named, with the step).
+        RuntimeError: the loss or the weights became non-finite; nothing diverged was saved.
+    """
+    import keras
+    import tensorflow as tf
+
+    from deeplab_tf.training import distribute
+    from deeplab_tf.training.callbacks import (
+        StopOnNonFiniteLoss,
+        training_callbacks,
+        weights_finite,
+    )
+    from deeplab_tf.training.pipeline import BAD_EXAMPLE
+
+    tcfg, ocfg = cfg["train"], cfg["output"]
+    workdir, every = ocfg["workdir"], ocfg["checkpoint_every"]
     os.makedirs(workdir, exist_ok=True)
     cbs = training_callbacks(
         workdir,
@@ -414,18 +548,13 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
         strategy,
         keep_backup=True,
     )
-    import tensorflow as tf
-
-    from deeplab_tf.training.callbacks import StopOnNonFiniteLoss, weights_finite
-    from deeplab_tf.training.pipeline import BAD_EXAMPLE
-
     try:
         history = distribute.fit(
             model,
             strategy,
             train_batches,
             epochs=math.ceil(tcfg["steps"] / every),
-            steps_per_epoch=every * accum,
+            steps_per_epoch=every * tcfg["accumulation_steps"],
             validation_data=val_batches,
             callbacks=cbs + list(callbacks or []),
             verbose=tcfg["verbose"],
@@ -453,12 +582,11 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
             "checkpoints and the resume backup keep their last finite state); lower "
             "train.base_lr or check the data."
         )
-    finish_run(workdir, net, cfg, strategy)
-    return model, history
+    return history
 
 
 def finish_run(workdir, net, cfg, strategy=None):
-    """Ends a run in an order that leaves a complete state on disk at every instant.
+    """Stage 9: ends a run in an order that leaves a complete state on disk at every instant.
 
     1. ``model.keras`` is written to a temporary file and renamed into place (a kill leaves
        the last epoch's backup, and the rerun writes it again);
