@@ -11,8 +11,9 @@ import os
 
 import numpy as np
 import pytest
-from _fresh_process import REPO, run_cli, run_python
 from PIL import Image
+
+from tests._fresh_process import REPO, run_cli, run_python
 
 pytestmark = pytest.mark.xdist_group("cli_processes")
 

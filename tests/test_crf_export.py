@@ -8,9 +8,9 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from _crf_utils import PHOTOS, coarse_probs, load_photo
 
 from deeplab_tf.crf import DenseCRF
+from tests._crf_utils import PHOTOS, coarse_probs, load_photo
 
 H, W, C = 48, 64, 21
 

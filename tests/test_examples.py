@@ -26,10 +26,11 @@ import re
 import subprocess
 import sys
 
-import _data_utils as du
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests import _data_utils as du
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")

@@ -23,6 +23,7 @@ from deeplab_tf.export import (
     tflite_ops,
     to_bfloat16,
 )
+from tests._fresh_process import run_python
 
 NUM_CLASSES = 4
 
@@ -159,14 +160,7 @@ RELOAD_SCRIPT = textwrap.dedent(
 
 def _run_script(script, *args):
     """Runs ``script`` in a fresh Python (it must not crash); returns its last line as JSON."""
-    proc = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_python(script, *args, timeout=300)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
