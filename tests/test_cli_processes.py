@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests._fresh_process import REPO, run_cli, run_python
 
-pytestmark = pytest.mark.xdist_group("cli_processes")
+pytestmark = [pytest.mark.xdist_group("cli_processes"), pytest.mark.multiprocess, pytest.mark.large]
 
 
 def _ok(proc):

@@ -37,6 +37,7 @@ class _CRFLabels(tf.Module):
         return {"labels": self.crf.labels(image, probs)}
 
 
+@pytest.mark.multiprocess
 def test_saved_model_reloads_in_a_process_without_deeplab_tf(tmp_path):
     image, probs = _sample()
     crf = DenseCRF.from_preset("resnet101")

@@ -87,6 +87,7 @@ def _photo(path, size=(40, 56), seed=0):
 # === train_voc.py ===
 
 
+@pytest.mark.multiprocess
 def test_example_scripts_help():
     for name, flag in (("train_voc.py", "--workdir"), ("predict.py", "--crf")):
         # --help answers without importing TensorFlow (the script is importable and cheap).
@@ -373,6 +374,7 @@ def _fake_stub_class(loaded):
     return Stub
 
 
+@pytest.mark.multiprocess
 def test_serve_md_clients_run_against_the_export(served, tmp_path, monkeypatch):
     import grpc
     import requests
@@ -427,6 +429,7 @@ def test_serve_md_clients_run_against_the_export(served, tmp_path, monkeypatch):
 NOTEBOOK = os.path.join(EXAMPLES, "colab_quickstart.ipynb")
 
 
+@pytest.mark.multiprocess
 def test_notebook_is_generated_and_valid(tmp_path):
     import nbformat
 
@@ -523,6 +526,8 @@ def _start_notebook_early(request):
         request.getfixturevalue("notebook_run")
 
 
+@pytest.mark.large
+@pytest.mark.multiprocess
 def test_notebook_code_runs_tiny(notebook_run):
     returncode, output = notebook_run.wait()
     assert returncode == 0, output[-5000:]

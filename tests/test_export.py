@@ -164,6 +164,7 @@ def _run_script(script, *args):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.multiprocess
 def test_saved_model_reloads_without_deeplab_tf(tmp_path, model):
     images = _images()
     small = _images(1, 29, 23, seed=3)[0]
@@ -247,6 +248,7 @@ def test_warmup_records_are_byte_identical_to_tf_serving_protos():
     assert predict_log_record({"images": image}, "serving_uint8") == one.SerializeToString()
 
 
+@pytest.mark.multiprocess
 def test_warmup_requests_are_prediction_logs(tmp_path, tiny):
     from tensorflow_serving.apis import prediction_log_pb2
 
@@ -364,6 +366,7 @@ def test_concurrent_exports_get_distinct_versions(tmp_path, tiny, monkeypatch, c
     assert sorted(os.listdir(out)) == ["1", "2", "7"]
 
 
+@pytest.mark.multiprocess
 def test_stale_export_temporaries_are_cleaned(tmp_path, tiny):
     from deeplab_tf import atomic
 
@@ -546,6 +549,7 @@ BAD_REQUESTS_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.multiprocess
 def test_every_signature_rejects_bad_requests_and_keeps_serving(tmp_path, tiny):
     """A rank-3 batch used to abort the serving process in the convolution kernel; every
     signature now fails such requests with InvalidArgumentError and serves the next one."""
@@ -625,6 +629,7 @@ BYTES_LIMIT_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.multiprocess
 def test_serving_bytes_refuses_images_over_max_pixels_before_decoding(tmp_path, tiny):
     """One 8000x8000 PNG of a few hundred KB used to take gigabytes in serving_bytes; the size
     is now read from the header and checked before decoding."""

@@ -40,6 +40,8 @@ def _compiled(model, x):
     return model, x, y
 
 
+@pytest.mark.large
+@pytest.mark.multiprocess
 def test_compiled_models_and_wrappers_load_in_a_new_process(tmp_path):
     keras.utils.set_random_seed(3)
     x = _images(n=2, size=49)
@@ -94,6 +96,7 @@ def test_unsupported_versions_fail_with_the_supported_range():
     _registration.check_version("keras", "3.15.9")
 
 
+@pytest.mark.multiprocess
 def test_import_fails_clearly_on_an_unsupported_keras(tmp_path):
     """A fake ``keras`` 3.9 on the path: ``import deeplab_tf`` names the supported range."""
     fake = tmp_path / "keras"

@@ -54,7 +54,8 @@ def expected_params(name):
 def _cases():
     for name in deeplab_tf.list_models():
         yield pytest.param(name, False, id=name)
-        marks = [pytest.mark.large] if name in LARGE_SAVE_LOAD else []
+        marks = [pytest.mark.multiprocess]
+        marks += [pytest.mark.large] if name in LARGE_SAVE_LOAD else []
         yield pytest.param(name, True, id=f"{name}-save_load", marks=marks)
 
 

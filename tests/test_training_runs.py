@@ -65,6 +65,7 @@ def _ckpts(workdir):
 
 
 @pytest.mark.large
+@pytest.mark.multiprocess
 def test_kill_during_final_save_then_rerun_finishes_and_finished_run_is_left_alone(tmp_path):
     workdir = tmp_path / "run"
     killed = _train_cli(workdir, kill=True)
