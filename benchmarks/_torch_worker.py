@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv=None):
@@ -38,10 +35,11 @@ def main(argv=None):
     p.add_argument("--msc", action="store_true")
     args = p.parse_args(argv)
 
-    import _common
     import numpy as np
     import torch
-    import torch_deeplab as td
+
+    from benchmarks import _common
+    from benchmarks import torch_deeplab as td
 
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)

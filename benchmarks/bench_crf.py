@@ -9,7 +9,7 @@ though TensorFlow's thread pools count some spinning) and the 1-minute load aver
 and after.
 
 Usage:
-    python benchmarks/bench_crf.py [--repeats 5] [--preset resnet101] [--impl sparse]
+    python -m benchmarks.bench_crf [--repeats 5] [--preset resnet101] [--impl sparse]
         [--iterations 10]
 """
 

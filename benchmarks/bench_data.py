@@ -8,7 +8,7 @@ Compares, in the same run and on the same files (500x375 JPEGs + palette PNGs, V
   (TensorFlow cannot read palette PNGs as indices, so it has no labels);
 - ``tfds``: the ``deeplab_voc2012`` builder's records after a one-off preparation (timed apart).
 
-Usage: ``python benchmarks/bench_data.py [--num-images 64] [--repeats 3]``.
+Usage: ``python -m benchmarks.bench_data [--num-images 64] [--repeats 3]``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
@@ -24,8 +23,7 @@ import numpy as np
 
 
 def build_tree(root, n, rng):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    import _data_utils as u
+    from tests import _data_utils as u
 
     ids = [f"2007_{i:06d}" for i in range(n)]
     voc = os.path.join(root, "VOCdevkit", "VOC2012")

@@ -26,9 +26,9 @@ so the agreement figure is a pessimistic estimate of that of trained weights.
 
 Prints JSON on stdout and a table on stderr. Usage::
 
-    python benchmarks/bench_inference.py                 # full run (about 10 min on 2 cores)
-    python benchmarks/bench_inference.py --quick         # seconds: tiny sizes, CI smoke run
-    python benchmarks/bench_inference.py --zoo-models deeplabv2_vgg16_largefov --sizes 321
+    python -m benchmarks.bench_inference                 # full run (about 10 min on 2 cores)
+    python -m benchmarks.bench_inference --quick         # seconds: tiny sizes, CI smoke run
+    python -m benchmarks.bench_inference --zoo-models deeplabv2_vgg16_largefov --sizes 321
 """
 
 from __future__ import annotations
@@ -43,10 +43,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import _common  # noqa: E402
+from benchmarks import _common
 
 TARGET_VARIANTS = ("eager", "graph", "xla", "folded", "fused", "bf16", "fused_bf16")
 TARGETS = {"fp32_vs_torch": 0.75, "bf16_vs_torch": 0.45, "bf16_label_agreement": 0.995}
@@ -146,11 +143,11 @@ def target_part(args, torch, limit, threads):
     def run_torch():
         depth = int(args.target_model.split("resnet")[1].split("_")[0])
         out = os.path.join(workdir, f"torch_logits_{len(torch_runs)}.npy")
-        cmd = [sys.executable, os.path.join(HERE, "_torch_worker.py"), "infer",
+        cmd = [sys.executable, "-m", "benchmarks._torch_worker", "infer",
                "--depth", str(depth), "--num-classes", str(model.output_shape[-1]),
                "--weights", weights, "--images", images_path, "--repeats", str(args.repeats),
                "--threads", str(threads), "--out", out]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_common.REPO)
         if proc.returncode != 0:
             raise RuntimeError(f"The PyTorch worker failed:\n{proc.stderr[-3000:]}")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -330,7 +327,7 @@ def main(argv=None):
     )  # fmt: skip
     report["wall_s"] = round(time.perf_counter() - start, 1)
     report["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
-    report["command"] = "python benchmarks/bench_inference.py " + " ".join(sys.argv[1:])
+    report["command"] = "python -m benchmarks.bench_inference " + " ".join(sys.argv[1:])
     _common.emit(report, args.json_out)
 
 

@@ -15,9 +15,9 @@ benchmark photo.
 
 Prints JSON on stdout and a table on stderr. Usage::
 
-    python benchmarks/bench_tflite.py                  # ResNet-101 ASPP-L at 321x321
-    python benchmarks/bench_tflite.py --quick          # CI smoke run (MobileNetV2, 33 px)
-    python benchmarks/bench_tflite.py --model deeplabv2_vgg16_largefov --size 513
+    python -m benchmarks.bench_tflite                  # ResNet-101 ASPP-L at 321x321
+    python -m benchmarks.bench_tflite --quick          # CI smoke run (MobileNetV2, 33 px)
+    python -m benchmarks.bench_tflite --model deeplabv2_vgg16_largefov --size 513
 """
 
 from __future__ import annotations
@@ -29,10 +29,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import _common  # noqa: E402
+from benchmarks import _common
 
 QUANTIZATIONS = ("fp32", "fp16", "int8")
 
@@ -159,7 +156,7 @@ def main(argv=None):
         "litert": f"ai-edge-litert Interpreter, default delegates (XNNPACK), num_threads={threads}",
         "results": rows,
         "wall_s": round(time.perf_counter() - start_all, 1),
-        "command": "python benchmarks/bench_tflite.py " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.bench_tflite " + " ".join(sys.argv[1:]),
     }
     _common.emit(report, args.json_out)
 

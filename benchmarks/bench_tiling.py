@@ -3,7 +3,7 @@
 Each configuration runs in its own subprocess so that its peak resident memory (``ru_maxrss``)
 is its own; the whole-image run is the reference measured in the same invocation. Prints JSON.
 
-Usage: ``python benchmarks/bench_tiling.py [--backbone mobilenetv2] [--height 1024]
+Usage: ``python -m benchmarks.bench_tiling [--backbone mobilenetv2] [--height 1024]
 [--width 2048] [--tile 513] [--scales 1 0.75 0.5]`` (Cityscapes size by default).
 """
 
@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 import time
+
+from benchmarks._common import REPO
 
 
 def worker(args):
@@ -63,10 +65,11 @@ def main():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     results = {}
     for mode in args.modes:
-        cmd = [sys.executable, __file__, "--mode", mode, "--backbone", args.backbone,
-               "--height", str(args.height), "--width", str(args.width), "--tile", str(args.tile),
+        cmd = [sys.executable, "-m", "benchmarks.bench_tiling", "--mode", mode,
+               "--backbone", args.backbone, "--height", str(args.height),
+               "--width", str(args.width), "--tile", str(args.tile),
                "--scales", *map(str, args.scales)]  # fmt: skip
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
         if out.returncode != 0:
             results[mode] = {"error": out.stderr.strip().splitlines()[-1:]}
             continue

@@ -16,9 +16,9 @@ A warm-up micro-batch (tracing) precedes the timed steps; its time is reported a
 
 Prints JSON on stdout and a table on stderr. Usage::
 
-    python benchmarks/bench_train.py                 # full run (about 10 min on 2 cores)
-    python benchmarks/bench_train.py --quick         # CI smoke run (ResNet-50, 65 px)
-    python benchmarks/bench_train.py --micro-batch 1 --accumulation 2 --msc off
+    python -m benchmarks.bench_train                 # full run (about 10 min on 2 cores)
+    python -m benchmarks.bench_train --quick         # CI smoke run (ResNet-50, 65 px)
+    python -m benchmarks.bench_train --micro-batch 1 --accumulation 2 --msc off
 """
 
 from __future__ import annotations
@@ -31,10 +31,7 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import _common  # noqa: E402
+from benchmarks import _common
 
 TARGET = 0.8
 
@@ -129,12 +126,12 @@ def tf_worker(args, msc: bool) -> dict:
 
 def run_worker(args, framework: str, msc: bool) -> dict:
     if framework == "torch":
-        cmd = [sys.executable, os.path.join(HERE, "_torch_worker.py"), "train",
+        cmd = [sys.executable, "-m", "benchmarks._torch_worker", "train",
                "--depth", str(args.depth), "--size", str(args.size),
                "--micro-batch", str(args.micro_batch), "--accumulation", str(args.accumulation),
                "--steps", str(args.steps)] + (["--msc"] if msc else [])  # fmt: skip
     else:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "tf",
+        cmd = [sys.executable, "-m", "benchmarks.bench_train", "--worker", "tf",
                "--depth", str(args.depth), "--size", str(args.size),
                "--micro-batch", str(args.micro_batch), "--accumulation", str(args.accumulation),
                "--steps", str(args.steps), "--msc", "on" if msc else "off"]  # fmt: skip
@@ -148,7 +145,7 @@ def run_worker(args, framework: str, msc: bool) -> dict:
     if framework == "tf":
         env["TF_CPU_ALLOCATOR_USE_BFC"] = "false" if args.no_bfc else "true"
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=_common.REPO)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         return {"error": f"{framework} worker exited with {proc.returncode}:\n{tail}"}
@@ -215,7 +212,7 @@ def main(argv=None):
         else "torch not installed (pip install torch) or --no-torch: comparison skipped",
         "results": rows,
         "wall_s": round(time.perf_counter() - start, 1),
-        "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.bench_train " + " ".join(sys.argv[1:]),
     }
     _common.emit(report, args.json_out)
     if any("error" in r.get(f, {}) for r in rows for f in ("torch", "keras")):

@@ -16,10 +16,6 @@ Needs ``torch`` (``pip install torch``); the benchmarks skip the comparison with
 from __future__ import annotations
 
 import math
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 try:
     import torch
@@ -31,7 +27,7 @@ except ImportError as err:  # pragma: no cover - exercised only without torch
         "(https://pytorch.org/get-started/locally/, the CPU wheel is enough)"
     ) from err
 
-from _common import keras_arrays, read_npz, save_npz  # noqa: E402,F401
+from benchmarks._common import keras_arrays, read_npz, save_npz  # noqa: F401
 
 CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
 RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}

@@ -89,6 +89,7 @@ def test_concurrent_version_claims_get_distinct_numbers(tmp_path):
     assert sorted(os.listdir(base), key=int) == [str(n) for n in range(1, 10)]
 
 
+@pytest.mark.multiprocess
 def test_stale_temps_of_dead_processes_are_removed_live_ones_kept(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -121,6 +122,7 @@ def test_stale_temps_of_dead_processes_are_removed_live_ones_kept(tmp_path):
         sleeper.wait()
 
 
+@pytest.mark.multiprocess
 def test_first_write_in_a_folder_cleans_it(tmp_path):
     stale = tmp_path / f".tmp-{atomic._host()}~{_dead_pid()}.~0badf00d-a.png"
     stale.write_text("half")

@@ -1,6 +1,7 @@
 """Smoke runs of the benchmark scripts: each runs once at its smallest setting (``--quick``) in
-a subprocess and must exit 0 and print a JSON report with its reference. Speed itself is never
-asserted here (benchmarks are not tests)."""
+a subprocess, as users run it (``python -m benchmarks.<script>`` from the repository root), and
+must exit 0 and print a JSON report with its reference. Speed itself is never asserted here
+(benchmarks are not tests)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(REPO, "benchmarks")
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def _module(name):
+    return "benchmarks." + name.removesuffix(".py")
 
 
 def run_script(name, *args, timeout=600):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
-        [sys.executable, os.path.join(BENCH, name), *args],
+        [sys.executable, "-m", _module(name), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -34,15 +38,17 @@ def run_script(name, *args, timeout=600):
 @pytest.mark.parametrize(
     "name", ["bench_inference.py", "bench_train.py", "bench_tflite.py", "bench_tiling.py"]
 )
+@pytest.mark.multiprocess
 def test_help(name):
     proc = subprocess.run(
-        [sys.executable, os.path.join(BENCH, name), "--help"], capture_output=True, text=True
+        [sys.executable, "-m", _module(name), "--help"], capture_output=True, text=True, cwd=REPO
     )
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout
 
 
 @pytest.mark.large
+@pytest.mark.multiprocess
 def test_bench_inference_quick():
     report, table = run_script("bench_inference.py", "--quick")
     assert report["conv_limit_fp32"]["gflops_per_s"] > 0
@@ -61,6 +67,7 @@ def test_bench_inference_quick():
 
 
 @pytest.mark.large
+@pytest.mark.multiprocess
 def test_bench_train_quick():
     report, _ = run_script("bench_train.py", "--quick", "--msc", "off")
     (row,) = report["results"]
@@ -70,6 +77,7 @@ def test_bench_train_quick():
 
 
 @pytest.mark.large
+@pytest.mark.multiprocess
 def test_bench_tflite_quick():
     report, _ = run_script("bench_tflite.py", "--quick")
     rows = report["results"]
@@ -84,13 +92,8 @@ def test_torch_reference_matches_keras():
     torch = pytest.importorskip("torch")
     import numpy as np
 
-    sys.path.insert(0, BENCH)
-    try:
-        import _common
-        import torch_deeplab
-    finally:
-        sys.path.remove(BENCH)
     import deeplab_tf
+    from benchmarks import _common, torch_deeplab
 
     model = deeplab_tf.DeepLabV2("resnet50", "aspp_l", num_classes=5)
     images = _common.photo(41, 45, 2)

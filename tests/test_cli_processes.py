@@ -11,10 +11,11 @@ import os
 
 import numpy as np
 import pytest
-from _fresh_process import REPO, run_cli, run_python
 from PIL import Image
 
-pytestmark = pytest.mark.xdist_group("cli_processes")
+from tests._fresh_process import REPO, run_cli, run_python
+
+pytestmark = [pytest.mark.xdist_group("cli_processes"), pytest.mark.multiprocess, pytest.mark.large]
 
 
 def _ok(proc):

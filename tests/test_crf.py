@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from _crf_utils import PHOTOS, coarse_probs, load_photo
 
 from deeplab_tf.crf import DenseCRF, build_lattice, lattice_filter
 from deeplab_tf.crf import lattice as lattice_lib
+from tests._crf_utils import PHOTOS, coarse_probs, load_photo
 
 dcrf = pytest.importorskip("pydensecrf.densecrf")
 eigen = pytest.importorskip("pydensecrf.eigen")

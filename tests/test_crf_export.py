@@ -8,9 +8,9 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from _crf_utils import PHOTOS, coarse_probs, load_photo
 
 from deeplab_tf.crf import DenseCRF
+from tests._crf_utils import PHOTOS, coarse_probs, load_photo
 
 H, W, C = 48, 64, 21
 
@@ -37,6 +37,7 @@ class _CRFLabels(tf.Module):
         return {"labels": self.crf.labels(image, probs)}
 
 
+@pytest.mark.multiprocess
 def test_saved_model_reloads_in_a_process_without_deeplab_tf(tmp_path):
     image, probs = _sample()
     crf = DenseCRF.from_preset("resnet101")

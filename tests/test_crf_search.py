@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from _crf_utils import PHOTOS, coarse_probs, load_photo
 from PIL import Image
 
 from deeplab_tf.crf.search import confusion, format_table, grid_search, mean_iou
+from tests._crf_utils import PHOTOS, coarse_probs, load_photo
 
 
 def _samples(classes=4):

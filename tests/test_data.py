@@ -18,9 +18,7 @@ from deeplab_tf.data import (
 )
 from deeplab_tf.data.cityscapes import ID_TO_TRAIN_ID, from_tfds_cityscapes
 from deeplab_tf.data.palettes import CONTEXT_459_IDS
-
-sys.path.insert(0, os.path.dirname(__file__))
-import _data_utils as u  # noqa: E402
+from tests import _data_utils as u
 
 
 def as_dict(ds):

@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -10,9 +9,7 @@ import pytest
 from deeplab_tf.cli import main
 from deeplab_tf.data.check import check_dataset
 from deeplab_tf.data.palettes import VOC_CLASSES, voc_palette
-
-sys.path.insert(0, os.path.dirname(__file__))
-import _data_utils as u  # noqa: E402
+from tests import _data_utils as u
 
 IDS = ["2007_000032", "2007_000039", "2007_000042", "2007_000061", "2007_000063"]
 

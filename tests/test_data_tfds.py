@@ -1,7 +1,6 @@
 """TFDS paths: the VOC/SBD builder (manual_dir) and TFDS's Cityscapes builder, on fake trees."""
 
 import os
-import sys
 import zipfile
 
 import numpy as np
@@ -10,9 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from deeplab_tf.data import load_dataset
-
-sys.path.insert(0, os.path.dirname(__file__))
-import _data_utils as u  # noqa: E402
+from tests import _data_utils as u
 
 VOC_TRAIN = ["2007_000032", "2007_000039"]
 VOC_VAL = ["2007_000033"]

@@ -222,6 +222,8 @@ def reference(tmp_path_factory, drift):
 # === Tests ===
 
 
+@pytest.mark.large
+@pytest.mark.multiprocess
 def test_multi_worker_matches_single_device(reference, tmp_path):
     """Two workers (1 CPU replica each), global batch 4 x 2 accumulated, 4 updates, seed 3."""
     workdir = tmp_path / "run"
@@ -246,6 +248,8 @@ def test_multi_worker_matches_single_device(reference, tmp_path):
     assert _hidden_entries(workdir, tmp_path, workdir / "checkpoints") == []
 
 
+@pytest.mark.large
+@pytest.mark.multiprocess
 def test_mirrored_two_logical_cpus_matches_single_device(reference):
     ref = reference.result()
     assert int(ref["dist_replicas"]) == 2
@@ -259,6 +263,8 @@ def test_mirrored_two_logical_cpus_matches_single_device(reference):
     assert "Received: batch_size=3" in err
 
 
+@pytest.mark.large
+@pytest.mark.multiprocess
 def test_mirrored_drift_is_rounding_amplified_by_training(drift):
     """With the whole backbone learning (BatchNorm statistics fitted to the data), MirroredStrategy
     drifts from one device over a few updates exactly as much as one device does when only the
@@ -280,6 +286,8 @@ def test_mirrored_drift_is_rounding_amplified_by_training(drift):
     np.testing.assert_array_less(swap[1:], 5 * dist[1:])
 
 
+@pytest.mark.large
+@pytest.mark.multiprocess
 def test_killed_worker_resumes_from_chief_backup(reference, tmp_path):
     """Worker 1 dies (os._exit) in the second epoch; the job is restarted and finishes."""
     workdir = tmp_path / "run"

@@ -26,10 +26,11 @@ import re
 import subprocess
 import sys
 
-import _data_utils as du
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests import _data_utils as du
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -86,6 +87,7 @@ def _photo(path, size=(40, 56), seed=0):
 # === train_voc.py ===
 
 
+@pytest.mark.multiprocess
 def test_example_scripts_help():
     for name, flag in (("train_voc.py", "--workdir"), ("predict.py", "--crf")):
         # --help answers without importing TensorFlow (the script is importable and cheap).
@@ -372,6 +374,7 @@ def _fake_stub_class(loaded):
     return Stub
 
 
+@pytest.mark.multiprocess
 def test_serve_md_clients_run_against_the_export(served, tmp_path, monkeypatch):
     import grpc
     import requests
@@ -426,6 +429,7 @@ def test_serve_md_clients_run_against_the_export(served, tmp_path, monkeypatch):
 NOTEBOOK = os.path.join(EXAMPLES, "colab_quickstart.ipynb")
 
 
+@pytest.mark.multiprocess
 def test_notebook_is_generated_and_valid(tmp_path):
     import nbformat
 
@@ -522,6 +526,8 @@ def _start_notebook_early(request):
         request.getfixturevalue("notebook_run")
 
 
+@pytest.mark.large
+@pytest.mark.multiprocess
 def test_notebook_code_runs_tiny(notebook_run):
     returncode, output = notebook_run.wait()
     assert returncode == 0, output[-5000:]

@@ -23,6 +23,7 @@ from deeplab_tf.export import (
     tflite_ops,
     to_bfloat16,
 )
+from tests._fresh_process import run_python
 
 NUM_CLASSES = 4
 
@@ -159,17 +160,11 @@ RELOAD_SCRIPT = textwrap.dedent(
 
 def _run_script(script, *args):
     """Runs ``script`` in a fresh Python (it must not crash); returns its last line as JSON."""
-    proc = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_python(script, *args, timeout=300)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.multiprocess
 def test_saved_model_reloads_without_deeplab_tf(tmp_path, model):
     images = _images()
     small = _images(1, 29, 23, seed=3)[0]
@@ -253,6 +248,7 @@ def test_warmup_records_are_byte_identical_to_tf_serving_protos():
     assert predict_log_record({"images": image}, "serving_uint8") == one.SerializeToString()
 
 
+@pytest.mark.multiprocess
 def test_warmup_requests_are_prediction_logs(tmp_path, tiny):
     from tensorflow_serving.apis import prediction_log_pb2
 
@@ -370,6 +366,7 @@ def test_concurrent_exports_get_distinct_versions(tmp_path, tiny, monkeypatch, c
     assert sorted(os.listdir(out)) == ["1", "2", "7"]
 
 
+@pytest.mark.multiprocess
 def test_stale_export_temporaries_are_cleaned(tmp_path, tiny):
     from deeplab_tf import atomic
 
@@ -554,6 +551,7 @@ BAD_REQUESTS_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.multiprocess
 def test_every_signature_rejects_bad_requests_and_keeps_serving(tmp_path, tiny):
     """A rank-3 batch used to abort the serving process in the convolution kernel; every
     signature now fails such requests with InvalidArgumentError and serves the next one."""
@@ -633,6 +631,7 @@ BYTES_LIMIT_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.multiprocess
 def test_serving_bytes_refuses_images_over_max_pixels_before_decoding(tmp_path, tiny):
     """One 8000x8000 PNG of a few hundred KB used to take gigabytes in serving_bytes; the size
     is now read from the header and checked before decoding."""

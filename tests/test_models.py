@@ -7,23 +7,7 @@ import pytest
 import deeplab_tf
 from deeplab_tf import DeepLabV2, create_model, get_model_config, list_models, output_stride_of
 from deeplab_tf.cli import main as cli_main
-from deeplab_tf.layers import caffe_conv_output_size as conv_out
-from deeplab_tf.layers import caffe_pool_output_size as pool_out
-
-
-def expected_size(backbone, n):
-    """Caffe's output length over the release's layer table (docs/architecture.md#output-sizes)."""
-    if backbone == "vgg16":
-        for stride in (2, 2, 2, 1, 1):
-            n = pool_out(n, 3, stride, 1)
-        return n
-    if backbone == "mobilenetv2":  # Conv1, block_1, block_3 have stride 2 at output stride 8
-        for _ in range(3):
-            n = conv_out(n, 3, 2, 1)
-        return n
-    n = pool_out(conv_out(n, 7, 2, 3), 3, 2, 1)
-    return conv_out(n, 1, 2, 0)  # res3a_branch2a
-
+from tests._harness import caffe_output_size as expected_size
 
 SWEEP = [(33, 33), (48, 40), (57, 64), (64, 64), (65, 65), (75, 100), (80, 31)]
 

@@ -59,6 +59,7 @@ def test_quickstart_interrupt_leaves_nothing_half_written(tmp_path, monkeypatch,
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.multiprocess
 def test_quickstart_removes_a_killed_runs_partial_folder(tmp_path, monkeypatch, capsys):
     import subprocess
     import sys

@@ -2,12 +2,14 @@
 
 The loading process imports ``deeplab_tf`` and ``keras`` and nothing else of the library, then
 calls ``keras.saving.load_model(path)`` (safe mode, the default) on every kind of object the
-library saves: each registry entry, compiled models (CaffeSGD, DeepLabLoss, MeanIoU), the
-inference wrapper ``MultiScaleInference``, the training wrapper ``MultiScaleTraining``, and the
-fused and bfloat16 inference rewrites.
+library saves: compiled models (CaffeSGD, DeepLabLoss, MeanIoU), the inference wrapper
+``MultiScaleInference``, the training wrapper ``MultiScaleTraining``, and the fused and bfloat16
+inference rewrites. Each registry entry goes through the same check in the harness's model test
+(``tests/test_registry_models.py``); the loader is ``tests._fresh_process.load_in_new_process``.
 """
 
 import json
+import os
 import pathlib
 import sys
 import zipfile
@@ -15,42 +17,14 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-from _fresh_process import run_python
 
 import deeplab_tf
 from deeplab_tf import _registration
 from deeplab_tf.export import fuse_for_inference, to_bfloat16
 from deeplab_tf.inference import MultiScaleInference
-from deeplab_tf.models import DeepLabV2, create_model, list_models
+from deeplab_tf.models import DeepLabV2
 from deeplab_tf.training import MultiScaleTraining
-
-# The child: load every file, run it on its input, save the output; for compiled models also
-# check the optimizer / loss / metric classes and train one more step.
-LOADER = r"""
-import json, sys
-import numpy as np
-import deeplab_tf  # the only library import
-import keras
-
-loaded = [m for m in sys.modules if m.startswith("deeplab_tf.") and m != "deeplab_tf._registration"]
-report = {}
-for job in json.load(open(sys.argv[1])):
-    model = keras.saving.load_model(job["path"])  # safe_mode=True is the default
-    x = np.load(job["x"])
-    np.save(job["out"], keras.ops.convert_to_numpy(model(x, training=False)))
-    info = {"class": type(model).__name__}
-    if job.get("compiled"):
-        info["optimizer"] = type(model.optimizer).__name__
-        info["iterations"] = int(model.optimizer.iterations.numpy())
-        info["loss"] = type(model.loss).__name__
-        y = np.load(job["y"])
-        hist = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
-        info["metrics"] = sorted(hist.history)
-        info["loss_after"] = float(hist.history["loss"][-1])
-        info["iterations_after"] = int(model.optimizer.iterations.numpy())
-    report[job["path"]] = info
-json.dump(report, open(sys.argv[2], "w"))
-"""
+from tests._fresh_process import LOADER, fresh_env, load_in_new_process, run_python
 
 
 def _images(n=1, size=41, seed=0):
@@ -62,41 +36,6 @@ def _labels(x, classes=3, seed=1):
     return np.random.default_rng(seed).integers(0, classes, (len(x), h, w)).astype("uint8")
 
 
-def _load_in_new_process(tmp_path, objects):
-    """Saves ``{name: (model, x, y_or_None)}``, loads each in one new process; returns reports."""
-    jobs, expected = [], {}
-    for name, (model, x, y) in objects.items():
-        expected[name] = keras.ops.convert_to_numpy(model(x, training=False))
-        path = str(tmp_path / f"{name}.keras")
-        model.save(path)
-        np.save(tmp_path / f"{name}_x.npy", x)
-        job = {"path": path, "x": str(tmp_path / f"{name}_x.npy")}
-        job["out"] = str(tmp_path / f"{name}_out.npy")
-        if y is not None:
-            np.save(tmp_path / f"{name}_y.npy", y)
-            job.update(compiled=True, y=str(tmp_path / f"{name}_y.npy"))
-        jobs.append(job)
-    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    run_python(LOADER, str(tmp_path / "jobs.json"), str(tmp_path / "report.json"))
-    report = json.loads((tmp_path / "report.json").read_text())
-    results = {}
-    for name, job in zip(objects, jobs):
-        got = np.load(job["out"])
-        np.testing.assert_allclose(got, expected[name], rtol=1e-5, atol=1e-5, err_msg=name)
-        results[name] = report[job["path"]]
-    return results
-
-
-@pytest.mark.large
-def test_every_registry_entry_loads_in_a_new_process(tmp_path):
-    objects = {}
-    for i, name in enumerate(list_models()):
-        model = create_model(name, num_classes=3)
-        objects[name] = (model, _images(size=41 + 2 * i, seed=i), None)
-    results = _load_in_new_process(tmp_path, objects)
-    assert set(results) == set(list_models())
-
-
 def _compiled(model, x):
     model.compile(**deeplab_tf.recipes.paper("mobilenetv2", steps=10, num_classes=3))
     y = _labels(x)
@@ -104,6 +43,8 @@ def _compiled(model, x):
     return model, x, y
 
 
+@pytest.mark.large
+@pytest.mark.multiprocess
 def test_compiled_models_and_wrappers_load_in_a_new_process(tmp_path):
     keras.utils.set_random_seed(3)
     x = _images(n=2, size=49)
@@ -117,7 +58,7 @@ def test_compiled_models_and_wrappers_load_in_a_new_process(tmp_path):
         "fused": (fuse_for_inference(net), x, None),
         "bfloat16": (to_bfloat16(net), x, None),
     }
-    results = _load_in_new_process(tmp_path, objects)
+    results = load_in_new_process(tmp_path, objects)
     assert results["multiscale"]["class"] == "MultiScaleInference"
     assert results["msc_training"]["class"] == "MultiScaleTraining"
     for name in ("compiled", "msc_training"):
@@ -250,13 +191,14 @@ def test_unsupported_versions_fail_with_the_supported_range():
     _registration.check_version("keras", "3.15.9")
 
 
+@pytest.mark.multiprocess
 def test_import_fails_clearly_on_an_unsupported_keras(tmp_path):
     """A fake ``keras`` 3.9 on the path: ``import deeplab_tf`` names the supported range."""
     fake = tmp_path / "keras"
     fake.mkdir()
     (fake / "__init__.py").write_text("def version():\n    return '3.9.0'\n")
-    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import deeplab_tf"
-    proc = run_python(code, check=False)
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    proc = run_python("import deeplab_tf", check=False, env=fresh_env(PYTHONPATH=path))
     assert proc.returncode != 0
     assert "deeplab_tf supports keras >=3.10,<3.16. Received: keras 3.9.0" in proc.stderr
 

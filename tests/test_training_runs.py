@@ -5,14 +5,13 @@ and a crash at every step of the end-of-training sequence."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 
 import pytest
-from test_training_fit import CountBatches, _synthetic_config
 
 from deeplab_tf.training import RunFinished, train
+from tests._fresh_process import fresh_env, run_python
+from tests.test_training_fit import CountBatches, _synthetic_config
 
 # Two one-step epochs of MobileNetV2-ASPP on four 32 px synthetic images: seconds.
 TINY = [
@@ -43,14 +42,12 @@ DRIVER = textwrap.dedent(
 
 
 def _train_cli(workdir, *extra, kill=False):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TF_CPP_MIN_LOG_LEVEL="2")
+    env = fresh_env()
     env.pop("KILL_AT_SAVE", None)
     if kill:
         env["KILL_AT_SAVE"] = "1"
     argv = ["train", "--config", "synthetic_tiny", "--workdir", str(workdir), *TINY, *extra]
-    return subprocess.run(
-        [sys.executable, "-c", DRIVER, *argv], env=env, capture_output=True, text=True, timeout=600
-    )
+    return run_python(DRIVER, *argv, check=False, env=env)
 
 
 def _snapshot(root):
@@ -68,6 +65,7 @@ def _ckpts(workdir):
 
 
 @pytest.mark.large
+@pytest.mark.multiprocess
 def test_kill_during_final_save_then_rerun_finishes_and_finished_run_is_left_alone(tmp_path):
     workdir = tmp_path / "run"
     killed = _train_cli(workdir, kill=True)
