@@ -69,8 +69,9 @@ LAYER_CASES = {
         {"init_kwargs": {"mode": "tf"}, "input_data": IMAGES.astype("float32"),
          "expected_output_shape": IMAGES.shape, "mixed_precision_dtype": "float32"},
     ],
-    # MultiScaleInference returns float32 probabilities or logits whatever the wrapped model computes in
-    # (documented in its docstring). Known bug (reported, package code not changed here): it
+    # MultiScaleInference returns float32 probabilities or logits whatever the wrapped model
+    # computes in (documented in its docstring). Known bug (reported, package code not changed
+    # here): it
     # defines compute_output_shape but not compute_output_spec, so Keras gives its symbolic
     # output the policy's compute dtype (bfloat16) while the call returns float32.
     "deeplab_tf>MultiScaleInference": [
