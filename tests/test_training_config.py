@@ -22,9 +22,7 @@ def _config(data, workdir="unused"):
 
 def test_dataset_fields_are_the_keyword_arguments_of_each_dataset():
     """DATASET_FIELDS lists exactly what each listing function (or synthetic_dataset) takes."""
-    import importlib
-
-    from deeplab_tf.data.loader import _LISTERS, DATASET_NAMES
+    from deeplab_tf.data.catalog import DATASET_NAMES, lister
     from deeplab_tf.data.synthetic import synthetic_dataset
 
     assert set(DATASET_FIELDS) == set(DATASET_NAMES)
@@ -32,8 +30,7 @@ def test_dataset_fields_are_the_keyword_arguments_of_each_dataset():
         if name == "synthetic":
             fn, common = synthetic_dataset, {"split", "seed"}
         else:
-            module, func = _LISTERS[name].split(":")
-            fn, common = getattr(importlib.import_module(module), func), {"root", "split"}
+            fn, common = lister(name), {"root", "split"}
         params = inspect.signature(fn).parameters.values()
         named = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
         assert named - common == set(DATASET_FIELDS[name]), name

@@ -171,11 +171,18 @@ def with_input_shape(model: keras.Model, height: int, width: int, batch: int | N
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer. Received: {value!r}")
-    config = model.get_config()
-    inputs = [layer for layer in config["layers"] if layer["class_name"] == "InputLayer"]
-    if len(inputs) != 1:
-        raise ValueError(f"Expected a model with one input. Received {len(inputs)} inputs.")
-    inputs[0]["config"]["batch_shape"] = [batch, int(height), int(width), 3]
-    fixed = model.__class__.from_config(config)
+    if len(model.inputs) != 1:
+        raise ValueError(f"Expected a model with one input. Received {len(model.inputs)} inputs.")
+    # Rebuilt from the same layers' configs on a fixed-size input (works for a DeepLabV2, whose
+    # own config holds builder arguments rather than the graph, and for plain functional models).
+    source = model.inputs[0]
+    images = keras.Input(
+        batch_shape=(batch, int(height), int(width), 3), dtype=source.dtype, name=source.name
+    )
+    fixed = keras.models.clone_model(
+        model,
+        input_tensors=images,
+        clone_function=lambda layer: layer.__class__.from_config(layer.get_config()),
+    )
     fixed.set_weights(model.get_weights())
     return fixed
