@@ -21,7 +21,7 @@ import importlib
 
 from deeplab_tf import _registration
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: public name -> module that defines it
 _EXPORTS = {
