@@ -236,3 +236,12 @@ def test_cli_lists_models(capsys):
     assert cli_main(["models"]) == 0
     out = capsys.readouterr().out
     assert "deeplabv2_resnet101_aspp_l" in out and "44,048,532" in out and "76.35 (77.69)" in out
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_registry_preprocessing_is_the_built_models_config(name):
+    """The registry's preprocessing entry is what the model is built with and records."""
+    model = create_model(name, num_classes=2, input_shape=(33, 33, 3))
+    mode = get_model_config(name)["preprocessing"]["mode"]
+    assert model.get_config()["preprocessing"] == mode == model.get_layer("preprocess").mode
+    assert isinstance(model, DeepLabV2)

@@ -124,6 +124,7 @@ def create_model(name: str, **kwargs):
 
     cfg = get_model_config(name)
     args = {k: cfg[k] for k in _BUILD_KEYS}
+    args["preprocessing"] = cfg["preprocessing"]["mode"]  # the entry's, carried in the config
     args["name"] = name
     args.update(kwargs)
     return DeepLabV2(**args)
