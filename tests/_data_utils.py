@@ -155,3 +155,18 @@ def write_pascal_part_mat(path, imname, objects):
             parr[0, j] = (pname, np.asarray(pmask, np.uint8))
         objs[0, k] = (cls, np.array([[15]], np.uint8), np.asarray(mask, np.uint8), parr)
     scipy.io.savemat(path, {"anno": {"imname": imname, "objects": objs}})
+
+
+def make_folder_dataset(root, num_images, size, num_classes, seed=0):
+    """A ``folder`` dataset under ``root``: ``images/im{i}.png`` (random RGB) and
+    ``masks/im{i}.png`` (labels ``0..num_classes-1``) of ``size = (h, w)``; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for sub in ("images", "masks"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for i in range(num_images):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(image).save(os.path.join(root, "images", f"im{i}.png"))
+        mask = rng.integers(0, num_classes, (h, w), dtype=np.uint8)
+        Image.fromarray(mask).save(os.path.join(root, "masks", f"im{i}.png"))
+    return root

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests._data_utils import make_folder_dataset
 from tests._fresh_process import REPO, run_cli, run_python
 
 pytestmark = [pytest.mark.xdist_group("cli_processes"), pytest.mark.multiprocess, pytest.mark.large]
@@ -58,18 +59,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def folder_data(tmp_path_factory):
     """A 3-image ``folder`` dataset: images/*.png + masks/*.png (labels 0..4)."""
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for sub in ("images", "masks"):
-        (root / sub).mkdir()
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (40, 44, 3), dtype=np.uint8)).save(
-            root / "images" / f"im{i}.png"
-        )
-        Image.fromarray(rng.integers(0, 5, (40, 44), dtype=np.uint8)).save(
-            root / "masks" / f"im{i}.png"
-        )
-    return root
+    return make_folder_dataset(tmp_path_factory.mktemp("data"), 3, (40, 44), 5)
 
 
 def test_train_output_loads_after_import_deeplab_tf_alone(trained):

@@ -9,13 +9,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from deeplab_tf import DeepLabV2
 from deeplab_tf.cli import main
 from deeplab_tf.convert import load_weights
 from deeplab_tf.training import recipes
 from tests._caffe_reference import synthetic_caffemodel
+from tests._data_utils import make_folder_dataset
 
 NUM_CLASSES = 4
 
@@ -37,18 +37,7 @@ def _twins(backbone="mobilenetv2", head="aspp_s"):
 
 @pytest.fixture(scope="module")
 def folder_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for sub in ("images", "masks"):
-        (root / sub).mkdir()
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (33, 41, 3), dtype=np.uint8)).save(
-            root / "images" / f"im{i}.png"
-        )
-        Image.fromarray(rng.integers(0, NUM_CLASSES, (33, 41), dtype=np.uint8)).save(
-            root / "masks" / f"im{i}.png"
-        )
-    return root
+    return make_folder_dataset(tmp_path_factory.mktemp("data"), 2, (33, 41), NUM_CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -98,8 +98,6 @@ def default_preprocessing(backbone: str) -> str:
     return "tf" if backbone == "mobilenetv2" else "caffe"
 
 
-#: Kept for callers of deeplab_tf 0.1.
-preprocessing_mode = default_preprocessing
 PREPROCESSING_MODES = ("caffe", "tf")
 
 
