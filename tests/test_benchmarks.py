@@ -87,6 +87,7 @@ def test_bench_tflite_quick():
     assert rows["tf_fused"]["label_agreement_vs_tf_fp32"] >= 0.99
 
 
+@pytest.mark.large
 def test_torch_reference_matches_keras():
     """The PyTorch reference computes the Keras model's function with copied weights."""
     torch = pytest.importorskip("torch")

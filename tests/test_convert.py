@@ -109,6 +109,7 @@ def test_vgg16_largefov_v2(vgg_largefov, rng):
     assert_close_to_reference(model.predict(x, verbose=0), ref)
 
 
+@pytest.mark.large
 def test_vgg16_aspp_l_v1_legacy_shapes(tmp_path, rng):
     path = str(tmp_path / "vgg16_aspp_l_v1.caffemodel")
     layers = synthetic_caffemodel(path, "vgg16-aspp-l", num_classes=5, seed=2, encoding="v1",
@@ -123,6 +124,7 @@ def test_vgg16_aspp_l_v1_legacy_shapes(tmp_path, rng):
     assert_close_to_reference(model.predict(x, verbose=0), caffe_forward(layers, x, "fc8_voc12"))
 
 
+@pytest.mark.large
 def test_resnet101_aspp_l_with_msc_copies(tmp_path, rng):
     path = str(tmp_path / "resnet101.caffemodel")
     copies = ("conv1", "bn_conv1", "scale_conv1", "res4b22_branch2b", "fc1_voc12_c3")
@@ -423,6 +425,7 @@ def test_broken_weights_file_is_named_and_changes_nothing(tmp_path, damage):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.large
 def test_mismatched_weights_file_lists_differences_and_changes_nothing(tmp_path):
     from deeplab_tf import DeepLabV2
     from deeplab_tf.convert.weights import load_weights

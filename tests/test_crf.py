@@ -67,7 +67,11 @@ def test_single_filter_pass_matches_pydensecrf(photo, kind, xy_std, rgb_std, imp
         np.testing.assert_allclose(ours, ref, rtol=2e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("photo", PHOTOS)
+@pytest.mark.parametrize(
+    "photo",
+    # the larger photo (96x96, 12 s against pydensecrf) runs in the full suite only
+    [pytest.param(p, marks=[pytest.mark.large] if p == PHOTOS[0] else []) for p in PHOTOS],
+)
 @pytest.mark.parametrize("preset", ["resnet101", "vgg16"])
 def test_ten_iterations_agree_with_pydensecrf(photo, preset):
     image = load_photo(photo)
@@ -81,6 +85,7 @@ def test_ten_iterations_agree_with_pydensecrf(photo, preset):
     assert np.mean(ours.argmax(-1) != probs.argmax(-1)) > 0.01
 
 
+@pytest.mark.large
 def test_after_normalisation_and_logits_agree_with_pydensecrf():
     image = load_photo(PHOTOS[1])
     probs, _ = coarse_probs(image)
@@ -95,6 +100,7 @@ def test_after_normalisation_and_logits_agree_with_pydensecrf():
     assert np.mean(from_logits.argmax(-1) == from_probs.argmax(-1)) >= 0.999
 
 
+@pytest.mark.large
 def test_batched_equals_per_image_and_builtin_equals_sparse():
     a = load_photo(PHOTOS[0])[:64, :96]
     b = load_photo(PHOTOS[1])
@@ -108,6 +114,7 @@ def test_batched_equals_per_image_and_builtin_equals_sparse():
     np.testing.assert_allclose(builtin(np.stack([a, b]), np.stack([pa, pb])), batched, atol=1e-5)
 
 
+@pytest.mark.large
 def test_dynamic_shapes_in_tf_function_match_eager():
     image = load_photo(PHOTOS[1])
     probs, _ = coarse_probs(image)

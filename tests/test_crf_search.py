@@ -38,6 +38,7 @@ def test_confusion_and_mean_iou_match_a_direct_count():
     assert mean_iou(conf) == pytest.approx(100 * np.mean(ious))
 
 
+@pytest.mark.large
 def test_grid_search_scores_every_setting_and_picks_the_best():
     samples = _samples()
     result = grid_search(
@@ -70,6 +71,7 @@ def test_grid_search_errors():
         grid_search([(image, probs, lab)], num_classes=4, bi_w=[])
 
 
+@pytest.mark.large
 def test_crf_search_command_on_image_and_mask_folders(tmp_path, capsys):
     from deeplab_tf import DeepLabV2
     from deeplab_tf.cli import main

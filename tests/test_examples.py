@@ -133,6 +133,7 @@ def test_train_voc_config_is_the_paper_recipe(tmp_path):
         train_voc.parse_args(["--root", str(tmp_path), "--workdir", "w", "--steps", "0"])
 
 
+@pytest.mark.large
 def test_train_voc_two_steps_on_fake_voc_sbd(tmp_path, capsys):
     root = _fake_voc_sbd(str(tmp_path / "data"), np.random.default_rng(0))
     workdir = tmp_path / "run"
@@ -159,6 +160,7 @@ def test_train_voc_two_steps_on_fake_voc_sbd(tmp_path, capsys):
 # === predict.py ===
 
 
+@pytest.mark.large
 def test_predict_writes_overlays_matching_the_library(tmp_path, tiny_model_path):
     import keras
 
@@ -264,6 +266,7 @@ def _signature_names(loaded):
     return names
 
 
+@pytest.mark.large
 def test_serve_md_names_match_the_export(served):
     text, _, loaded = served
     real = _signature_names(loaded)

@@ -34,6 +34,7 @@ def _images(rng, size):
     return rng.uniform(0, 255, (1, size, size, 3)).astype(np.float32)
 
 
+@pytest.mark.large
 def test_resnet50_mapping_tensors_and_forward(tmp_path, rng):
     source = keras_application("resnet50", weights=None)
     _randomize(source, rng)
@@ -68,6 +69,7 @@ def test_resnet50_mapping_tensors_and_forward(tmp_path, rng):
     np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-3 * float(np.abs(theirs).max()))
 
 
+@pytest.mark.large
 def test_resnet101_and_152_name_maps_cover_both_models():
     for depth, counts in ((101, (3, 4, 23, 3)), (152, (3, 8, 36, 3))):
         mapping = resnet_name_map(depth)
@@ -120,6 +122,7 @@ def test_decimation_rejects_wrong_shapes():
         decimate_fc(np.zeros((10, 4096)), np.zeros(4096), np.zeros((4096, 4096)), np.zeros(4096))
 
 
+@pytest.mark.large
 def test_mobilenetv2_mapping_by_name(tmp_path, rng):
     # A static odd size: Keras then pads stride-2 layers symmetrically, as we always do.
     source = keras_application("mobilenetv2", weights=None, input_shape=(65, 65, 3))
@@ -136,6 +139,7 @@ def test_mobilenetv2_mapping_by_name(tmp_path, rng):
     np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-3 * float(np.abs(theirs).max()))
 
 
+@pytest.mark.large
 def test_wrong_file_and_wrong_architecture_errors(tmp_path):
     bogus = tmp_path / "bogus.weights.h5"
     bogus.write_bytes(b"not an hdf5 file")

@@ -225,6 +225,7 @@ def vgg_tiny():
     return DeepLabV2("vgg16", "largefov", num_classes=3)
 
 
+@pytest.mark.large
 def test_multiscale_save_reload_safe_mode(vgg_tiny, tmp_path, rng):
     msc = MultiScaleInference(vgg_tiny, scales=(1.0, 0.5), fusion="max", flip=True)
     x = rng.integers(0, 256, size=(1, 41, 35, 3)).astype("uint8")

@@ -149,6 +149,7 @@ def test_evaluate_folder_dataset_report(model_file, tmp_path, rng, capsys):
     assert "disagrees" in capsys.readouterr().err
 
 
+@pytest.mark.large
 def test_crf_flag(model_file, tmp_path, rng, capsys):
     """--crf refines with the model's preset (vgg16 here); without a CRF backend: clear error."""
     image = _photo(rng, 21, 26)
@@ -170,6 +171,7 @@ def test_crf_flag(model_file, tmp_path, rng, capsys):
     np.testing.assert_allclose(got, want, atol=2e-3)
 
 
+@pytest.mark.large
 def test_predict_never_overwrites_inputs_or_its_own_outputs(model_file, tmp_path, rng, capsys):
     """Refused before any inference, naming the paths; --overwrite replaces old outputs only."""
     folder = tmp_path / "inplace"

@@ -125,6 +125,7 @@ def test_uint8_and_float_inputs_agree():
     )
 
 
+@pytest.mark.large
 def test_frozen_batchnorm_does_not_change_under_fit():
     model = DeepLabV2(backbone="resnet50", head="aspp_s", num_classes=3)
     bns = _bn_layers(model)
@@ -238,7 +239,10 @@ def test_cli_lists_models(capsys):
     assert "deeplabv2_resnet101_aspp_l" in out and "44,048,532" in out and "76.35 (77.69)" in out
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=[pytest.mark.large] if "resnet" in n else []) for n in list_models()],
+)
 def test_registry_preprocessing_is_the_built_models_config(name):
     """The registry's preprocessing entry is what the model is built with and records."""
     model = create_model(name, num_classes=2, input_shape=(33, 33, 3))

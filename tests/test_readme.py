@@ -44,6 +44,7 @@ def test_readme_commands_parse(command):
     assert callable(args.func)
 
 
+@pytest.mark.large
 def test_readme_model_example_runs_as_written():
     code = _blocks("python")[0]
     assert "DeepLabV2(backbone=" in code

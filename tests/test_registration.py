@@ -119,6 +119,7 @@ def _with_old_names(src, dst):
             archive.writestr(name, data)
 
 
+@pytest.mark.large
 def test_multiscale_files_of_the_previous_version_load_in_a_new_process(tmp_path):
     """Old registered names load in safe mode, as the new classes, with the old outputs.
 

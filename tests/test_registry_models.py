@@ -51,9 +51,17 @@ def expected_params(name):
     return count
 
 
+#: Entries whose in-process contract takes several seconds (ResNet-50/101/152 builds and
+#: parameter counts): run by the full suite, not the fast loop.
+LARGE_CONTRACT = {
+    "deeplabv2_resnet50_aspp_l", "deeplabv2_resnet101_aspp_l", "deeplabv2_resnet152_aspp_l",
+}  # fmt: skip
+
+
 def _cases():
     for name in deeplab_tf.list_models():
-        yield pytest.param(name, False, id=name)
+        marks = [pytest.mark.large] if name in LARGE_CONTRACT else []
+        yield pytest.param(name, False, id=name, marks=marks)
         marks = [pytest.mark.multiprocess]
         marks += [pytest.mark.large] if name in LARGE_SAVE_LOAD else []
         yield pytest.param(name, True, id=f"{name}-save_load", marks=marks)
@@ -70,3 +78,4 @@ class TestRegistryModels(TestCase):
     def test_tables_name_registry_entries(self):
         assert set(DERIVED_PARAMS) <= set(deeplab_tf.list_models())
         assert LARGE_SAVE_LOAD <= set(deeplab_tf.list_models())
+        assert LARGE_CONTRACT <= set(deeplab_tf.list_models())

@@ -51,6 +51,7 @@ def saved(tmp_path_factory):
     return paths
 
 
+@pytest.mark.large
 def test_paper_recipe_trains_a_renamed_model_exactly_as_the_default(rng):
     x = rng.integers(0, 256, (2, 33, 33, 3)).astype("uint8")
     y = rng.integers(0, NUM_CLASSES, (2, 33, 33)).astype("uint8")
@@ -77,6 +78,7 @@ def test_recipe_comes_from_the_config_not_the_name():
         recipes.paper(keras.Model(vgg.inputs, vgg.outputs, name="deeplabv2_vgg16_largefov"))
 
 
+@pytest.mark.large
 def test_predict_with_crf_and_evaluate_agree_for_a_renamed_model(saved, folder_data, tmp_path):
     outputs = {}
     for key, path in saved.items():
@@ -128,6 +130,7 @@ def test_crf_preset_follows_the_backbone_not_the_name(tmp_path):
     assert settings["bi_xy_std"] == DenseCRF.from_preset("vgg16").get_config()["bi_xy_std"]
 
 
+@pytest.mark.large
 def test_export_of_a_renamed_model_serves_the_same_outputs(saved, tmp_path, rng):
     images = rng.integers(0, 256, (1, 33, 41, 3)).astype("uint8")
     results = {}

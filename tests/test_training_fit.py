@@ -62,6 +62,7 @@ def _run(workdir, callbacks, steps=12, every=4):
     return model
 
 
+@pytest.mark.large
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     full = _run(str(tmp_path / "full"), [])
     killed = str(tmp_path / "killed")
@@ -307,6 +308,7 @@ def test_empty_dataset_stops_before_training(tmp_path):
     assert started.n == 0 and not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.large
 def test_bad_label_beyond_the_precheck_stops_cleanly_naming_the_example(tmp_path):
     from deeplab_tf.data.info import DatasetInfo
 
@@ -336,6 +338,7 @@ class PoisonWeights(keras.callbacks.Callback):
         self.seen += 1
 
 
+@pytest.mark.large
 def test_non_finite_loss_stops_and_saves_nothing_diverged(tmp_path):
     from deeplab_tf.data.info import DatasetInfo
 

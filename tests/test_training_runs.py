@@ -119,6 +119,7 @@ class Crash(BaseException):
     """Stands in for a kill: not an Exception, so no ``except Exception`` handler runs."""
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("step", ["model", "record", "discard"])
 def test_crash_at_each_step_of_the_end_of_training_leaves_a_resumable_state(
     tmp_path, monkeypatch, step
