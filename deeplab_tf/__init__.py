@@ -41,6 +41,8 @@ _EXPORTS = {
     "export_saved_model": "deeplab_tf.export",
     "export_tflite": "deeplab_tf.export",
     "fold_batchnorm": "deeplab_tf.export",
+    "list_presets": "deeplab_tf.weights",
+    "save_to_preset": "deeplab_tf.weights",
 }
 _SUBMODULES = (
     "cli",
@@ -55,6 +57,7 @@ _SUBMODULES = (
     "recipes",
     "training",
     "visualize",
+    "weights",
 )
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])

@@ -79,9 +79,10 @@ def model_crf_preset(name: str):
 
 
 def register_all() -> None:
-    """Imports every module that registers a ``deeplab_tf>`` Keras class (idempotent), and hands
+    """Imports every module that registers a ``deeplab_tf>`` Keras class (idempotent), hands
     the model registry's CRF presets to the CRF (:mod:`deeplab_tf.crf.presets`, which does not
-    import the models).
+    import the models) and the Caffe / PyTorch converter to the weights cache
+    (:mod:`deeplab_tf.weights.cache`, which does not import the converter).
 
     Raises:
         ImportError: Keras or TensorFlow is missing or outside the supported range.
@@ -99,6 +100,12 @@ def register_all() -> None:
     from deeplab_tf.crf import presets
 
     presets.register_catalogue(model_crf_preset)
+    # The weights cache converts Caffe / PyTorch sources with the converter, which builds on
+    # the models (the cache sits below them): hand it over here, as the CRF gets its presets.
+    from deeplab_tf.convert.weights import load_source_weights
+    from deeplab_tf.weights import cache
+
+    cache.register_converter(load_source_weights)
     _registered = True
 
 

@@ -37,6 +37,7 @@ COMMAND_MODULES = [
     "deeplab_tf.crf.cli",
     "deeplab_tf.export.cli",
     "deeplab_tf.convert.cli",
+    "deeplab_tf.weights.cli",
 ]
 
 

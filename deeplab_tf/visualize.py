@@ -175,6 +175,39 @@ def side_by_side(
     h, w = shape[0] * factor, shape[1] * factor
     gap, head = 6, 22
     font = _font(14)
+    total_w = len(panels) * w + (len(panels) + 1) * gap
+    strip = legend_strip(labels, pal, class_names, total_w) if legend else None
+    canvas = Image.new("RGB", (total_w, head + h + gap), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, (panel, title) in enumerate(zip(panels, titles)):
+        x0 = gap + i * (w + gap)
+        big = Image.fromarray(panel).resize((w, h), Image.NEAREST)
+        canvas.paste(big, (x0, head))
+        draw.text((x0, 3), title, fill=(20, 20, 20), font=font)
+    if strip is not None and len(strip):
+        return np.concatenate([np.asarray(canvas), strip], axis=0)
+    return np.asarray(canvas)
+
+
+def legend_strip(labels, palette=None, class_names=None, width=640):
+    """A white strip naming every class present in ``labels``, each beside its colour swatch,
+    in rows that fit ``width`` pixels.
+
+    Args:
+        labels: one ``(H, W)`` label map or a list of them.
+        palette: colours; the VOC palette by default.
+        class_names: names by class id (ids are shown when absent); 255 is "ignore".
+        width: strip width in pixels.
+
+    Returns:
+        ``(h, width, 3)`` uint8 (``h`` is 0 when no label is present).
+    """
+    from PIL import Image, ImageDraw
+
+    pal = _palette(palette)
+    labels = [labels] if isinstance(labels, np.ndarray) else list(labels)
+    font = _font(14)
+    gap = 6
     present = sorted(set(np.unique(np.concatenate([lab.ravel() for lab in labels])).tolist()))
     names = list(class_names) if class_names is not None else None
     entries = []
@@ -183,28 +216,22 @@ def side_by_side(
             entries.append((cid, "ignore"))
         else:
             entries.append((cid, names[cid] if names and cid < len(names) else str(cid)))
-    total_w = len(panels) * w + (len(panels) + 1) * gap
-    # Lay the legend out in rows that fit the width.
     rows, row, x = [], [], gap
-    for cid, text in entries if legend else []:
+    for cid, text in entries:
         item_w = 18 + int(font.getlength(text)) + 14
-        if row and x + item_w > total_w:
+        if row and x + item_w > width:
             rows.append(row)
             row, x = [], gap
         row.append((x, cid, text))
         x += item_w
     if row:
         rows.append(row)
-    legend_h = len(rows) * 20 + (gap if rows else 0)
-    canvas = Image.new("RGB", (total_w, head + h + gap + legend_h), (255, 255, 255))
+    if not rows:
+        return np.zeros((0, width, 3), np.uint8)
+    canvas = Image.new("RGB", (width, len(rows) * 20 + gap), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    for i, (panel, title) in enumerate(zip(panels, titles)):
-        x0 = gap + i * (w + gap)
-        big = Image.fromarray(panel).resize((w, h), Image.NEAREST)
-        canvas.paste(big, (x0, head))
-        draw.text((x0, 3), title, fill=(20, 20, 20), font=font)
     for r, items in enumerate(rows):
-        y = head + h + gap + r * 20
+        y = r * 20
         for x, cid, text in items:
             draw.rectangle(
                 [x, y + 2, x + 13, y + 15],

@@ -43,12 +43,35 @@ def load_weights(model, path, manifest="auto", name: str | None = None, include_
     if not lower.endswith((".caffemodel", ".pth", ".pt")):
         return load_keras_weights(model, path, manifest=manifest, name=name)
     verify_weights(path, manifest=manifest, name=name)
+    load_source_weights(model, path, include_classifier)
+    return model
+
+
+def load_source_weights(model, path, include_classifier: bool = True):
+    """Converts a ``.caffemodel`` or ``.pth`` file into ``model`` with the strict converters
+    (every layer, shape, kernel, stride, pad and dilation checked; all or nothing).
+
+    This is the converter that ``import deeplab_tf`` hands to the weights cache
+    (:func:`deeplab_tf.weights.cache.register_converter`) and to ``DeepLabV2(weights=PATH)``.
+
+    Returns:
+        The :class:`ConversionReport`.
+
+    Raises:
+        ValueError: a file of another kind.
+        ConversionError: the file does not fit the model.
+    """
+    path = os.fspath(path)
+    lower = path.lower()
     if lower.endswith(".caffemodel"):
         from deeplab_tf.convert.caffe_to_keras import convert_caffemodel
 
-        convert_caffemodel(path, model=model, include_classifier=include_classifier)
-    else:
+        return convert_caffemodel(path, model=model, include_classifier=include_classifier)[1]
+    if lower.endswith((".pth", ".pt")):
         from deeplab_tf.convert.torch_port import load_torch_state_dict
 
-        load_torch_state_dict(model, path, include_classifier=include_classifier)
-    return model
+        return load_torch_state_dict(model, path, include_classifier=include_classifier)
+    raise ValueError(
+        f"Not a Caffe or PyTorch weights file. Received: path={path!r}; expected a "
+        ".caffemodel or a .pth/.pt file."
+    )

@@ -112,3 +112,66 @@ def context_palette() -> np.ndarray:
 def person_part_palette() -> np.ndarray:
     """PASCAL-Person-Part colours: the VOC bit-interleaving map over the 7 part ids."""
     return voc_palette()
+
+
+#: COCO-Stuff (Caesar et al., CVPR 2018), the 182 label ids of its ``stuffthingmaps`` PNGs
+#: (0-181; 255 = unlabeled): the 91 COCO thing ids, then the 91 stuff ids. Eleven thing ids are
+#: unused by the annotations (street sign, hat, shoe, eye glasses, plate, mirror, window, desk,
+#: door, blender, hair brush), so 171 classes are supervised.
+COCOSTUFF_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "street sign", "stop sign", "parking meter", "bench",
+    "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "hat",
+    "backpack", "umbrella", "shoe", "eye glasses", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard",
+    "surfboard", "tennis racket", "bottle", "plate", "wine glass", "cup", "fork", "knife",
+    "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog",
+    "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "mirror", "dining table",
+    "window", "desk", "toilet", "door", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "blender", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush", "hair brush",
+    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage",
+    "cardboard", "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds",
+    "counter", "cupboard", "curtain", "desk-stuff", "dirt", "door-stuff", "fence",
+    "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood", "flower", "fog",
+    "food-other", "fruit", "furniture-other", "grass", "gravel", "ground-other", "hill",
+    "house", "leaves", "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud",
+    "napkin", "net", "paper", "pavement", "pillow", "plant-other", "plastic", "platform",
+    "playingfield", "railing", "railroad", "river", "road", "rock", "roof", "rug", "salad",
+    "sand", "sea", "shelf", "sky-other", "skyscraper", "snow", "solid-other", "stairs", "stone",
+    "straw", "structural-other", "table", "tent", "textile-other", "towel", "tree", "vegetable",
+    "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile",
+    "wall-wood", "water-other", "waterdrops", "window-blind", "window-other", "wood",
+)  # fmt: skip
+
+#: Ids of COCO-Stuff that no annotation uses (0-based, as in the label PNGs).
+COCOSTUFF_UNUSED = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
+
+
+def cocostuff_palette() -> np.ndarray:
+    """A 256-row palette for COCO-Stuff ids 0-181 (the VOC bit-interleaving colours shifted
+    by one, so that no class is black); 255 (unlabeled) is black."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(COCOSTUFF_CLASSES)] = voc_palette()[1 : len(COCOSTUFF_CLASSES) + 1]
+    return palette
+
+
+#: Label sets by name: ``name -> (class names, palette function)``.
+_LABEL_SETS = {
+    "voc": (VOC_CLASSES, voc_palette),
+    "cityscapes": (CITYSCAPES_CLASSES, cityscapes_palette),
+    "cocostuff": (COCOSTUFF_CLASSES, cocostuff_palette),
+}
+
+
+def label_set(name: str):
+    """``(class names, (256, 3) palette)`` of a label set: ``voc``, ``cityscapes``,
+    ``cocostuff``.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name not in _LABEL_SETS:
+        raise ValueError(f"Unknown label set {name!r}. Known: {', '.join(sorted(_LABEL_SETS))}")
+    names, palette = _LABEL_SETS[name]
+    return names, palette()

@@ -16,8 +16,12 @@ def add_inference_arguments(p):
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
-        required=True,
         help="a .keras file, or a registry name (see `deeplab-tf models`) with --weights",
+    )
+    g.add_argument(
+        "--preset",
+        help="a pretrained weights preset instead of --model (see `deeplab-tf weights list`; "
+        "fetched and converted on first use); its class names and palette are used",
     )
     g.add_argument("--weights", help="a .weights.h5 file for a registry-name --model")
     g.add_argument("--num-classes", type=positive_int, help="classes of a registry-name model")
@@ -77,8 +81,29 @@ def build_predictor(args, num_classes=None):
         raise CLIError(f"--tile-size must be >= 0. Received: {args.tile_size}")
     if not 0.0 <= args.overlap < 1.0:
         raise CLIError(f"--overlap must be in [0, 1). Received: {args.overlap}")
+    preset = getattr(args, "preset", None)
+    if bool(preset) == bool(args.model):
+        raise CLIError(
+            "give either --model (a .keras file or a registry name) or --preset (a weights "
+            f"preset). Received: --model {args.model!r}, --preset {preset!r}"
+        )
+    if preset and args.weights:
+        raise CLIError(f"--weights is for a registry-name --model; --preset {preset} has its own")
+    net, classes = None, None
+    if preset:
+        from deeplab_tf.models.deeplab import DeepLabV2
+
+        try:
+            net = DeepLabV2.from_preset(preset)
+        except (ValueError, OSError) as err:
+            raise CLIError(f"--preset {preset}: {err}") from None
+        classes = net.preset.get("classes")
+        if num_classes is not None and num_classes != net.num_classes:
+            raise CLIError(
+                f"--preset {preset} has {net.num_classes} classes; the dataset has {num_classes}"
+            )
     try:
-        net = load_inference_model(args.model, args.weights, num_classes)
+        net = load_inference_model(net or args.model, args.weights, num_classes)
         msc = MultiScaleInference(
             net,
             scales=args.scales,
@@ -92,8 +117,9 @@ def build_predictor(args, num_classes=None):
         raise CLIError(str(err)) from None
     crf, crf_settings = build_crf(args, net) if args.crf else (None, None)
     settings = {
-        "model": str(args.model),
+        "model": str(args.model or preset),
         "weights": args.weights,
+        "classes": classes,
         "num_classes": msc.num_classes,
         "scales": list(msc.scales),
         "fusion": msc.fusion,
@@ -104,7 +130,7 @@ def build_predictor(args, num_classes=None):
         "overlap": args.overlap,
         "crf": crf_settings,
     }
-    if args.weights is None and not str(args.model).endswith(".keras"):
+    if not preset and args.weights is None and not str(args.model).endswith(".keras"):
         print(
             f"deeplab-tf: note: {args.model} has random weights (no --weights given); "
             "predictions are meaningless",
@@ -179,8 +205,13 @@ def register(sub):
     )  # fmt: skip
     p.add_argument("--alpha", type=unit_float, default=0.55, help="overlay opacity (default 0.55)")
     p.add_argument(
-        "--palette", choices=("voc", "cityscapes"), default=None,
-        help="label colours (default: cityscapes for 19 classes, else voc)",
+        "--palette", choices=("voc", "cityscapes", "cocostuff"), default=None,
+        help="label colours and class names (default: the preset's; else cityscapes for 19 "
+        "classes, voc otherwise)",
+    )  # fmt: skip
+    p.add_argument(
+        "--legend", action="store_true",
+        help="add a legend naming the classes present below each overlay",
     )  # fmt: skip
     p.add_argument(
         "--max-pixels", type=positive_int, default=None,
@@ -237,7 +268,7 @@ def run(args):
     import numpy as np
 
     from deeplab_tf.atomic import atomic_write
-    from deeplab_tf.data.palettes import cityscapes_palette, voc_palette
+    from deeplab_tf.data.palettes import label_set
     from deeplab_tf.errors import CLIError
     from deeplab_tf.inference.io import (
         DEFAULT_MAX_PIXELS,
@@ -246,7 +277,7 @@ def run(args):
         read_image,
     )
     from deeplab_tf.inference.progress import Progress
-    from deeplab_tf.visualize import overlay, save_label_png, save_rgb_png
+    from deeplab_tf.visualize import legend_strip, overlay, save_label_png, save_rgb_png
 
     if not 0.0 <= args.alpha <= 1.0:
         raise CLIError(f"--alpha must be in [0, 1]. Received: {args.alpha}")
@@ -259,7 +290,7 @@ def run(args):
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise CLIError(f"--out must be a folder. Received: {args.out!r} (an existing file)")
 
-    predictor, _ = build_predictor(args)  # argument errors first; no inference yet
+    predictor, settings = build_predictor(args)  # argument errors first; no inference yet
     try:  # before any inference: outputs never replace inputs, each other or (unasked) old files
         protected = [p for p in (args.model, args.weights) if p and os.path.isfile(p)]
         plan = plan_outputs(paths, args.out, args.probs, protected, args.overwrite)
@@ -270,8 +301,12 @@ def run(args):
     except OSError as err:
         raise CLIError(f"cannot create output directory {args.out!r}: {err}") from None
     num_classes = predictor.model.num_classes
-    palette_name = args.palette or ("cityscapes" if num_classes == 19 else "voc")
-    palette = cityscapes_palette() if palette_name == "cityscapes" else voc_palette()
+    palette_name = (
+        args.palette or settings["classes"] or ("cityscapes" if num_classes == 19 else "voc")
+    )
+    class_names, palette = label_set(palette_name)
+    if len(class_names) != num_classes:
+        class_names = None  # ids in the legend: the label set's names do not fit the model
 
     done, keep = 0, args.overwrite
     bar = Progress(len(paths), "predict", enabled=False if args.no_progress else None)
@@ -284,6 +319,9 @@ def run(args):
             label = np.argmax(probs, axis=-1).astype(np.uint8)
             save_label_png(base + ".png", label, palette, overwrite=keep)
             overlaid = overlay(image, label, palette, args.alpha)
+            if args.legend:
+                strip = legend_strip(label, palette, class_names, overlaid.shape[1])
+                overlaid = np.concatenate([overlaid, strip], axis=0)
             save_rgb_png(base + "_overlay.png", overlaid, overwrite=keep)
             if args.probs:
                 half = probs.astype(np.float16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
@@ -156,14 +157,18 @@ class DeepLabV2(keras.Model):
             (beyond the paper; dilated as in DeepLab v3).
         head: ``largefov`` (rate 12), ``aspp_s`` (2, 4, 8, 12), ``aspp_l`` (6, 12, 18, 24) or
             ``aspp`` with explicit ``rates``.
-        num_classes: number of classes C (21 for PASCAL VOC).
+        num_classes: number of classes C; ``None`` takes the weights preset's (182 for the
+            COCO-Stuff presets), else 21 (PASCAL VOC).
         rates: atrous rates for ``head="aspp"``.
-        weights: ``None`` (random init), ``"imagenet"`` (Keras Applications ImageNet weights
-            mapped into the dilated backbone; for VGG-16 also the decimated fc6/fc7), or the
-            path of a Keras weights file (``.weights.h5``, or a ``.keras`` file) saved from a
-            model of the same architecture (SHA-256 checked against a manifest beside it).
-            Caffe and PyTorch files go through the converter:
-            ``deeplab_tf.convert.load_weights(model, path)``. Not part of the config.
+        weights: ``None`` (random init); ``"imagenet"`` (Keras Applications ImageNet weights
+            mapped into the dilated backbone; for VGG-16 also the decimated fc6/fc7); a
+            weights preset, by name or by its short tag for this architecture (``"voc12"``,
+            ``"coco_init"``, ``"cocostuff164k"``...: ``deeplab_tf.list_presets()``), fetched,
+            verified and converted once, then loaded from the cache; or the path of a weights
+            file: Keras (``.weights.h5``, SHA-256 checked against a manifest beside it, or a
+            ``.keras`` file), the authors' ``.caffemodel`` or the PyTorch port's ``.pth``
+            (converted with every layer, shape, kernel, stride, pad and dilation checked).
+            Not part of the config.
         freeze_batchnorm: BatchNorm uses moving statistics and its gamma/beta do not train
             (the paper). Ignored for VGG-16, which has no BatchNorm.
         dropout: dropout rate after fc6 and fc7 of the VGG heads (0 disables).
@@ -189,7 +194,7 @@ class DeepLabV2(keras.Model):
         self,
         backbone: str = "resnet101",
         head: str = "aspp_l",
-        num_classes: int = 21,
+        num_classes: int | None = None,
         rates=None,
         weights=None,
         freeze_batchnorm: bool = True,
@@ -201,11 +206,13 @@ class DeepLabV2(keras.Model):
         name: str | None = None,
         **kwargs,
     ):
+        weights, preset = _check_weights(weights, backbone, head)
+        if num_classes is None:
+            num_classes = (preset or {}).get("num_classes") or 21
         rates, input_shape, preprocessing = _check_args(
             backbone, head, num_classes, rates, dropout, output_stride, pool5a, input_shape,
             preprocessing,
         )  # fmt: skip
-        weights = _check_weights(weights)
         images = keras.Input(shape=input_shape, name="images")
         x = Preprocess(mode=preprocessing, name="preprocess")(images)
         if backbone == "vgg16":
@@ -242,10 +249,69 @@ class DeepLabV2(keras.Model):
             from deeplab_tf.models.imagenet import load_imagenet_weights
 
             load_imagenet_weights(self, backbone)
+        elif preset is not None:
+            from deeplab_tf.weights.cache import load_preset_weights
+
+            load_preset_weights(self, preset["name"])
+        elif weights is not None and weights.lower().endswith(SOURCE_EXTENSIONS):
+            from deeplab_tf.weights.cache import converter
+
+            converter()(self, weights, True)
         elif weights is not None:
             from deeplab_tf.weights import load_keras_weights
 
             load_keras_weights(self, weights)
+        # The weights preset this model was built with (a dict), or None. Not saved.
+        self._preset = json.dumps(preset) if preset is not None else None
+
+    @property
+    def preset(self):
+        """The weights preset (or preset folder metadata) the model was built from, or None:
+        its name, class names key, source, training data and reported mIoU."""
+        return json.loads(self._preset) if self._preset else None
+
+    @preset.setter
+    def preset(self, value):
+        self._preset = json.dumps(value) if value is not None else None
+
+    @classmethod
+    def from_preset(cls, preset, **kwargs):
+        """Builds a model from a weights preset or from a folder written by
+        :func:`deeplab_tf.save_to_preset`.
+
+        Args:
+            preset: a preset name (``deeplab_tf.list_presets()``; fetched, verified and
+                converted on first use, then read from the cache) or a preset folder
+                (``config.json`` + ``model.weights.h5`` + ``metadata.json``).
+            **kwargs: builder arguments that override the preset's (``input_shape``,
+                ``name``...); for a preset name, architecture arguments must agree with it.
+
+        Returns:
+            The model, with ``model.preset`` the preset's description (class names, source,
+            reported mIoU).
+
+        Example:
+            >>> model = DeepLabV2.from_preset("deeplabv2_resnet101_cocostuff164k")  # doctest: +SKIP
+            >>> model.get_config()["num_classes"]  # doctest: +SKIP
+            182
+        """
+        path = os.fspath(preset) if isinstance(preset, (str, os.PathLike)) else None
+        if path is not None and os.path.isdir(path):
+            from deeplab_tf.weights import load_h5_weights
+            from deeplab_tf.weights.folder import read_preset_folder
+
+            config, weights_path, metadata = read_preset_folder(path)
+            config.update(kwargs)
+            model = cls.from_config(config)
+            load_h5_weights(model, weights_path)
+            model.preset = metadata
+            return model
+        from deeplab_tf.weights.presets import get_preset
+
+        entry = get_preset(preset)  # raises with the known names
+        args = {"backbone": entry["backbone"], "head": entry["head"], "name": entry["model"]}
+        args.update(kwargs)
+        return cls(weights=entry["name"], **args)
 
     @property
     def classifier_layer_names(self) -> tuple[str, ...]:
@@ -282,20 +348,23 @@ class DeepLabV2(keras.Model):
         return cls(**config)
 
 
-def _check_weights(weights):
+#: Files that the converter reads (through the weights cache's registered converter).
+SOURCE_EXTENSIONS = (".caffemodel", ".pth", ".pt")
+
+
+def _check_weights(weights, backbone, head):
+    """``(weights, preset)``: a checked ``weights=`` value and the preset it names (or None)."""
     if weights is None or weights == "imagenet":
-        return weights
+        return weights, None
     path = os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else None
-    if path is None or not os.path.isfile(path):
-        raise ValueError(
-            "weights must be None, 'imagenet' or the path of an existing weights file. "
-            f"Received: weights={weights!r}"
-        )
-    if path.lower().endswith((".caffemodel", ".pth", ".pt")):
-        raise ValueError(
-            f"weights={path!r} is a Caffe or PyTorch file, which the converter reads: build the "
-            "model, then `deeplab_tf.convert.load_weights(model, path)` (checked layer by "
-            "layer), or convert it once with `deeplab-tf convert-caffe`. DeepLabV2(weights=...) "
-            "takes None, 'imagenet' or a Keras .weights.h5 / .keras file."
-        )
-    return path
+    if path is not None and os.path.isfile(path):
+        return path, None
+    from deeplab_tf.weights.presets import is_preset, resolve_preset
+
+    if is_preset(path):
+        return None, resolve_preset(path, backbone, head)  # raises if it does not fit
+    raise ValueError(
+        "weights must be None, 'imagenet', a weights preset (`deeplab_tf.list_presets()`) or "
+        "the path of an existing .weights.h5, .keras, .caffemodel or .pth file. "
+        f"Received: weights={weights!r}"
+    )

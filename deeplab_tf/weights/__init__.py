@@ -1,9 +1,12 @@
-"""Weights that belong to models: Keras weight files, their SHA-256 manifest, strict loading.
+"""Weights that belong to models: presets, the download cache, Keras weight files, their
+SHA-256 manifest, strict loading, and preset folders.
 
 This package sits below the converters (``deeplab_tf.convert`` reads Caffe and PyTorch files and
-uses it) and beside the model builders, which load Keras weight files through it.
+uses it; ``import deeplab_tf`` hands the converter to :mod:`deeplab_tf.weights.cache`) and below
+the model builders, which load weights through it.
 """
 
+from deeplab_tf.weights.folder import read_preset_folder, save_to_preset
 from deeplab_tf.weights.manifest import (
     MANIFEST_NAME,
     ChecksumError,
@@ -16,9 +19,15 @@ from deeplab_tf.weights.manifest import (
     sha256_of,
     verify_weights,
 )
+from deeplab_tf.weights.presets import get_preset, list_presets, preset_names
 
 __all__ = [
     "MANIFEST_NAME",
+    "get_preset",
+    "list_presets",
+    "preset_names",
+    "read_preset_folder",
+    "save_to_preset",
     "ChecksumError",
     "find_entry",
     "load_h5_weights",
