@@ -394,3 +394,22 @@ def test_weights_cli_list_path_and_verify(cache, capsys):
     assert "Unknown weights preset 'nope'" in capsys.readouterr().err
     assert main(["weights", "fetch", "deeplabv2_vgg16_aspp_l_voc12", "--quiet"]) == 2
     assert "no known download address" in capsys.readouterr().err
+
+
+def test_readme_table_lists_every_preset_with_its_reported_numbers():
+    import pathlib
+
+    from deeplab_tf.weights.presets import list_presets
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("## Pretrained weights", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("`")[1]: line for line in table.splitlines() if line.startswith("| `")}
+    assert set(rows) == {p["name"] for p in list_presets()}
+    for p in list_presets():
+        row = rows[p["name"]]
+        assert f"(`{p['tag']}`)" in row
+        assert (str(p["num_classes"]) if p["num_classes"] else "any") in row
+        for key in ("no_crf", "crf"):
+            value = (p["reported_miou"] or {}).get(key)
+            if value is not None:
+                assert f"{value:g}" in row, (p["name"], key, value)
