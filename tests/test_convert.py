@@ -251,11 +251,13 @@ def test_cli_manifest_and_checksum_refusal(vgg_largefov, tmp_path, rng, capsys):
     direct = load_weights(DeepLabV2(backbone="vgg16", head="largefov"), path)  # the caffemodel
     np.testing.assert_allclose(model.predict(x, verbose=0), direct.predict(x, verbose=0))
 
-    # The builder takes Keras files only; a Caffe file is named as such, with the converter's call.
-    with pytest.raises(
-        ValueError, match=r"Caffe or PyTorch file.*deeplab_tf\.convert\.load_weights"
-    ):
-        DeepLabV2(backbone="vgg16", head="largefov", weights=path)
+    # The builder also converts a Caffe file itself (how the VGG-16 presets without a download
+    # address are used), through the same strict converter; a file of another architecture is
+    # refused with the converter's report.
+    built = DeepLabV2(backbone="vgg16", head="largefov", weights=path)
+    assert_every_tensor(built, layers)
+    with pytest.raises(ValueError, match="fc8|rate|dilation|shape|layer"):
+        DeepLabV2(backbone="vgg16", head="aspp_l", weights=path)
 
     entry["sha256"] = "0" * 64
     manifest.write_text(json.dumps({"format_version": 1, "models": [entry]}))
