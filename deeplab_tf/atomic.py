@@ -110,13 +110,19 @@ def temp_path(path, kind: str = "") -> str:
     if folder not in _cleaned:
         _cleaned.add(folder)
         remove_stale_temps(folder)
-    name = os.path.basename(os.path.normpath(path))
+    return os.path.join(folder, temp_name(os.path.basename(os.path.normpath(path)), kind))
+
+
+def temp_name(name: str, kind: str = "") -> str:
+    """The owned temporary name for ``name`` (no folder, nothing cleaned): what
+    :func:`temp_path` puts beside a local path, and what a writer to a folder this module cannot
+    rename in (an object store) uses for its staging name."""
     token = secrets.token_hex(4) + (f"-{kind}" if kind else "")
     keep = 200 - len(owner_tag()) - len(token)
     if len(name) > keep:  # stay below NAME_MAX (255) with the extension kept
         head, ext = _split_ext(name)
         name = head[: max(1, keep - len(ext))] + ext
-    return os.path.join(folder, f"{TEMP_PREFIX}{owner_tag()}~{token}-{name}")
+    return f"{TEMP_PREFIX}{owner_tag()}~{token}-{name}"
 
 
 def _split_ext(name):
@@ -443,19 +449,30 @@ def discard(path) -> None:
     _remove(doomed)
 
 
-def claim_next_version(tmp, base_dir, first: int | None = None, is_version=None) -> str:
-    """Publishes folder ``tmp`` as ``base_dir/N``: ``N`` the lowest free integer above the
-    existing integer-named folders (and at least ``first``), chosen at the moment of the
+def _plain_version(name: str):
+    return int(name) if name.isdigit() and not name.startswith("0") else None
+
+
+def claim_next_version(tmp, base_dir, first: int | None = None, version_of=None) -> str:
+    """Publishes folder ``tmp`` as ``base_dir/N``: ``N`` one above the highest version among
+    the existing names (and at least ``first``, and at least 1), chosen at the moment of the
     rename; a concurrent publisher that takes ``N`` first pushes this one to ``N + 1``.
+
+    Args:
+        tmp: the complete folder, in ``base_dir``.
+        base_dir: the folder of versions.
+        first: the lowest number to use.
+        version_of: ``name -> int or None``, the version a folder name stands for (default:
+            plain integers without leading zeros).
 
     Returns:
         The published path.
     """
     base_dir = os.fspath(base_dir)
-    is_version = is_version or (lambda n: n.isdigit() and not n.startswith("0"))
+    version_of = version_of or _plain_version
     _fsync_tree(tmp)
     while True:
-        taken = [int(n) for n in os.listdir(base_dir) if is_version(n)]
+        taken = [v for v in map(version_of, os.listdir(base_dir)) if v is not None]
         n = max([0, *taken]) + 1
         if first is not None:
             n = max(n, int(first))

@@ -265,10 +265,10 @@ def test_warmup_requests_are_prediction_logs(tmp_path, tiny):
             os.path.join(path, "assets.extra", "tf_serving_warmup_requests")
         ).as_numpy_iterator()
     )
-    assert len(records) == 1
-    log = prediction_log_pb2.PredictionLog.FromString(records[0])
-    request = log.predict_log.request
-    assert request.model_spec.signature_name == "serving_default"
+    logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in records]
+    requests = {log.predict_log.request.model_spec.signature_name: log for log in logs}
+    assert sorted(requests) == ["serving_bytes", "serving_default", "serving_uint8"]
+    request = requests["serving_default"].predict_log.request
     assert tf.make_ndarray(request.inputs["images"]).shape == (1, 24, 20, 3)
     # saved_model_cli (ships with TensorFlow) loads and runs it through the C++ loader path.
     cli = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]

@@ -82,11 +82,13 @@ def register(sub):
 def run(args):
     from deeplab_tf.atomic import check_outputs
     from deeplab_tf.errors import CLIError
-    from deeplab_tf.export.savedmodel import check_export_target
+    from deeplab_tf.export.savedmodel import check_export_target, is_remote
 
     try:  # argument checks first: nothing is built or written before they pass
-        check_export_target(args.out, args.version, args.overwrite)
-        version = None if args.version is None else int(args.version)  # None: next free one
+        checked = check_export_target(args.out, args.version, args.overwrite)
+        version = None if args.version is None else checked  # None: next free one
+        if args.tflite and is_remote(args.out):
+            raise ValueError(f"--tflite files are written to a local --out only; got {args.out!r}")
         tflite_dir = os.path.join(args.out, "tflite")
         if args.tflite and os.path.exists(tflite_dir) and not os.path.isdir(tflite_dir):
             raise ValueError(f"{tflite_dir!r} exists and is not a folder")
