@@ -45,7 +45,13 @@ def register(sub):
     p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
     p.add_argument("--fusion", choices=("max", "mean"), default="max")
     p.add_argument("--upsample", choices=("caffe", "half_pixel"), default="caffe")
-    p.add_argument("--crf", action="store_true", help="add the serving_crf signature")
+    p.add_argument(
+        "--crf",
+        action="store_true",
+        help="add the serving_crf signature, and write the CRF alone as <out>/crf/<version>/ "
+        "(a SavedModel: image + probabilities -> labels) and <out>/tflite/crf_<H>x<W>.tflite "
+        "(builtin ops, at --tflite-size) for running after the model",
+    )
     p.add_argument(
         "--crf-preset",
         help="CRF parameters: resnet101, vgg16 or a registry name (default: from the model)",
@@ -96,6 +102,9 @@ def run(args):
             (f"--tflite {q}", os.path.join(tflite_dir, f"model_{q}.tflite"))
             for q in dict.fromkeys(args.tflite or ())
         ]
+        if args.crf and not is_remote(args.out):
+            h, w = args.tflite_size
+            tflite_files.append(("--crf", os.path.join(tflite_dir, f"crf_{h}x{w}.tflite")))
         inputs = [("the model", args.model), ("--weights", args.weights)]
         check_outputs(tflite_files, inputs, args.overwrite)
     except ValueError as err:
@@ -114,11 +123,11 @@ def run(args):
         model = fuse_for_inference(model)
     if args.bfloat16:
         model = to_bfloat16(model)
-    crf = None
+    crf = crf_settings = None
     if args.crf:
         from deeplab_tf.inference.cli import build_crf
 
-        crf, _ = build_crf(args, model)
+        crf, crf_settings = build_crf(args, model)
     try:
         path = export_saved_model(
             model,
@@ -137,6 +146,26 @@ def run(args):
         raise CLIError(str(err)) from None
     print(f"SavedModel: {path}")
     print(f"  inspect: saved_model_cli show --dir {path} --all")
+    if crf is not None and is_remote(args.out):
+        print("note: the separate CRF artifacts are written for a local --out only; the "
+              "serving_crf signature above carries the CRF")  # fmt: skip
+    elif crf is not None:
+        from deeplab_tf.export.crf import export_crf_saved_model, export_crf_tflite
+
+        num_classes = model.output_shape[-1]
+        version_name = os.path.basename(os.path.normpath(path))
+        try:
+            crf_path = export_crf_saved_model(
+                crf, os.path.join(args.out, "crf"), num_classes, version=int(version_name),
+                preset=crf_settings["preset"], overwrite=args.overwrite,
+            )  # fmt: skip
+            print(f"CRF SavedModel: {crf_path}")
+            h, w = args.tflite_size
+            crf_file = os.path.join(tflite_dir, f"crf_{h}x{w}.tflite")
+            export_crf_tflite(crf, crf_file, (h, w), num_classes, overwrite=args.overwrite)
+            print(f"CRF TFLite ({h}x{w}, builtin ops): {crf_file}")
+        except (ValueError, FileExistsError) as err:
+            raise CLIError(str(err)) from None
     for q in dict.fromkeys(args.tflite or ()):
         from deeplab_tf.export.tflite import export_tflite
 
