@@ -8,9 +8,13 @@ median process CPU time (their ratio is less sensitive to other users of a share
 though TensorFlow's thread pools count some spinning) and the 1-minute load average before
 and after.
 
+With ``--litert`` it also exports the CRF alone as a builtin-ops ``.tflite`` at the photo's
+size (what ``deeplab-tf export --crf`` writes for phones) and times it in LiteRT, interleaved
+with the others, reporting its median, its ratio to the TF backend and its label agreement.
+
 Usage:
     python -m benchmarks.bench_crf [--repeats 5] [--preset resnet101] [--impl sparse]
-        [--iterations 10]
+        [--iterations 10] [--litert]
 """
 
 import argparse
@@ -56,6 +60,7 @@ def main(argv=None):
     parser.add_argument("--preset", default="resnet101")
     parser.add_argument("--impl", default="sparse", choices=["sparse", "builtin"])
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--litert", action="store_true", help="also time the exported .tflite")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.iterations < 1:
         parser.error(
@@ -77,6 +82,22 @@ def main(argv=None):
     # timed runs then build the bilateral lattice and run all iterations, as pydensecrf does).
     tf_crf(img_t, probs_t)
     ref_crf(image, probs)
+    litert = None
+    if args.litert:
+        import tempfile
+
+        from ai_edge_litert.interpreter import Interpreter
+
+        from deeplab_tf.export.crf import export_crf_tflite
+
+        h, w = image.shape[:2]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_crf_tflite(tf_crf, os.path.join(tmp, f"crf_{h}x{w}.tflite"), (h, w),
+                                     probs.shape[-1])  # fmt: skip
+            runner = Interpreter(model_path=path).get_signature_runner()
+        litert = lambda: runner(image=image[None], probs=probs[None])["labels"][0]  # noqa: E731
+        litert()
+    t_lite, out_lite = [], None
     load_before = os.getloadavg()[0]
     # Interleave to share the machine's load fairly between the two.
     t_tf, t_ref, c_tf, c_ref, out_tf, out_ref = [], [], [], [], None, None
@@ -87,6 +108,9 @@ def main(argv=None):
         wall, cpu, out_ref = timed(lambda: ref_crf(image, probs).numpy())
         t_ref.append(wall)
         c_ref.append(cpu)
+        if litert is not None:
+            wall, _, out_lite = timed(litert)
+            t_lite.append(wall)
     med_tf, med_ref = statistics.median(t_tf), statistics.median(t_ref)
     cpu_tf, cpu_ref = statistics.median(c_tf), statistics.median(c_ref)
     result = {
@@ -110,6 +134,14 @@ def main(argv=None):
         "load_avg_1min_before": round(load_before, 2),
         "load_avg_1min_after": round(os.getloadavg()[0], 2),
     }
+    if litert is not None:
+        med_lite = statistics.median(t_lite)
+        result.update({
+            "litert_s": round(med_lite, 4),
+            "ratio_litert_over_tf": round(med_lite / med_tf, 3),
+            "litert_runs_s": [round(t, 4) for t in t_lite],
+            "litert_label_agreement_vs_tf": float(np.mean(out_lite == out_tf.argmax(-1))),
+        })  # fmt: skip
     print(json.dumps(result, indent=2))
     print(
         f"TF backend {med_tf:.3f} s vs pydensecrf {med_ref:.3f} s: "
