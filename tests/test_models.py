@@ -249,3 +249,28 @@ def test_registry_preprocessing_is_the_built_models_config(name):
     mode = get_model_config(name)["preprocessing"]["mode"]
     assert model.get_config()["preprocessing"] == mode == model.get_layer("preprocess").mode
     assert isinstance(model, DeepLabV2)
+
+
+@pytest.mark.parametrize(
+    "size, os8, os16",
+    [(321, 41, 21), pytest.param(513, 65, 33, marks=pytest.mark.large),
+     pytest.param(100, 13, 7, marks=pytest.mark.large)],
+)  # fmt: skip
+def test_resnet_output_stride_16_sizes_and_same_weights(size, os8, os16):
+    """Output stride 16 (res4 strided, res5 dilated by 2): Caffe-rounded sizes, and the same
+    variables as the paper's stride-8 model, so its weights load into it unchanged."""
+    from deeplab_tf import DeepLabV2, output_stride_of
+
+    a = DeepLabV2("resnet50", "aspp_l", num_classes=3)
+    b = DeepLabV2("resnet50", "aspp_l", num_classes=3, output_stride=16)
+    x = np.zeros((1, size, size, 3), np.float32)
+    assert a(x).shape[1:3] == (os8, os8)
+    assert b(x).shape[1:3] == (os16, os16)
+    assert output_stride_of(b) == 16 and b.get_config()["output_stride"] == 16
+    assert [v.shape for v in a.weights] == [v.shape for v in b.weights]
+    b.set_weights(a.get_weights())
+    res4 = b.get_layer("res4a_branch2a")
+    assert res4.get_config()["strides"] in ((2, 2), [2, 2])
+    assert b.get_layer("res5a_branch2b").get_config()["dilation_rate"] in ((2, 2), [2, 2])
+    with pytest.raises(ValueError, match="output_stride must be 8 .* or, for the ResNet"):
+        DeepLabV2("vgg16", "largefov", output_stride=16)

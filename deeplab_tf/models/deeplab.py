@@ -113,10 +113,10 @@ def _check_args(backbone, head, num_classes, rates, dropout, output_stride, pool
         )
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
-    if output_stride != 8 and backbone != "mobilenetv2":
+    if output_stride not in (8, 16) or (output_stride == 16 and backbone == "vgg16"):
         raise ValueError(
-            f"DeepLab v2 backbones have output stride 8; only mobilenetv2 also allows 16. "
-            f"Received: backbone={backbone!r}, output_stride={output_stride!r}"
+            "output_stride must be 8 (the paper) or, for the ResNet and MobileNetV2 backbones, "
+            f"16. Received: backbone={backbone!r}, output_stride={output_stride!r}"
         )
     if pool5a and backbone != "vgg16":
         raise ValueError(f"pool5a exists for vgg16 only. Received: backbone={backbone!r}")
@@ -174,7 +174,9 @@ class DeepLabV2(keras.Model):
         dropout: dropout rate after fc6 and fc7 of the VGG heads (0 disables).
         input_shape: ``(H, W, 3)``; ``None`` for dynamic sizes. A fixed size gives TFLite plain
             dilated ``CONV_2D`` ops.
-        output_stride: 8 (the paper) for every backbone; MobileNetV2 also allows 16.
+        output_stride: 8 (the paper) for every backbone; the ResNets and MobileNetV2 also
+            allow 16 (a memory option for training: about a quarter of the activations after
+            res3; the same weights load; the head's rates are kept as given).
         pool5a: VGG-16 only: the parameter-free 3x3 average pool before fc6 found in v1
             LargeFOV reimplementations.
         preprocessing: ``"caffe"`` or ``"tf"``; ``None`` takes the backbone's (``"tf"`` for
@@ -222,7 +224,7 @@ class DeepLabV2(keras.Model):
             x = mobilenetv2_features(x, output_stride, freeze_batchnorm)
             x = conv_head(x, num_classes, rates)
         else:
-            x = resnet_features(x, int(backbone[len("resnet") :]), freeze_batchnorm)
+            x = resnet_features(x, int(backbone[len("resnet") :]), freeze_batchnorm, output_stride)
             x = conv_head(x, num_classes, rates)
         logits = Logits(output_stride, name="logits")(x)
         super().__init__(images, logits, name=name or f"deeplabv2_{backbone}_{head}", **kwargs)

@@ -53,6 +53,8 @@ RESNET_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 #: (stage, bottleneck width, stride of the first block, dilation of the 3x3s)
 RESNET_STAGES = ((2, 64, 1, 1), (3, 128, 2, 1), (4, 256, 1, 2), (5, 512, 1, 4))
+#: The same at output stride 16 (a memory option for training): res4 strided, res5 dilated by 2.
+RESNET_STAGES_OS16 = ((2, 64, 1, 1), (3, 128, 2, 1), (4, 256, 2, 1), (5, 512, 1, 2))
 
 
 def block_names(depth: int, stage: int, blocks: int) -> list[str]:

@@ -81,13 +81,15 @@ def paper(
     Returns:
         ``{"optimizer", "loss", "metrics"}``.
     """
+    stride = 8
     if isinstance(backbone_or_model_name, keras.Model):
-        # The model's own description (backbone, head, classes), never its name.
+        # The model's own description (backbone, head, classes, stride), never its name.
         net = find_deeplab(backbone_or_model_name)
         if net is None:
             deeplab_config(backbone_or_model_name)  # raises, with the migration hint
         if num_classes is None:
             num_classes = net.num_classes
+        stride = net.output_stride
         registered = f"deeplabv2_{net.backbone}_{net.head}"
         backbone_or_model_name = registered if registered in list_models() else net.backbone
     recipe = get_recipe(backbone_or_model_name)
@@ -114,6 +116,6 @@ def paper(
     )
     return {
         "optimizer": optimizer,
-        "loss": DeepLabLoss(ignore_label=ignore, label_mode=label_mode),
+        "loss": DeepLabLoss(ignore_label=ignore, label_mode=label_mode, stride=stride),
         "metrics": [MeanIoU(num_classes, ignore_label=ignore)],
     }

@@ -425,13 +425,15 @@ def make_optimizer(tcfg: dict):
 
 def compile_model(model, cfg: dict, num_classes: int, ignore: int) -> None:
     """Stage 5 (in the strategy's scope): optimizer (:func:`make_optimizer`), loss and metric."""
+    from deeplab_tf.models.deeplab import output_stride_of
     from deeplab_tf.training.losses import DeepLabLoss
     from deeplab_tf.training.metrics import MeanIoU
 
     tcfg = cfg["train"]
+    stride = output_stride_of(model)  # 16 for an output_stride=16 model: upsample_logits needs it
     model.compile(
         optimizer=make_optimizer(tcfg),
-        loss=DeepLabLoss(ignore_label=ignore, label_mode=tcfg["label_mode"]),
+        loss=DeepLabLoss(ignore_label=ignore, label_mode=tcfg["label_mode"], stride=stride),
         metrics=[MeanIoU(num_classes, ignore_label=ignore)],
     )
 
