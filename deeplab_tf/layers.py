@@ -75,8 +75,9 @@ def _pool_extra(size, kernel, stride, pad):
 IMAGE_DTYPES = ("uint8", "int32", "int64", "float16", "bfloat16", "float32", "float64")
 
 
-def check_images(images, name: str = "images", where: str = "The model", runtime: bool = False):
-    """Validates an image batch ``(N, H, W, 3)`` before any work; returns it.
+def check_images(images, name: str = "images", where: str = "The model", runtime: bool = False,
+                 channels: int = 3):  # fmt: skip
+    """Validates an image batch ``(N, H, W, channels)`` before any work; returns it.
 
     What is known statically (eager tensors, arrays, traced shapes) is checked in Python and
     raises ``ValueError``. What is only known at run time (a traced graph with unknown
@@ -93,13 +94,19 @@ def check_images(images, name: str = "images", where: str = "The model", runtime
         runtime: always add the in-graph checks, even where the traced shape already looks
             right. For serving signatures: their input spec is a claim about the requests, not
             a check (TF Serving and ``loaded.signatures[...]`` pass any shape through).
+        channels: the channel count expected (3: RGB; a model built with ``input_channels``).
 
     Raises:
         ValueError: a wrong rank, channel count, dtype or an empty dimension known statically.
     """
     if not tf.is_tensor(images):
         images = tf.convert_to_tensor(images)
-    expected = f"expected a batch of RGB images (N, H, W, 3) of one of {IMAGE_DTYPES}, 0..255"
+    expected = (
+        f"expected a batch of RGB images (N, H, W, 3) of one of {IMAGE_DTYPES}, 0..255"
+        if channels == 3
+        else f"expected a batch of {channels}-channel images (N, H, W, {channels}) of one of "
+        f"{IMAGE_DTYPES}"
+    )
     dtype = images.dtype.name
     if dtype not in IMAGE_DTYPES:
         raise ValueError(
@@ -108,7 +115,7 @@ def check_images(images, name: str = "images", where: str = "The model", runtime
         )
     shape = images.shape
     if shape.rank is not None:
-        if shape.rank != 4 or shape[-1] not in (None, 3):
+        if shape.rank != 4 or shape[-1] not in (None, channels):
             raise ValueError(
                 f"{where} got {name} of the wrong shape. Received: {name}.shape="
                 f"{tuple(shape)}; {expected}"
@@ -120,12 +127,16 @@ def check_images(images, name: str = "images", where: str = "The model", runtime
                 f"{tuple(shape)}; {expected}, each dimension at least 1"
             )
     if runtime or shape.rank != 4 or shape[-1] is None:
-        images = tf.ensure_shape(images, [None, None, None, 3], name=f"check_{name}_shape")
+        images = tf.ensure_shape(images, [None, None, None, channels], name=f"check_{name}_shape")
     if not tf.executing_eagerly() and (runtime or not all(d is not None for d in images.shape)):
         dims = tf.shape(images)
         ok = tf.reduce_all(dims > 0)
         check = tf.debugging.Assert(
-            ok, [f"{where}: {name} must be (N >= 1, H >= 1, W >= 1, 3); got shape", dims]
+            ok,
+            [
+                f"{where}: {name} must be (N >= 1, H >= 1, W >= 1, {channels}); got shape",
+                dims,
+            ],  # fmt: skip
         )
         with tf.control_dependencies([check]):
             images = tf.identity(images)
@@ -140,31 +151,57 @@ class Preprocess(keras.layers.Layer):
 
     For the authors' Caffe models: RGB -> BGR, subtract ``CAFFE_BGR_MEAN``, no scaling
     (docs/architecture.md#input-and-preprocessing). Other backbones (e.g. MobileNetV2) use
-    ``mode="tf"``: ``x / 127.5 - 1``.
+    ``mode="tf"``: ``x / 127.5 - 1``. Inputs with any number of channels use
+    ``mode="normalize"``: ``(x - mean) / std`` per channel, in the input's channel order
+    (:mod:`deeplab_tf.models.channels`).
 
     Args:
-        mode: ``"caffe"`` (BGR, mean subtracted) or ``"tf"`` (RGB scaled to [-1, 1]).
-        mean: channel means in the network's channel order, for ``mode="caffe"``.
+        mode: ``"caffe"`` (BGR, mean subtracted), ``"tf"`` (RGB scaled to [-1, 1]) or
+            ``"normalize"`` (per channel, N channels).
+        mean: channel means in the network's channel order (``"caffe"``: 3 values;
+            ``"normalize"``: one per input channel).
+        std: ``"normalize"`` only: one positive standard deviation per channel.
     """
 
-    MODES = ("caffe", "tf")
+    MODES = ("caffe", "tf", "normalize")
 
-    def __init__(self, mode: str = "caffe", mean=CAFFE_BGR_MEAN, **kwargs):
+    def __init__(self, mode: str = "caffe", mean=CAFFE_BGR_MEAN, std=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if mode not in self.MODES:
             raise ValueError(
                 f"Preprocess mode must be one of {self.MODES}. Received: mode={mode!r}"
             )
-        if len(tuple(mean)) != 3:
+        mean = tuple(float(m) for m in mean)
+        if mode == "normalize":
+            std = None if std is None else tuple(float(v) for v in std)
+            if std is None or len(std) != len(mean) or not mean:
+                raise ValueError(
+                    "mode='normalize' needs one mean and one std per channel. Received: "
+                    f"mean={list(mean)!r}, std={std!r}"
+                )
+            if not all(v > 0 for v in std):
+                raise ValueError(f"std values must be > 0. Received: std={list(std)!r}")
+        elif std is not None:
+            raise ValueError(f"std is for mode='normalize'. Received: mode={mode!r}, std={std!r}")
+        elif len(mean) != 3:
             raise ValueError(f"mean needs 3 channel values. Received: mean={mean!r}")
         self.mode = mode
-        self.mean = tuple(float(m) for m in mean)
+        self.mean = mean
+        self.std = std
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean) if self.mode == "normalize" else 3
 
     def call(self, images):
-        x = tf.cast(check_images(images, where="DeepLab's Preprocess layer"), self.compute_dtype)
+        images = check_images(images, where="DeepLab's Preprocess layer", channels=self.channels)
+        x = tf.cast(images, self.compute_dtype)
         if self.mode == "tf":
             return x / 127.5 - 1.0
+        if self.mode == "normalize":
+            mean = tf.constant(self.mean, dtype=x.dtype)
+            return (x - mean) / tf.constant(self.std, dtype=x.dtype)
         x = tf.reverse(x, axis=[-1])  # RGB -> BGR
         return x - tf.constant(self.mean, dtype=x.dtype)
 
@@ -172,7 +209,10 @@ class Preprocess(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode, "mean": list(self.mean)}
+        config = {**super().get_config(), "mode": self.mode, "mean": list(self.mean)}
+        if self.std is not None:
+            config["std"] = list(self.std)
+        return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

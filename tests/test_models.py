@@ -202,7 +202,7 @@ def test_mobilenetv2_output_stride_16():
         ({"dropout": 1.0}, "Received: dropout=1.0"),
         ({"input_shape": (64, 64)}, "input_shape must be"),
         ({"input_shape": (64, 64, 1)}, "input_shape must be"),
-        ({"output_stride": 16}, "output_stride=16"),
+        ({"output_stride": 32}, "output_stride=32"),
         ({"pool5a": True}, "pool5a exists for vgg16 only"),
         ({"weights": "/no/such/file.h5"}, "Received: weights='/no/such/file.h5'"),
     ],

@@ -139,8 +139,12 @@ def _keras_pad(model, name: str):
     return (pad_layer.pad, pad_layer.pad)
 
 
-def _plan_conv(layer, keras_layer, model, errors):
-    """Checks a Convolution/InnerProduct against a Keras Conv2D; returns {var: array} or None."""
+def _plan_conv(layer, keras_layer, model, errors, adapt=None):
+    """Checks a Convolution/InnerProduct against a Keras Conv2D; returns {var: array} or None.
+
+    ``adapt``: ``(first conv name, fn)`` for a model built with ``input_channels`` / per-channel
+    normalisation: that layer's 3-channel kernel is adapted before the checks
+    (:mod:`deeplab_tf.models.channels`)."""
     import keras
 
     caffe, kname = layer.name, keras_layer.name
@@ -168,6 +172,8 @@ def _plan_conv(layer, keras_layer, model, errors):
     if w.ndim != 4:
         errors.append(f"{where}: convolution weights must be 4-D OIHW; file has {tuple(w.shape)}")
         return None
+    if adapt is not None and kname == adapt[0] and w.shape[1] == 3:
+        w = adapt[1](np.asarray(w).transpose(2, 3, 1, 0)).transpose(3, 2, 0, 1)
     o, i, kh, kw = w.shape
     if not isinstance(keras_layer, keras.layers.Conv2D) or keras_layer.padding != "valid":
         errors.append(f"{where}: model layer is not a padding='valid' Conv2D")
@@ -308,6 +314,9 @@ def map_caffe_to_keras(net: CaffeNet, model, include_classifier: bool = True):
     if net_classifier is None:
         deeplab_config(model)  # raises TypeError with the migration hint
     classifier = set(net_classifier.classifier_layer_names)
+    from deeplab_tf.models.channels import first_conv_adapter
+
+    adapt = first_conv_adapter(net_classifier)  # input_channels != 3: conv1 adapted
     report = ConversionReport(encoding=net.encoding)
     errors: list[str] = []
     plan: dict = {}
@@ -365,7 +374,7 @@ def map_caffe_to_keras(net: CaffeNet, model, include_classifier: bool = True):
             if isinstance(target, keras.layers.Dense):
                 values = _plan_dense(layer, target, errors)
             else:
-                values = _plan_conv(layer, target, model, errors)
+                values = _plan_conv(layer, target, model, errors, adapt)
         elif layer.type == "BatchNorm":
             kname = layer.name
             target = keras_layers.get(kname)

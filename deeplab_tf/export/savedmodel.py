@@ -275,9 +275,11 @@ class _Serving:
         self.crf = crf
         self.bytes_max_side = bytes_max_side
         self.max_pixels = max_pixels
+        self.channels = channels_of(net)
         # One traced network shared by every signature (traced once, not once per endpoint).
         self._probs = tf.function(
-            self._run_net, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)]
+            self._run_net,
+            input_signature=[tf.TensorSpec([None, None, None, self.channels], tf.float32)],
         )
 
     def _run_net(self, images):
@@ -287,7 +289,9 @@ class _Serving:
         return self._probs(tf.cast(images, tf.float32))
 
     def default(self, images):
-        images = check_images(images, where=f"serving_{_kind(images)}", runtime=True)
+        images = check_images(
+            images, where=f"serving_{_kind(images)}", runtime=True, channels=self.channels
+        )
         probs = self.probs(images)
         return {"labels": tf.argmax(probs, axis=-1, output_type=tf.int32), "probabilities": probs}
 
@@ -362,6 +366,16 @@ class _Serving:
             "widths": sizes[:, 1],
             "label_png_bytes": pngs,
         }
+
+
+def channels_of(net) -> int:
+    """Input channels of an inference network (3 unless built with ``input_channels``)."""
+    if isinstance(net, MultiScaleInference):
+        return net.channels
+    try:
+        return int(net.input_shape[-1] or 3)
+    except (AttributeError, TypeError, ValueError):
+        return 3
 
 
 def _kind(images):
@@ -457,20 +471,28 @@ def export_saved_model(
     serving = _Serving(net, crf=crf, bytes_max_side=bytes_max_side, max_pixels=max_pixels)
 
     if not net.built:
-        net.build((None, None, None, 3))
+        net.build((None, None, None, serving.channels))
     archive = keras.export.ExportArchive()
     archive.track(net)
     if crf is not None and isinstance(crf, (tf.Module, keras.layers.Layer)):
         archive.track(crf)
-    image_spec = lambda dtype: tf.TensorSpec([None, None, None, 3], dtype, name="images")
+    channels = serving.channels
+    image_spec = lambda dtype: tf.TensorSpec([None, None, None, channels], dtype, name="images")
     endpoints = {
         "serving_default": (serving.default, [image_spec(tf.float32)]),
         "serving_uint8": (serving.default, [image_spec(tf.uint8)]),
-        "serving_bytes": (
+    }
+    if channels == 3:  # JPEG/PNG bytes are RGB: no bytes signature for other channel counts
+        endpoints["serving_bytes"] = (
             serving.encoded,
             [tf.TensorSpec([None], tf.string, name="image_bytes")],
-        ),
-    }
+        )
+    elif crf is not None:
+        raise ValueError(
+            f"The dense CRF's bilateral kernel reads RGB images; this model takes {channels} "
+            "channels. Export without crf=, or run deeplab_tf.crf.DenseCRF with N-channel "
+            "features yourself."
+        )
     if crf is not None:
         endpoints["serving_crf"] = (serving.with_crf, [image_spec(tf.float32)])
     for name, (fn, specs) in endpoints.items():

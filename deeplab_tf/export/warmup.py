@@ -178,10 +178,14 @@ def warmup_inputs(specs, image_size=DEFAULT_SIZE, max_pixels: int | None = None)
             inputs[spec.name] = np.array([jpeg], dtype=object)
         elif (dtype.is_floating or dtype.is_integer) and shape.rank == 4 and shape[-1] == 3:
             inputs[spec.name] = image[None].astype(dtype.as_numpy_dtype)
+        elif (dtype.is_floating or dtype.is_integer) and shape.rank == 4 and shape[-1]:
+            # a model built with input_channels=N: the smooth image's channels, cycled
+            channels = [image[..., i % 3] for i in range(int(shape[-1]))]
+            inputs[spec.name] = np.stack(channels, axis=-1)[None].astype(dtype.as_numpy_dtype)
         else:
             raise ValueError(
                 f"No warm-up input for {spec.name!r} of {dtype.name} {shape}: expected "
-                "(N, H, W, 3) images or (N,) encoded image strings"
+                "(N, H, W, C) images or (N,) encoded image strings"
             )
     return inputs
 

@@ -116,9 +116,11 @@ class MultiScaleInference(MultiScaleWrapper):
         self.fuse_at = fuse_at
         self.stride = int(output_stride_of(model))
         self.num_classes = int(model.output_shape[-1])
+        self.channels = int(model.input_shape[-1] or 3)  # input_channels of the model
 
     def call(self, images, training=False):
-        images = tf.cast(check_images(images, where="MultiScaleInference"), tf.float32)
+        images = check_images(images, where="MultiScaleInference", channels=self.channels)
+        images = tf.cast(images, tf.float32)
         size = tf.shape(images)[1:3]
         branches = self.run_branches(images, flip=self.flip, training=False, dtype=tf.float32)
         if self.fuse_at == "logits":

@@ -99,11 +99,46 @@ def default_preprocessing(backbone: str) -> str:
     return "tf" if backbone == "mobilenetv2" else "caffe"
 
 
-PREPROCESSING_MODES = ("caffe", "tf")
+PREPROCESSING_MODES = ("caffe", "tf", "normalize")
+
+
+def _check_channels(input_channels, preprocessing, channel_mean, channel_std):
+    """``(preprocessing, mean, std)`` for ``input_channels``: N != 3 needs ``"normalize"`` with
+    one mean and one std per channel."""
+    n = input_channels
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"input_channels must be an integer >= 1. Received: input_channels={n!r}")
+    given = channel_mean is not None or channel_std is not None
+    if n != 3 and preprocessing not in (None, "normalize"):
+        raise ValueError(
+            f"input_channels={n} needs preprocessing='normalize' (per-channel channel_mean and "
+            f"channel_std). Received: preprocessing={preprocessing!r}"
+        )
+    if n != 3 or given:
+        if preprocessing not in (None, "normalize"):
+            raise ValueError(
+                "channel_mean and channel_std are for preprocessing='normalize'. Received: "
+                f"preprocessing={preprocessing!r}"
+            )
+        preprocessing = "normalize"
+    if preprocessing != "normalize":
+        return preprocessing, None, None
+    mean = None if channel_mean is None else [float(v) for v in channel_mean]
+    std = None if channel_std is None else [float(v) for v in channel_std]
+    if mean is None or std is None or len(mean) != n or len(std) != n:
+        raise ValueError(
+            f"preprocessing='normalize' with input_channels={n} needs channel_mean and "
+            f"channel_std with {n} values each (see deeplab_tf.models.channels for the values "
+            f"that keep pretrained weights' input range). Received: channel_mean={channel_mean!r}"
+            f", channel_std={channel_std!r}"
+        )
+    if not all(v > 0 for v in std):
+        raise ValueError(f"channel_std values must be > 0. Received: channel_std={std!r}")
+    return preprocessing, mean, std
 
 
 def _check_args(backbone, head, num_classes, rates, dropout, output_stride, pool5a, input_shape,
-                preprocessing):  # fmt: skip
+                preprocessing, input_channels=3):  # fmt: skip
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}. Received: backbone={backbone!r}")
     rates = resolve_rates(head, rates)
@@ -121,9 +156,12 @@ def _check_args(backbone, head, num_classes, rates, dropout, output_stride, pool
     if pool5a and backbone != "vgg16":
         raise ValueError(f"pool5a exists for vgg16 only. Received: backbone={backbone!r}")
     input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[-1] != 3:
+    if len(input_shape) == 3 and input_shape[-1] is None:
+        input_shape = (*input_shape[:2], input_channels)
+    if len(input_shape) != 3 or input_shape[-1] != input_channels:
         raise ValueError(
-            f"input_shape must be (H, W, 3) with H, W ints or None. Received: {input_shape!r}"
+            f"input_shape must be (H, W, {input_channels}) with H, W ints or None "
+            f"(input_channels={input_channels}). Received: {input_shape!r}"
         )
     preprocessing = default_preprocessing(backbone) if preprocessing is None else preprocessing
     if preprocessing not in PREPROCESSING_MODES:
@@ -179,7 +217,14 @@ class DeepLabV2(keras.Model):
             res3; the same weights load; the head's rates are kept as given).
         pool5a: VGG-16 only: the parameter-free 3x3 average pool before fc6 found in v1
             LargeFOV reimplementations.
-        preprocessing: ``"caffe"`` or ``"tf"``; ``None`` takes the backbone's (``"tf"`` for
+        input_channels: channels of the input images (3: RGB). Another count (1 for grey or
+            medical images, 4+ for remote sensing) needs ``preprocessing="normalize"`` with
+            ``channel_mean`` / ``channel_std``; pretrained weights get their first convolution
+            adapted by the rule in :mod:`deeplab_tf.models.channels`.
+        channel_mean: per-channel means for ``preprocessing="normalize"`` (input order).
+        channel_std: per-channel standard deviations for ``preprocessing="normalize"``.
+        preprocessing: ``"caffe"``, ``"tf"`` or ``"normalize"`` (``(x - channel_mean) /
+            channel_std``); ``None`` takes the backbone's (``"tf"`` for
             MobileNetV2, whose ImageNet weights expect [-1, 1]).
         name: model name; defaults to ``deeplabv2_{backbone}_{head}``. Nothing reads it.
 
@@ -205,18 +250,30 @@ class DeepLabV2(keras.Model):
         output_stride: int = 8,
         pool5a: bool = False,
         preprocessing: str | None = None,
+        input_channels: int = 3,
+        channel_mean=None,
+        channel_std=None,
         name: str | None = None,
         **kwargs,
     ):
         weights, preset = _check_weights(weights, backbone, head)
         if num_classes is None:
             num_classes = (preset or {}).get("num_classes") or 21
+        preprocessing, channel_mean, channel_std = _check_channels(
+            input_channels, preprocessing, channel_mean, channel_std
+        )
+        if input_shape == (None, None, 3) and input_channels != 3:
+            input_shape = (None, None, input_channels)
         rates, input_shape, preprocessing = _check_args(
             backbone, head, num_classes, rates, dropout, output_stride, pool5a, input_shape,
-            preprocessing,
+            preprocessing, input_channels,
         )  # fmt: skip
         images = keras.Input(shape=input_shape, name="images")
-        x = Preprocess(mode=preprocessing, name="preprocess")(images)
+        if preprocessing == "normalize":
+            pre = Preprocess("normalize", mean=channel_mean, std=channel_std, name="preprocess")
+        else:
+            pre = Preprocess(mode=preprocessing, name="preprocess")
+        x = pre(images)
         if backbone == "vgg16":
             x = vgg16_features(x)
             x = vgg_head(x, num_classes, rates, dropout=dropout, pool5a=pool5a)
@@ -239,6 +296,9 @@ class DeepLabV2(keras.Model):
         self.dropout = float(dropout)
         self.pool5a = bool(pool5a)
         self.image_shape = input_shape
+        self.input_channels = int(input_channels)
+        self.channel_mean = channel_mean
+        self.channel_std = channel_std
 
         # The classifier's variables say so themselves (as Keras marks variables with
         # `overwrite_with_gradient`): CaffeSGD gives them Caffe's 10x / 20x multipliers, in this
@@ -343,6 +403,9 @@ class DeepLabV2(keras.Model):
             "dropout": self.dropout,
             "pool5a": self.pool5a,
             "input_shape": list(self.image_shape),
+            "input_channels": self.input_channels,
+            "channel_mean": self.channel_mean,
+            "channel_std": self.channel_std,
         }
 
     @classmethod

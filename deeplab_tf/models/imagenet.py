@@ -72,7 +72,11 @@ def _layer(model, name, source_desc):
         ) from None
 
 
-def _assign(layer, values, source_name):
+def _assign(layer, values, source_name, adapt=None):
+    """Sets ``values`` on ``layer``; ``adapt``: ``(first conv name, fn)`` adapting a 3-channel
+    kernel to the model's ``input_channels`` (:mod:`deeplab_tf.models.channels`)."""
+    if adapt is not None and layer.name == adapt[0]:
+        values = [adapt[1](values[0]), *values[1:]]
     expected = [tuple(w.shape) for w in layer.weights]
     received = [tuple(np.shape(v)) for v in values]
     if expected != received:
@@ -83,7 +87,7 @@ def _assign(layer, values, source_name):
     layer.set_weights(values)
 
 
-def map_resnet(model, source, depth: int) -> list[str]:
+def map_resnet(model, source, depth: int, adapt=None) -> list[str]:
     """Copies a Keras Applications ResNet into a DeepLab ResNet; returns mapped layer names.
 
     Each Keras ``*_conv`` (kernel + bias) and its ``*_bn`` become one bias-free Caffe conv and
@@ -104,7 +108,7 @@ def map_resnet(model, source, depth: int) -> list[str]:
         if bias:
             mean = mean - bias[0]
         var = var + (float(bn_src.epsilon) - float(bn_dst.epsilon))
-        _assign(_layer(model, dst_conv, "the DeepLab model"), [kernel], src_conv)
+        _assign(_layer(model, dst_conv, "the DeepLab model"), [kernel], src_conv, adapt)
         _assign(bn_dst, [gamma, beta, mean, var], src_bn)
         mapped += [dst_conv, dst_bn]
     return mapped
@@ -134,14 +138,14 @@ def decimate_fc(fc1_kernel, fc1_bias, fc2_kernel, fc2_bias):
     return fc6, np.asarray(fc1_bias)[::4], fc7.reshape(1, 1, 1024, 1024), np.asarray(fc2_bias)[::4]
 
 
-def map_vgg16(model, source) -> list[str]:
+def map_vgg16(model, source, adapt=None) -> list[str]:
     """Copies Keras Applications VGG16 convs and the decimated fc6/fc7 into a DeepLab VGG-16."""
     mapped = []
     for stage, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)):
         for i in range(1, n + 1):
             src = _layer(source, f"block{stage}_conv{i}", "the ImageNet VGG16")
             dst = _layer(model, f"conv{stage}_{i}", "the DeepLab model")
-            _assign(dst, src.get_weights(), src.name)
+            _assign(dst, src.get_weights(), src.name, adapt)
             mapped.append(dst.name)
     names = {layer.name for layer in model.layers}
     fc6s = sorted(n for n in names if n == "fc6" or n.startswith("fc6_"))
@@ -163,14 +167,14 @@ def map_vgg16(model, source) -> list[str]:
     return mapped
 
 
-def map_by_name(model, source) -> list[str]:
+def map_by_name(model, source, adapt=None) -> list[str]:
     """Copies every weighted layer of ``source`` into the same-named layer of ``model``."""
     mapped = []
     for src in source.layers:
         if not src.weights:
             continue
         dst = _layer(model, src.name, "the DeepLab model")
-        _assign(dst, src.get_weights(), src.name)
+        _assign(dst, src.get_weights(), src.name, adapt)
         mapped.append(dst.name)
     return mapped
 
@@ -205,12 +209,15 @@ def load_imagenet_weights(model, backbone: str, source=None) -> list[str]:
                 f"Could not load {path!r} as Keras Applications {backbone} weights "
                 f"({type(err).__name__}: {err})"
             ) from err
+    from deeplab_tf.models.channels import first_conv_adapter
+
+    adapt = first_conv_adapter(model)  # input_channels != 3 or per-channel normalisation
     if backbone == "vgg16":
-        return map_vgg16(model, source)
+        return map_vgg16(model, source, adapt)
     if backbone.startswith("resnet"):
-        return map_resnet(model, source, int(backbone[len("resnet") :]))
+        return map_resnet(model, source, int(backbone[len("resnet") :]), adapt)
     if backbone == "mobilenetv2":
-        return map_by_name(model, _strip_top(source))
+        return map_by_name(model, _strip_top(source), adapt)
     raise ValueError(f"No ImageNet mapping for backbone={backbone!r}")
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 #: Backbones of :class:`deeplab_tf.DeepLabV2` (MobileNetV2 is beyond the paper).
 BACKBONES = ("vgg16", "resnet50", "resnet101", "resnet152", "mobilenetv2")
+#: The convolution that reads the image, per backbone (adapted to ``input_channels``).
+FIRST_CONV = {"vgg16": "conv1_1", "resnet50": "conv1", "resnet101": "conv1",
+              "resnet152": "conv1", "mobilenetv2": "Conv1"}  # fmt: skip
 #: Head names (``aspp`` takes explicit rates).
 HEADS = ("largefov", "aspp_s", "aspp_l", "aspp")
 

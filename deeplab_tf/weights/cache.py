@@ -269,10 +269,11 @@ def check_fits(model, preset: dict) -> None:
             f"{preset['num_classes']}; build the model with num_classes={preset['num_classes']}, "
             "or fine-tune from a backbone-only preset)"
         )
-    if config.get("preprocessing") not in (None, "caffe"):
+    if config.get("preprocessing") not in (None, "caffe", "normalize"):
         problems.append(
             f"preprocessing={config.get('preprocessing')!r} (the release expects 'caffe': "
-            "BGR, mean subtraction)"
+            "BGR, mean subtraction; or 'normalize' for input_channels, whose first convolution "
+            "is adapted)"
         )
     if problems:
         raise ValueError(
