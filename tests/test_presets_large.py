@@ -173,3 +173,27 @@ def test_checkpoint_of_another_class_count_is_refused_and_nothing_cached(
     with pytest.raises(ValueError, match="182"):
         DeepLabV2.from_preset(STUFF)
     assert not os.path.exists(os.path.join(cache_dir(), "converted"))
+
+
+def test_pth_with_a_foreign_pickle_global_is_refused_and_nothing_converted(
+    cache, tmp_path, monkeypatch
+):
+    import pickle
+
+    from deeplab_tf import DeepLabV2
+    from deeplab_tf.weights import UnsafePickleError
+    from deeplab_tf.weights.cache import cache_dir
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    site = tmp_path / "site"
+    site.mkdir()
+    with zipfile.ZipFile(site / STUFF_FILE, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"base.aspp.c0.weight": Evil()}, protocol=2))
+    monkeypatch.setenv("DEEPLAB_TF_WEIGHTS_MIRROR", str(site))
+    with pytest.raises(UnsafePickleError, match="posix.system|os.system"):
+        DeepLabV2.from_preset(STUFF)
+    assert not (tmp_path / "ran").exists()
+    assert not os.path.exists(os.path.join(cache_dir(), "converted"))

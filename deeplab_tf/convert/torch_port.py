@@ -133,7 +133,11 @@ def state_dict_to_caffe_net(state_dict, source: str = "<state_dict>") -> CaffeNe
 
 
 def load_torch_state_dict(model, path, include_classifier: bool = True):
-    """Loads the PyTorch port's ``.pth`` into a DeepLab v2 ResNet Keras model.
+    """Loads the PyTorch port's ``.pth`` into a DeepLab v2 ResNet Keras model, without torch.
+
+    The file is read by :func:`deeplab_tf.weights.read_pth` (a restricted unpickler: only
+    tensor-rebuild functions and storage types; a pickle naming any other global is refused
+    unread) and goes through the same checked mapping as a caffemodel.
 
     Args:
         model: a ``DeepLabV2(backbone="resnet101", head="aspp_l", ...)`` model.
@@ -144,24 +148,14 @@ def load_torch_state_dict(model, path, include_classifier: bool = True):
         The :class:`ConversionReport`.
 
     Raises:
-        ImportError: when torch is not installed.
+        UnsafePickleError: the pickle names a global other than the allowed ones.
+        ValueError: a truncated or corrupt file, or keys that are not the port's.
         ConversionError: the file does not fit the model.
     """
-    try:
-        import torch
-    except ImportError:
-        raise ImportError(
-            "Reading a PyTorch .pth file needs torch: `pip install torch` (the CPU build is "
-            "enough)."
-        ) from None
     from deeplab_tf.convert.caffe_to_keras import assign_plan, map_caffe_to_keras
+    from deeplab_tf.weights.pth import read_pth
 
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict.")
-    arrays = {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+    arrays = read_pth(path)
     net = state_dict_to_caffe_net(arrays, source=str(path))
     plan, report = map_caffe_to_keras(net, model, include_classifier)
     report.num_tensors = assign_plan(model, plan)

@@ -16,7 +16,8 @@ def load_weights(model, path, manifest="auto", name: str | None = None, include_
 
     * ``.caffemodel``: the authors' Caffe release, converted on the fly and checked layer by
       layer (:func:`convert_caffemodel`).
-    * ``.pth`` / ``.pt``: the PyTorch port's state dict (needs ``torch``).
+    * ``.pth`` / ``.pt``: the PyTorch port's state dict (read without torch, by a restricted
+      unpickler: :func:`deeplab_tf.weights.read_pth`).
     * anything else (``.weights.h5``, ``.keras``): :func:`deeplab_tf.weights.load_keras_weights`.
 
     Args:

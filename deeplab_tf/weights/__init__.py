@@ -20,9 +20,12 @@ from deeplab_tf.weights.manifest import (
     verify_weights,
 )
 from deeplab_tf.weights.presets import get_preset, list_presets, preset_names
+from deeplab_tf.weights.pth import UnsafePickleError, read_pth
 
 __all__ = [
     "MANIFEST_NAME",
+    "UnsafePickleError",
+    "read_pth",
     "get_preset",
     "list_presets",
     "preset_names",
