@@ -371,3 +371,33 @@ def test_over_cap_image_fails_alone_with_its_cause_then_falls_back_when_asked():
     assert DenseCRF.from_config(fallback.get_config()).overflow == "downsample"
     with pytest.raises(ValueError, match=r"overflow must be one of \('error', 'downsample'\)"):
         DenseCRF(overflow="tile")
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_n_channel_bilateral_agrees_with_pydensecrf_generic_pairwise(channels):
+    """A 1- or 4-channel image (the photo's RGB plus a derived band) with one standard deviation
+    per channel: the TF lattice on 2 + N features against pydensecrf's
+    create_pairwise_bilateral + addPairwiseEnergy on the same features."""
+    rgb = load_photo(PHOTOS[1])
+    probs, _ = coarse_probs(rgb)
+    grey = rgb.mean(axis=-1, keepdims=True)
+    extra = np.abs(rgb[..., :1].astype(np.float32) - rgb[..., 2:3])  # a fourth "band"
+    image = grey if channels == 1 else np.concatenate([rgb, extra], axis=-1)
+    image = np.round(image).astype(np.uint8)
+    stds = (3.0,) if channels == 1 else (3.0, 3.0, 3.0, 6.0)
+    ours = DenseCRF.from_preset("resnet101", bi_feature_std=stds)(image, probs).numpy()
+    ref = DenseCRF.from_preset("resnet101", bi_feature_std=stds, backend="pydensecrf")
+    ref = ref(image, probs).numpy()
+    assert np.mean(ours.argmax(-1) == ref.argmax(-1)) >= 0.999
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+    assert np.mean(ours.argmax(-1) != probs.argmax(-1)) > 0.01  # the CRF did move labels
+    with pytest.raises(ValueError, match="bi_feature_std has 4 values; the image has 3"):
+        DenseCRF(bi_feature_std=(3, 3, 3, 3))(rgb, probs)
+
+
+def test_rgb_with_equal_feature_stds_is_the_rgb_kernel():
+    image = load_photo(PHOTOS[1])
+    probs, _ = coarse_probs(image)
+    a = DenseCRF.from_preset("vgg16")(image, probs).numpy()
+    b = DenseCRF.from_preset("vgg16", bi_feature_std=(5.0, 5.0, 5.0))(image, probs).numpy()
+    np.testing.assert_allclose(a, b, atol=1e-6)  # the vgg16 preset's bi_rgb_std is 5

@@ -137,7 +137,11 @@ def test_multiscale_inference_and_export_take_n_channels(tmp_path):
     assert set(loaded.signatures) == {"serving_default", "serving_uint8"}  # bytes are RGB only
     out = loaded.signatures["serving_default"](images=tf.constant(x))
     np.testing.assert_allclose(out["probabilities"].numpy(), probs, atol=1e-5)
-    with pytest.raises(ValueError, match="bilateral kernel reads RGB"):
-        from deeplab_tf.crf import DenseCRF
+    # serving_crf with the N-channel bilateral kernel (one std per channel)
+    from deeplab_tf.crf import DenseCRF
 
-        export_saved_model(model, tmp_path / "x", crf=DenseCRF(), verbose=False)
+    crf = DenseCRF.from_preset("mobilenetv2", bi_feature_std=(3.0, 3.0, 3.0, 6.0))
+    path = export_saved_model(model, tmp_path / "crf", crf=crf, verbose=False)
+    refined = tf.saved_model.load(path).signatures["serving_crf"](images=tf.constant(x))
+    expected = crf.labels(np.round(x).astype(np.uint8), probs).numpy()
+    assert np.mean(refined["labels"].numpy() == expected) >= 0.999

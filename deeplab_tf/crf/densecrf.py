@@ -50,6 +50,10 @@ class DenseCRF(tf.Module):
         bi_w: bilateral (appearance) kernel weight w1.
         bi_xy_std: bilateral kernel position standard deviation s_a, in pixels.
         bi_rgb_std: bilateral kernel colour standard deviation s_b, in 0..255 units.
+        bi_feature_std: for images with another channel count (or per-channel weighting): one
+            standard deviation per image channel, replacing ``bi_rgb_std``; the bilateral
+            kernel then runs on ``2 + N`` features (pydensecrf's generic pairwise energy,
+            ``create_pairwise_bilateral``). Channel values are still 0..255 (scale first).
         pos_w: positional (smoothness) kernel weight w2.
         pos_xy_std: positional kernel standard deviation s_g, in pixels.
         normalization: ``"symmetric"`` (pydensecrf's default: ``n * K(n * Q)`` with
@@ -79,6 +83,7 @@ class DenseCRF(tf.Module):
         bi_w: float = 4.0,
         bi_xy_std: float = 67.0,
         bi_rgb_std: float = 3.0,
+        bi_feature_std=None,
         pos_w: float = 3.0,
         pos_xy_std: float = 1.0,
         normalization: str = "symmetric",
@@ -125,6 +130,15 @@ class DenseCRF(tf.Module):
         self.bi_w = float(bi_w)
         self.bi_xy_std = float(bi_xy_std)
         self.bi_rgb_std = float(bi_rgb_std)
+        if bi_feature_std is not None:
+            stds = [float(v) for v in bi_feature_std]
+            if not stds or not all(v > 0 for v in stds):
+                raise ValueError(
+                    "bi_feature_std must be one positive standard deviation per image channel. "
+                    f"Received: bi_feature_std={bi_feature_std!r}"
+                )
+            bi_feature_std = tuple(stds)
+        self.bi_feature_std = bi_feature_std
         self.pos_w = float(pos_w)
         self.pos_xy_std = float(pos_xy_std)
         self.normalization = normalization
@@ -145,6 +159,7 @@ class DenseCRF(tf.Module):
             "bi_w": self.bi_w,
             "bi_xy_std": self.bi_xy_std,
             "bi_rgb_std": self.bi_rgb_std,
+            "bi_feature_std": None if self.bi_feature_std is None else list(self.bi_feature_std),
             "pos_w": self.pos_w,
             "pos_xy_std": self.pos_xy_std,
             "normalization": self.normalization,
@@ -227,10 +242,12 @@ class DenseCRF(tf.Module):
     def _check_inputs(self, image, probs):
         image = tf.convert_to_tensor(image)
         probs = tf.convert_to_tensor(probs)
-        if image.shape.rank not in (3, 4) or image.shape[-1] != 3:
+        if image.shape.rank not in (3, 4) or not image.shape[-1]:
             raise ValueError(
-                f"image must be RGB (N, H, W, 3) or (H, W, 3). Received: shape={image.shape}"
+                "image must be (N, H, W, C) or (H, W, C) with a static channel count (3: RGB; "
+                f"other counts use bi_feature_std). Received: shape={image.shape}"
             )
+        self.feature_stds(int(image.shape[-1]))  # one std per channel, checked before any work
         if probs.shape.rank != image.shape.rank:
             raise ValueError(
                 "probs must have the image's rank, (N, H, W, C) or (H, W, C). "
@@ -276,6 +293,24 @@ class DenseCRF(tf.Module):
         return -tf.math.log(tf.clip_by_value(probs, np.float32(self.prob_clip), 1.0))
 
     # --- TensorFlow backend ---
+    def feature_stds(self, channels: int) -> np.ndarray:
+        """The bilateral kernel's standard deviation per image channel (``bi_feature_std``,
+        else ``bi_rgb_std`` for every channel)."""
+        if self.bi_feature_std is None:
+            if channels != 3:
+                raise ValueError(
+                    f"the image has {channels} channels; the bilateral kernel with bi_rgb_std "
+                    "reads RGB (3). For other images pass bi_feature_std with one standard "
+                    f"deviation per channel. Received: image channels={channels}"
+                )
+            return np.full([channels], self.bi_rgb_std, np.float32)
+        if len(self.bi_feature_std) != channels:
+            raise ValueError(
+                f"bi_feature_std has {len(self.bi_feature_std)} values; the image has {channels} "
+                f"channels. Received: bi_feature_std={list(self.bi_feature_std)!r}"
+            )
+        return np.asarray(self.bi_feature_std, np.float32)
+
     def _key_budget(self, height, width, batch, d):
         """Static check of the int64 key budget; returns False when it must be checked in graph."""
         if height is None or width is None:
@@ -284,9 +319,9 @@ class DenseCRF(tf.Module):
             s = self.pos_xy_std
             lo, hi = [0.0, 0.0], [(width - 1) / s, (height - 1) / s]
         else:
-            s, c = self.bi_xy_std, self.bi_rgb_std
-            lo = [0.0] * 5
-            hi = [(width - 1) / s, (height - 1) / s] + [255.0 / c] * 3
+            s, stds = self.bi_xy_std, self.feature_stds(d - 2)
+            lo = [0.0] * d
+            hi = [(width - 1) / s, (height - 1) / s] + [255.0 / float(c) for c in stds]
         bits = _lattice.key_bits_for_bounds(lo, hi, batch=batch if batch else 1)
         if bits > _lattice.KEY_BITS:
             raise ValueError(
@@ -333,7 +368,7 @@ class DenseCRF(tf.Module):
         independent ops run side by side and nothing is dispatched from Python per step."""
         n, height, width, _ = probs.shape.as_list()
         if self.iterations > 0 and self.bi_w > 0:
-            self._key_budget(height, width, n, 5)  # clear errors before tracing
+            self._key_budget(height, width, n, 2 + int(image.shape[-1]))  # errors before tracing
         pos = None
         if self.iterations > 0 and self.pos_w > 0:
             self._key_budget(height, width, 1, 2)
@@ -409,13 +444,14 @@ class DenseCRF(tf.Module):
                 k1 = None if k1 is None else tf.tile(k1, [batch])
             filters.append(self._kernel_filter(lat, self.pos_w, k1, plan))
         if self.bi_w > 0:
-            check = self._key_budget(static[1], static[2], static[0], 5)
+            channels = int(image.shape[-1])
+            check = self._key_budget(static[1], static[2], static[0], 2 + channels)
             pos_feats = _positions(height, width, self.bi_xy_std)
             pos_feats = tf.tile(pos_feats[None], [batch, 1, 1])
-            rgb = tf.cast(tf.reshape(image, [batch, points, 3]), tf.float32) / np.float32(
-                self.bi_rgb_std
-            )
-            feats = tf.reshape(tf.concat([pos_feats, rgb], axis=-1), [batch * points, 5])
+            colour = tf.cast(tf.reshape(image, [batch, points, channels]), tf.float32)
+            colour = colour / tf.constant(self.feature_stds(channels))
+            feats = tf.concat([pos_feats, colour], axis=-1)
+            feats = tf.reshape(feats, [batch * points, 2 + channels])
             bidx = None
             if static[0] != 1:
                 bidx = tf.repeat(tf.range(batch), points)
@@ -476,7 +512,7 @@ class DenseCRF(tf.Module):
                     crf.addPairwiseGaussian(
                         sxy=self.pos_xy_std, compat=self.pos_w, normalization=norm
                     )
-                if self.bi_w > 0:
+                if self.bi_w > 0 and img.shape[-1] == 3 and self.bi_feature_std is None:
                     crf.addPairwiseBilateral(
                         sxy=self.bi_xy_std,
                         srgb=self.bi_rgb_std,
@@ -484,6 +520,21 @@ class DenseCRF(tf.Module):
                         compat=self.bi_w,
                         normalization=norm,
                     )
+                elif self.bi_w > 0:  # N channels: pydensecrf's generic pairwise energy
+                    # on the features addPairwiseBilateral builds for RGB, in its order
+                    # (x, y, then the channels; create_pairwise_bilateral puts y first, and
+                    # the permutohedral approximation depends on the order)
+                    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+                    stds = self.feature_stds(img.shape[-1])
+                    chans = np.asarray(img[k], np.float32).reshape(h * w, -1) / stds
+                    feats = np.concatenate(
+                        [(xx.reshape(1, -1) / self.bi_xy_std), (yy.reshape(1, -1) / self.bi_xy_std),
+                         chans.T], axis=0,
+                    )  # fmt: skip
+                    crf.addPairwiseEnergy(
+                        np.ascontiguousarray(feats, np.float32), compat=self.bi_w,
+                        normalization=norm,
+                    )  # fmt: skip
                 q = np.array(crf.inference(self.iterations), np.float32)
                 out[k] = q.T.reshape(h, w, c)
             return out

@@ -296,7 +296,7 @@ class _Serving:
         return {"labels": tf.argmax(probs, axis=-1, output_type=tf.int32), "probabilities": probs}
 
     def with_crf(self, images):
-        images = check_images(images, where="serving_crf", runtime=True)
+        images = check_images(images, where="serving_crf", runtime=True, channels=self.channels)
         probs = self.probs(images)
         pixels = tf.cast(tf.clip_by_value(tf.round(tf.cast(images, tf.float32)), 0, 255), tf.uint8)
         refined = tf.cast(self.crf(pixels, probs), tf.float32)
@@ -486,12 +486,6 @@ def export_saved_model(
         endpoints["serving_bytes"] = (
             serving.encoded,
             [tf.TensorSpec([None], tf.string, name="image_bytes")],
-        )
-    elif crf is not None:
-        raise ValueError(
-            f"The dense CRF's bilateral kernel reads RGB images; this model takes {channels} "
-            "channels. Export without crf=, or run deeplab_tf.crf.DenseCRF with N-channel "
-            "features yourself."
         )
     if crf is not None:
         endpoints["serving_crf"] = (serving.with_crf, [image_spec(tf.float32)])
