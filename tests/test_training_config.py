@@ -68,7 +68,8 @@ def test_dataset_fields_are_the_keyword_arguments_of_each_dataset():
             {"name": "cityscapes", "root": "/d", "list_file": "l.txt"},
             [
                 "for dataset 'cityscapes': ['list_file']",
-                "'list_file' is a key of 'voc2012', 'voc2012_aug', 'pascal_context', 'person_part'",
+                "'list_file' is a key of 'voc2012', 'voc2012_aug', 'cocostuff10k', 'coco2014', "
+                "'pascal_context', 'person_part'",
             ],
         ),
         (
