@@ -349,3 +349,24 @@ def test_coco2014_bad_inputs_are_named(tmp_path, rng, monkeypatch):
     monkeypatch.setitem(sys.modules, "pycocotools", None)
     with pytest.raises(ImportError, match=r'pip install "deeplab_tf\[coco\]"'):
         list_dataset("coco2014", "train", root, cache_dir=str(tmp_path / "other"))
+
+
+def test_coco2014_pseudo_labels_need_no_masks_nor_pycocotools(tmp_path, rng, monkeypatch):
+    """The weakly-supervised ``coco_seg_anno/<12-digit id>.png`` folders match by example id;
+    with pseudo-labels no mask is made, so pycocotools is not needed."""
+    import sys
+
+    root, cache = str(tmp_path / "coco"), str(tmp_path / "cache")
+    coco_tree(root, rng)
+    pseudo = str(tmp_path / "coco_seg_anno")
+    label = np.full((H, W), 3, np.uint8)
+    u.write_png(os.path.join(pseudo, "000000000009.png"), label)
+    u.write_png(os.path.join(pseudo, "COCO_train2014_000000000025.png"), label)
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    listing = list_dataset("coco2014", "train", root, cache_dir=cache, pseudo_labels=pseudo)
+    assert not listing.problems and not listing.warnings
+    assert listing.info.class_names == ("background", "person", "car", "dog")
+    for _, got in decoded(listing).values():
+        np.testing.assert_array_equal(got, label)
+    (folder,) = os.listdir(cache)
+    assert os.listdir(os.path.join(cache, folder, "masks")) == []

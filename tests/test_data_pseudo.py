@@ -21,12 +21,13 @@ IDS = ["2007_000032", "2007_000039", "2007_000042", "2007_000061", "2007_000063"
 
 @pytest.fixture
 def voc_pseudo(tmp_path, rng):
-    """VOC without any ground truth (SegmentationClass removed) and a pseudo-label folder with
-    one label missing, one extra, one of the wrong size and one with an unknown value."""
+    """VOC without ground truth for train (its SegmentationClass masks removed) and a
+    pseudo-label folder with one label missing, one extra, one of the wrong size and one with
+    an unknown value."""
     root = str(tmp_path / "data")
     voc, written = u.make_voc(root, IDS, ["2007_000033"], rng)
-    for name in os.listdir(os.path.join(voc, "SegmentationClass")):
-        os.remove(os.path.join(voc, "SegmentationClass", name))
+    for i in IDS:
+        os.remove(os.path.join(voc, "SegmentationClass", f"{i}.png"))
     pseudo = str(tmp_path / "pseudo")
     labels = {}
     for i in IDS[:4]:
@@ -70,6 +71,24 @@ def test_pseudo_labels_replace_ground_truth(voc_pseudo):
 
     with pytest.raises(DatasetError, match="is not a directory"):
         list_dataset("voc2012", "train", root, pseudo_labels=os.path.join(pseudo, "nope"))
+
+
+def test_training_config_takes_pseudo_labels_for_train_only(voc_pseudo):
+    from deeplab_tf.training.trainer import load_split
+
+    root, voc, pseudo, labels = voc_pseudo
+    data = {
+        "name": "voc2012",
+        "root": root,
+        "train": {"split": "train", "pseudo_labels": pseudo, "on_error": "skip"},
+        "val": {"split": "val"},
+    }
+    ds, info = load_split(data, "train")
+    got = {e["id"].decode(): e["label"] for e in ds.as_numpy_iterator()}
+    np.testing.assert_array_equal(got["2007_000032"], labels["2007_000032"])
+    ds, info = load_split(data, "val")  # the ground truth
+    (element,) = list(ds.as_numpy_iterator())
+    assert element["id"].decode() == "2007_000033"
 
 
 def test_data_check_compares_pseudo_labels_with_the_images(voc_pseudo, capsys):

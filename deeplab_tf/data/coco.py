@@ -276,8 +276,11 @@ def _annotations_by_image(data, path, cat_index, image_ids):
     return by_image
 
 
-def _write_masks(folder, index, todo, data, json_path, crowd):
-    from deeplab_tf.visualize import save_label_png
+def _write_masks(folder, index, todo, data, json_path, crowd, workers=None):
+    import concurrent.futures
+
+    from deeplab_tf.atomic import atomic_write
+    from deeplab_tf.visualize import label_image
 
     _mask_api()  # the ImportError before any work
     cat_index = {cid: i + 1 for i, (cid, _) in enumerate(index["categories"])}
@@ -285,11 +288,20 @@ def _write_masks(folder, index, todo, data, json_path, crowd):
     by_image = _annotations_by_image(data, json_path, cat_index, image_ids)
     palette = voc_palette()
     logger.info("Writing %d COCO semantic masks to %s", len(todo), folder)
-    for n, (iid, _, h, w) in enumerate(todo, 1):
+
+    def write(entry):
+        iid, _, h, w = entry
         mask = semantic_mask(by_image.get(iid, []), h, w, cat_index, crowd, json_path)
-        save_label_png(os.path.join(folder, "masks", f"{iid:012d}.png"), mask, palette)
-        if n % 1000 == 0:
-            logger.info("COCO masks: %d / %d written", n, len(todo))
+        img = label_image(mask, palette)
+        path = os.path.join(folder, "masks", f"{iid:012d}.png")
+        atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+    # PNG compression and the atomic write's fsync release the GIL: threads overlap them.
+    workers = workers or min(8, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for n, _ in enumerate(pool.map(write, todo), 1):
+            if n % 1000 == 0:
+                logger.info("COCO masks: %d / %d written", n, len(todo))
 
 
 def list_coco2014(
