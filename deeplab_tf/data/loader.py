@@ -160,7 +160,8 @@ def load_dataset(
         deterministic: keep order under parallel decoding.
         source: ``"files"`` (read the folders, nothing to prepare) or ``"tfds"`` (prepare
             TFRecords once with a TFDS builder, then read them; ``voc2012``, ``voc2012_aug``,
-            ``cityscapes``). For ``"tfds"``, ``root`` is the builder's manual_dir.
+            ``cityscapes``, ``cocostuff10k``, ``cocostuff164k``). For ``"tfds"``, ``root`` is
+            the builder's manual_dir.
         data_dir: TFDS data folder for ``source="tfds"``.
         **kwargs: dataset-specific options, passed to the dataset's ``list_*`` function
             (``folder`` needs ``num_classes`` or ``class_names``) or to
@@ -192,6 +193,12 @@ def load_dataset(
             from deeplab_tf.data.tfds_voc import tfds_voc
 
             return tfds_voc(
+                name, split, manual_dir=root, data_dir=data_dir, shuffle_files=shuffle_files
+            )
+        if name in ("cocostuff10k", "cocostuff164k"):
+            from deeplab_tf.data.tfds_cocostuff import tfds_cocostuff
+
+            return tfds_cocostuff(
                 name, split, manual_dir=root, data_dir=data_dir, shuffle_files=shuffle_files
             )
         if name == "cityscapes":

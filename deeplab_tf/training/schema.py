@@ -180,7 +180,7 @@ DATASET_FIELDS: dict[str, dict[str, Field]] = {
 FILE_KEYS = ("root", "on_error", "shuffle_files", "num_parallel_calls", "deterministic")
 FILE_KEYS += ("source", "data_dir", "pseudo_labels")
 #: Datasets that ``source: tfds`` can prepare.
-TFDS_DATASETS = ("voc2012", "voc2012_aug", "cityscapes")
+TFDS_DATASETS = ("voc2012", "voc2012_aug", "cityscapes", "cocostuff10k", "cocostuff164k")
 
 
 def _tfds_rules(name, values):
