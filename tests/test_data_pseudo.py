@@ -180,3 +180,37 @@ def test_check_cli_options_apply_only_where_they_belong(tmp_path, rng, capsys):
     assert "--crowd does not apply to cocostuff164k" in capsys.readouterr().err
     assert main([*argv, "--list-file", "x.txt"]) == 2
     assert "--list-file does not apply to cocostuff164k" in capsys.readouterr().err
+
+
+@pytest.mark.large
+def test_training_runs_on_cocostuff_with_pseudo_labels(tmp_path, rng):
+    """A training config on COCO-Stuff 164k (182 classes) with pseudo-labels for train and the
+    ground truth for val runs to its end."""
+    from deeplab_tf.training.trainer import train
+
+    root, pl = str(tmp_path / "cs"), str(tmp_path / "pl")
+    stems = [f"{i:012d}" for i in range(4)]
+    u.make_cocostuff164k(root, "train2017", stems, rng, size=(40, 48))
+    u.make_cocostuff164k(root, "val2017", ["000000000139"], rng, size=(40, 48))
+    for stem in stems:
+        u.write_png(os.path.join(pl, f"{stem}.png"), rng.integers(0, 182, (40, 48)))
+    workdir = str(tmp_path / "run")
+    config = {
+        "model": {"name": "deeplabv2_mobilenetv2_aspp_l", "weights": None, "num_classes": 182},
+        "data": {
+            "name": "cocostuff164k",
+            "root": root,
+            "train": {"split": "train", "pseudo_labels": pl},
+            "val": {"split": "val"},
+        },
+        "train": {"steps": 2, "batch_size": 2, "crop_size": 32, "verbose": 0},
+        "output": {"workdir": workdir, "checkpoint_every": 1, "tensorboard": False},
+    }
+    train(config)
+    assert os.path.isfile(os.path.join(workdir, "model.keras"))
+    # A pseudo-label folder missing one image stops the run before it starts, naming it.
+    os.remove(os.path.join(pl, f"{stems[2]}.png"))
+    config["output"]["workdir"] = str(tmp_path / "run2")
+    with pytest.raises(DatasetError, match=rf"{stems[2]}.png: pseudo-label not found"):
+        train(config)
+    assert not os.path.exists(os.path.join(tmp_path, "run2", "model.keras"))

@@ -1,8 +1,9 @@
 """What a dataset is on disk: its examples, how to map its labels, its metadata, its problems.
 
-Each dataset module (``voc``, ``cityscapes``, ``context``, ``person_part``, ``folder``) turns a
-root folder into a :class:`DatasetListing` without decoding anything; :mod:`deeplab_tf.data.loader`
-turns a listing into a ``tf.data.Dataset`` and ``deeplab-tf data check`` decodes every example.
+Each dataset module (``voc``, ``cityscapes``, ``context``, ``person_part``, ``cocostuff``,
+``coco``, ``folder``) turns a root folder into a :class:`DatasetListing` without decoding anything
+(``coco`` makes its masks once); :mod:`deeplab_tf.data.loader` turns a listing into a
+``tf.data.Dataset`` and ``deeplab-tf data check`` decodes every example.
 """
 
 from __future__ import annotations
