@@ -170,3 +170,71 @@ def make_folder_dataset(root, num_images, size, num_classes, seed=0):
         mask = rng.integers(0, num_classes, (h, w), dtype=np.uint8)
         Image.fromarray(mask).save(os.path.join(root, "masks", f"im{i}.png"))
     return root
+
+
+def write_cocostuff_mat(path, s, dtype=np.uint16):
+    """A COCO-Stuff 10k ``annotations/*.mat`` (MATLAB v5, as the release): ``S`` (1-based ids,
+    0 = unlabeled) plus the release's other variables."""
+    import scipy.io
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    names = np.empty((1, 2), dtype=object)
+    names[0, 0], names[0, 1] = "unlabeled", "person"
+    scipy.io.savemat(
+        path,
+        {
+            "S": np.asarray(s, dtype),
+            "names": names,
+            "captions": np.array(["a caption"], dtype=object),
+            "regionMapStuff": np.zeros(np.shape(s), np.uint16),
+            "regionLabelsStuff": np.zeros((3, 1), np.uint8),
+        },
+    )
+
+
+def write_mat_v73(path, variables):
+    """A MATLAB v7.3 ``.mat``: an HDF5 file behind MATLAB's 512-byte header, arrays stored
+    column-major (h5py sees them transposed), as MATLAB's ``save -v7.3`` writes them."""
+    import h5py
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for key, value in variables.items():
+            f.create_dataset(key, data=np.asarray(value).T)
+    text = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2018 "
+    text += b"HDF5 schema 1.00 ."
+    header = text.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM"
+    with open(path, "r+b") as f:
+        f.write(header)
+
+
+def make_cocostuff10k(root, train, test, rng, size=(12, 16)):
+    """``images/*.jpg``, ``annotations/*.mat`` (``S``: 0 = unlabeled, 1..182) and
+    ``imageLists/{train,test,all}.txt``; returns ``{name: (image, S)}``."""
+    written = {}
+    for name in list(train) + list(test):
+        h, w = size
+        image = smooth_image(rng, h, w)
+        s = rng.integers(0, 183, size=(h, w))
+        s[0, :3] = [0, 1, 182]
+        write_jpeg(os.path.join(root, "images", f"{name}.jpg"), image)
+        write_cocostuff_mat(os.path.join(root, "annotations", f"{name}.mat"), s)
+        written[name] = (image, s)
+    write_lines(os.path.join(root, "imageLists", "train.txt"), train)
+    write_lines(os.path.join(root, "imageLists", "test.txt"), test)
+    write_lines(os.path.join(root, "imageLists", "all.txt"), list(train) + list(test))
+    return written
+
+
+def make_cocostuff164k(root, split, stems, rng, size=(10, 14)):
+    """``images/<split>/*.jpg`` + ``annotations/<split>/*.png`` (ids 0..181, 255)."""
+    written = {}
+    for stem in stems:
+        h, w = size
+        image = smooth_image(rng, h, w)
+        label = rng.choice(np.r_[np.arange(182), 255], size=(h, w)).astype(np.uint8)
+        label[0, :3] = [0, 181, 255]
+        write_jpeg(os.path.join(root, "images", split, f"{stem}.jpg"), image)
+        write_png(os.path.join(root, "annotations", split, f"{stem}.png"), label)
+        written[stem] = (image, label)
+    return written

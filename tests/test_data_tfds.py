@@ -111,3 +111,28 @@ def test_tfds_cityscapes_builder_maps_train_ids(tmp_path, rng):
     np.testing.assert_array_equal(ex["label"][0, :4], [0, 13, 18, 255])
     assert (ex["label"][:, 4:] == 255).all()
     np.testing.assert_array_equal(ex["image"], image)
+
+
+def test_tfds_cocostuff_builder_matches_file_reader(tmp_path, rng):
+    root10k, root164k = str(tmp_path / "10k"), str(tmp_path / "164k")
+    data_dir = str(tmp_path / "tfds")
+    u.make_cocostuff10k(root10k, ["a", "b"], ["c"], rng)
+    u.make_cocostuff164k(root164k, "val2017", ["000000000139", "000000000285"], rng)
+    u.make_cocostuff164k(root164k, "train2017", ["000000000009"], rng)  # every split is prepared
+    for name, root, split, tfds_split in (
+        ("cocostuff10k", root10k, "train", "train"),
+        ("cocostuff164k", root164k, "val", "val2017"),
+    ):
+        ds, info = load_dataset(name, split, root=root, source="tfds", data_dir=data_dir)
+        assert info.num_classes == 182 and info.num_examples == 2
+        got = as_dict(ds)
+        ref = as_dict(load_dataset(name, tfds_split, root=root)[0])
+        assert sorted(got) == sorted(ref) and len(got) == 2
+        for i in ref:  # same pixels; 10k labels already shifted to 0..181 / 255
+            np.testing.assert_array_equal(got[i][0], ref[i][0])
+            np.testing.assert_array_equal(got[i][1], ref[i][1])
+    import deeplab_tf.data.tfds_cocostuff  # noqa: F401 - registers the builder
+
+    assert "deeplab_cocostuff" in tfds.list_builders()
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_dataset("cocostuff10k", "val", root=root10k, source="tfds", data_dir=data_dir)

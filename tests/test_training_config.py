@@ -68,7 +68,8 @@ def test_dataset_fields_are_the_keyword_arguments_of_each_dataset():
             {"name": "cityscapes", "root": "/d", "list_file": "l.txt"},
             [
                 "for dataset 'cityscapes': ['list_file']",
-                "'list_file' is a key of 'voc2012', 'voc2012_aug', 'pascal_context', 'person_part'",
+                "'list_file' is a key of 'voc2012', 'voc2012_aug', 'cocostuff10k', 'coco2014', "
+                "'pascal_context', 'person_part'",
             ],
         ),
         (
@@ -121,8 +122,8 @@ def test_dataset_fields_are_the_keyword_arguments_of_each_dataset():
         (
             {"name": "folder", "root": "/d", "num_classes": 3, "source": "tfds"},
             [
-                "data.source 'tfds' is available for ['voc2012', 'voc2012_aug', 'cityscapes']. "
-                "Received: name='folder'",
+                "data.source 'tfds' is available for ['voc2012', 'voc2012_aug', 'cityscapes', "
+                "'cocostuff10k', 'cocostuff164k']. Received: name='folder'",
                 "data.source 'tfds' takes no dataset options; expected none of "
                 "['num_classes']. Received: num_classes=3",
             ],

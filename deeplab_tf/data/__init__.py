@@ -1,8 +1,10 @@
 """Datasets: loaders that yield ``{"image", "label", "id"}`` dicts, plus their metadata.
 
 ``load_dataset(name, split, root)`` reads PASCAL VOC 2012 (+ SBD train_aug), Cityscapes,
-PASCAL-Context, PASCAL-Person-Part, a folder of image/mask pairs, or synthetic data, and returns
-``(tf.data.Dataset, DatasetInfo)``. TensorFlow is imported only when a dataset is built.
+PASCAL-Context, PASCAL-Person-Part, COCO-Stuff 10k and 164k, COCO 2014 (semantic masks made from
+the instances JSON), a folder of image/mask pairs, or synthetic data, and returns
+``(tf.data.Dataset, DatasetInfo)``; ``pseudo_labels=FOLDER`` replaces any file dataset's labels.
+TensorFlow is imported only when a dataset is built.
 """
 
 from deeplab_tf.data.info import DatasetInfo

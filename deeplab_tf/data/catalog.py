@@ -22,6 +22,9 @@ DATASETS = {
         ("cityscapes", "deeplab_tf.data.cityscapes:list_cityscapes", ("train", "val"), True),
         ("pascal_context", "deeplab_tf.data.context:list_pascal_context", ("train", "val"), False),
         ("person_part", "deeplab_tf.data.person_part:list_person_part", ("train", "val"), False),
+        ("cocostuff10k", "deeplab_tf.data.cocostuff:list_cocostuff10k", ("train", "test"), True),
+        ("cocostuff164k", "deeplab_tf.data.cocostuff:list_cocostuff164k", ("train", "val"), True),
+        ("coco2014", "deeplab_tf.data.coco:list_coco2014", ("train", "val"), False),
         ("folder", "deeplab_tf.data.folder:list_folder", ("train",), False),
         ("synthetic", None, (), False),
     )
@@ -46,13 +49,18 @@ def lister(name: str):
     return getattr(importlib.import_module(module), func)
 
 
-def list_dataset(name: str, split: str = "train", root=None, **kwargs) -> DatasetListing:
+def list_dataset(
+    name: str, split: str = "train", root=None, pseudo_labels=None, **kwargs
+) -> DatasetListing:
     """Finds the examples of a dataset split on disk without decoding them.
 
     Args:
         name: a dataset name from :func:`list_datasets` (not ``"synthetic"``).
         split: split name (dataset specific).
         root: dataset folder.
+        pseudo_labels: a folder of label PNGs (named by image stem or example id) replacing
+            the dataset's labels (:mod:`deeplab_tf.data.pseudo`); the dataset's own label
+            files are then not needed.
         **kwargs: dataset-specific options (``sbd_root``, ``aug_dir``, ``list_file``,
             ``label_dir``, ``label_type``, ``num_classes``, ``class_names``, ``palette``...).
 
@@ -64,4 +72,12 @@ def list_dataset(name: str, split: str = "train", root=None, **kwargs) -> Datase
             f"Unknown dataset {name!r}; expected one of {sorted(FILE_DATASETS)}. "
             f"Received: name={name!r}"
         )
-    return lister(name)(root=root, split=split, **kwargs)
+    if pseudo_labels is None:
+        return lister(name)(root=root, split=split, **kwargs)
+    from deeplab_tf.data.listing import labels_replaced
+    from deeplab_tf.data.pseudo import apply_pseudo_labels, label_folder_stems
+
+    label_folder_stems(pseudo_labels)  # a bad folder is named before the dataset is listed
+    with labels_replaced():
+        listing = lister(name)(root=root, split=split, **kwargs)
+    return apply_pseudo_labels(listing, pseudo_labels, split)

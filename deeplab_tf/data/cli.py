@@ -27,6 +27,18 @@ def register(sub):
     c.add_argument("--num-classes", type=positive_int, help="folder datasets: number of classes")
     c.add_argument("--class-names", help="folder datasets: comma-separated class names")
     c.add_argument("--list-file", help="split list replacing the dataset's own")
+    c.add_argument(
+        "--pseudo-labels",
+        metavar="FOLDER",
+        help="a folder of label PNGs (named by image stem) replacing the dataset's labels; "
+        "reports images without a label and labels without an image",
+    )
+    c.add_argument(
+        "--crowd",
+        choices=("ignore", "class"),
+        help="coco2014: crowd regions become 255 (ignore, default) or their class",
+    )
+    c.add_argument("--cache-dir", help="coco2014: folder of the generated mask PNGs")
     c.add_argument("--limit", type=positive_int, help="check at most N examples per split")
     c.add_argument("--workers", type=positive_int, default=2, help="decoding threads (default 2)")
     c.add_argument("--max-problems", type=nonneg_int, default=20, help="problems printed per split")
@@ -57,10 +69,26 @@ def run_check(args):
             raise CLIError("--dataset folder needs --num-classes or --class-names")
     elif args.num_classes is not None or args.class_names:
         raise CLIError(f"--num-classes/--class-names apply to folder datasets, not {args.dataset}")
-    if args.list_file:
-        if args.dataset in ("cityscapes", "folder"):
-            raise CLIError(f"--list-file does not apply to {args.dataset}")
-        kwargs["list_file"] = args.list_file
+    import inspect
+
+    from deeplab_tf.data.catalog import lister
+
+    accepted = inspect.signature(lister(args.dataset)).parameters
+    for option, key in (
+        ("--list-file", "list_file"),
+        ("--crowd", "crowd"),
+        ("--cache-dir", "cache_dir"),
+    ):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key not in accepted:
+            raise CLIError(f"{option} does not apply to {args.dataset}")
+        kwargs[key] = value
+    if args.pseudo_labels:
+        if not os.path.isdir(args.pseudo_labels):
+            raise CLIError(f"--pseudo-labels {args.pseudo_labels!r} is not a directory")
+        kwargs["pseudo_labels"] = args.pseudo_labels
     if not os.path.isdir(args.path):
         raise CLIError(f"dataset root {args.path!r} is not a directory")
     if args.output:

@@ -1,12 +1,15 @@
 """What a dataset is on disk: its examples, how to map its labels, its metadata, its problems.
 
-Each dataset module (``voc``, ``cityscapes``, ``context``, ``person_part``, ``folder``) turns a
-root folder into a :class:`DatasetListing` without decoding anything; :mod:`deeplab_tf.data.loader`
-turns a listing into a ``tf.data.Dataset`` and ``deeplab-tf data check`` decodes every example.
+Each dataset module (``voc``, ``cityscapes``, ``context``, ``person_part``, ``cocostuff``,
+``coco``, ``folder``) turns a root folder into a :class:`DatasetListing` without decoding anything
+(``coco`` makes its masks once); :mod:`deeplab_tf.data.loader` turns a listing into a
+``tf.data.Dataset`` and ``deeplab-tf data check`` decodes every example.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import os
 
@@ -37,6 +40,29 @@ class DatasetListing:
     warnings: list = dataclasses.field(default_factory=list)
 
 
+_LABELS_REPLACED = contextvars.ContextVar("deeplab_tf_labels_replaced", default=False)
+
+
+@contextlib.contextmanager
+def labels_replaced():
+    """While active, listing functions do not require the dataset's own label files.
+
+    Used to list a split whose labels come from elsewhere (pseudo-labels,
+    :mod:`deeplab_tf.data.pseudo`): :func:`make_examples` reports only missing images, and
+    datasets whose labels are generated (COCO's masks) skip generating them.
+    """
+    token = _LABELS_REPLACED.set(True)
+    try:
+        yield
+    finally:
+        _LABELS_REPLACED.reset(token)
+
+
+def labels_are_replaced() -> bool:
+    """Whether a :func:`labels_replaced` block is active."""
+    return _LABELS_REPLACED.get()
+
+
 def first_existing(candidates, what: str, kind: str = "dir") -> str:
     """Returns the first existing path among ``candidates`` or raises a clear error."""
     check = os.path.isdir if kind == "dir" else os.path.isfile
@@ -61,14 +87,19 @@ def check_root(root, name: str) -> str:
 def make_examples(items, label_format: str = "png"):
     """Builds examples from ``(id, image_path, label_path)`` triples, separating missing files.
 
+    Inside :func:`labels_replaced`, only the images must exist.
+
     Returns:
         ``(examples, problems)``: the examples whose files all exist, and one problem dict per
         example with a missing file.
     """
     examples, problems = [], []
+    required = (0,) if labels_are_replaced() else (0, 1)
     for ex_id, image_path, label_path in items:
         fmt = label_format(label_path) if callable(label_format) else label_format
-        missing = [p for p in (image_path, label_path) if p is not None and not os.path.isfile(p)]
+        paths = (image_path, label_path)
+        missing = [paths[i] for i in required if paths[i] is not None]
+        missing = [p for p in missing if not os.path.isfile(p)]
         if missing:
             kind = "image" if missing[0] == image_path else "label"
             problems.append(

@@ -143,10 +143,13 @@ def load_dataset(
 
     Args:
         name: ``"voc2012"``, ``"voc2012_aug"``, ``"cityscapes"``, ``"pascal_context"``,
-            ``"person_part"``, ``"folder"`` or ``"synthetic"``.
+            ``"person_part"``, ``"cocostuff10k"``, ``"cocostuff164k"``, ``"coco2014"``,
+            ``"folder"`` or ``"synthetic"``.
         split: split name: VOC ``train/val/trainval``; ``voc2012_aug`` ``train_aug/val/
             trainval_aug``; Cityscapes ``train/val/test``; Context and Person-Part
-            ``train/val``; folder: see :mod:`deeplab_tf.data.folder`.
+            ``train/val``; COCO-Stuff 10k ``train/test/all``; COCO-Stuff 164k
+            ``train2017/val2017``; COCO 2014 ``train/val``; folder: see
+            :mod:`deeplab_tf.data.folder`.
         root: folder holding the extracted dataset (``VOCdevkit``, ``benchmark_RELEASE``,
             ``leftImg8bit``/``gtFine``...). Not used by ``"synthetic"``.
         on_error: ``"raise"`` or ``"skip"`` (see :func:`make_dataset`).
@@ -157,11 +160,13 @@ def load_dataset(
         deterministic: keep order under parallel decoding.
         source: ``"files"`` (read the folders, nothing to prepare) or ``"tfds"`` (prepare
             TFRecords once with a TFDS builder, then read them; ``voc2012``, ``voc2012_aug``,
-            ``cityscapes``). For ``"tfds"``, ``root`` is the builder's manual_dir.
+            ``cityscapes``, ``cocostuff10k``, ``cocostuff164k``). For ``"tfds"``, ``root`` is
+            the builder's manual_dir.
         data_dir: TFDS data folder for ``source="tfds"``.
         **kwargs: dataset-specific options, passed to the dataset's ``list_*`` function
             (``folder`` needs ``num_classes`` or ``class_names``) or to
-            ``synthetic_dataset``.
+            ``synthetic_dataset``; ``pseudo_labels=FOLDER`` (any file dataset) takes every
+            label from a folder of PNGs instead (:mod:`deeplab_tf.data.pseudo`).
 
     Returns:
         ``(dataset, info)``: a ``tf.data.Dataset`` and a :class:`DatasetInfo`.
@@ -188,6 +193,12 @@ def load_dataset(
             from deeplab_tf.data.tfds_voc import tfds_voc
 
             return tfds_voc(
+                name, split, manual_dir=root, data_dir=data_dir, shuffle_files=shuffle_files
+            )
+        if name in ("cocostuff10k", "cocostuff164k"):
+            from deeplab_tf.data.tfds_cocostuff import tfds_cocostuff
+
+            return tfds_cocostuff(
                 name, split, manual_dir=root, data_dir=data_dir, shuffle_files=shuffle_files
             )
         if name == "cityscapes":

@@ -19,7 +19,7 @@ import numpy as np
 from deeplab_tf.data.palettes import IGNORE_LABEL, PERSON_PART_MERGE
 
 #: Label file formats :func:`read_label` understands.
-LABEL_FORMATS = ("png", "sbd_mat", "context_mat", "pascal_part_mat")
+LABEL_FORMATS = ("png", "sbd_mat", "context_mat", "pascal_part_mat", "cocostuff_mat")
 
 #: File extensions read as images: image folders of datasets, ``predict`` on a directory.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -348,7 +348,10 @@ def rgb_to_index(rgb, palette, path: str = "", example_id: str | None = None) ->
     return out[inverse].reshape(codes.shape)
 
 
-def _loadmat(path: str, example_id=None) -> dict:
+def _loadmat(path: str, example_id=None, hdf5_key: str | None = None, **options) -> dict:
+    """Reads a ``.mat`` file with SciPy (``squeeze_me``, structs as objects, unless
+    ``options`` say otherwise). A MATLAB v7.3 (HDF5) file, which SciPy cannot read, gives
+    ``{hdf5_key: array}`` read with h5py when ``hdf5_key`` is named, else a clear error."""
     try:
         import scipy.io
     except ImportError as err:  # pragma: no cover - scipy is a hard dependency
@@ -358,7 +361,16 @@ def _loadmat(path: str, example_id=None) -> dict:
             f"{path}: label file not found.", path=path, example_id=example_id, kind="missing"
         )
     try:
-        return scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+        return scipy.io.loadmat(path, **{"squeeze_me": True, "struct_as_record": False, **options})
+    except NotImplementedError as err:  # SciPy's answer to MATLAB v7.3 (HDF5) files
+        if hdf5_key is None:
+            raise DatasetError(
+                f"{path}: a MATLAB v7.3 (HDF5) .mat file; this dataset's release uses v5/v7 "
+                "files (re-save it with MATLAB's save -v7).",
+                path=path,
+                example_id=example_id,
+            ) from err
+        return {hdf5_key: _read_hdf5_mat_array(path, hdf5_key, example_id)}
     except Exception as err:  # noqa: BLE001 - scipy raises many types for corrupt files
         raise DatasetError(
             f"{path}: cannot read .mat file ({type(err).__name__}: {err}).",
@@ -404,6 +416,62 @@ def read_context_mat(path: str, example_id: str | None = None) -> np.ndarray:
     """Reads a PASCAL-Context ``trainval/*.mat`` file: ``LabelMap`` (459-class ids)."""
     mat = _loadmat(path, example_id)
     return _as_2d_int(_mat_field(mat, path, example_id, "LabelMap"), path, example_id, "LabelMap")
+
+
+def _read_hdf5_mat_array(path: str, key: str, example_id=None) -> np.ndarray:
+    """Reads the numeric variable ``key`` of a MATLAB v7.3 (HDF5) ``.mat`` file.
+
+    MATLAB stores arrays column-major, so h5py sees them transposed; the transpose is undone.
+    """
+    try:
+        import h5py
+    except ImportError as err:  # pragma: no cover - h5py comes with Keras
+        raise ImportError(
+            f"{path} is a MATLAB v7.3 (HDF5) .mat file; reading it needs h5py: pip install h5py"
+        ) from err
+    try:
+        with h5py.File(path, "r") as f:
+            if key not in f:
+                raise DatasetError(
+                    f"{path}: MATLAB v7.3 .mat file has no variable {key!r} (it holds "
+                    f"{sorted(k for k in f if not k.startswith('#'))}).",
+                    path=path,
+                    example_id=example_id,
+                )
+            node = f[key]
+            if not isinstance(node, h5py.Dataset):
+                raise DatasetError(
+                    f"{path}: variable {key!r} of the MATLAB v7.3 .mat file is a "
+                    f"{type(node).__name__}, expected a numeric array.",
+                    path=path,
+                    example_id=example_id,
+                )
+            return np.asarray(node[()]).T
+    except DatasetError:
+        raise
+    except Exception as err:  # noqa: BLE001 - h5py raises many types for corrupt files
+        raise DatasetError(
+            f"{path}: cannot read MATLAB v7.3 (HDF5) .mat file ({type(err).__name__}: {err}).",
+            path=path,
+            example_id=example_id,
+            kind="corrupt",
+        ) from err
+
+
+def read_cocostuff_mat(path: str, example_id: str | None = None) -> np.ndarray:
+    """Reads a COCO-Stuff 10k ``annotations/*.mat`` file: its label map ``S`` as stored.
+
+    ``S`` holds MATLAB's 1-based ids: 0 = unlabeled and 1..182 = COCO-Stuff ids 0..181 (the
+    dataset's label map turns them into train ids, as the PyTorch port does: ``S - 1``, with
+    -1 -> 255). The release's files are MATLAB v5/v7 (SciPy); a file re-saved as v7.3 (HDF5)
+    is read with h5py.
+
+    Raises:
+        DatasetError: missing or unreadable file, no ``S`` variable, or ``S`` not a 2-D
+            numeric array; the message names the file.
+    """
+    mat = _loadmat(path, example_id, hdf5_key="S", squeeze_me=False, variable_names=["S"])
+    return _as_2d_int(_mat_field(mat, path, example_id, "S"), path, example_id, "S")
 
 
 def read_pascal_part_mat(path: str, example_id: str | None = None) -> np.ndarray:
@@ -463,6 +531,8 @@ def read_label(
         return read_context_mat(path, example_id)
     if label_format == "pascal_part_mat":
         return read_pascal_part_mat(path, example_id)
+    if label_format == "cocostuff_mat":
+        return read_cocostuff_mat(path, example_id)
     raise ValueError(f"label_format must be one of {LABEL_FORMATS}. Received: {label_format!r}")
 
 

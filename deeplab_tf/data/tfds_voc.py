@@ -35,24 +35,46 @@ _SPLITS = {
 }
 
 
-class DeeplabVoc2012(tfds.core.GeneratorBasedBuilder):
-    """PASCAL VOC 2012 segmentation (+ SBD train_aug) from a manual_dir."""
+class ListingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A TFDS builder over one of this package's file datasets (read from ``manual_dir``).
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "VOC 2012 segmentation and SBD train_aug."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-    Extract VOCtrainval_11-May-2012.tar (VOCdevkit/VOC2012/...) into manual_dir. For the
-    "aug" config also extract SBD's benchmark.tgz there (benchmark_RELEASE/dataset/cls/*.mat)
-    or put a SegmentationClassAug/ folder of PNG masks there.
+    Subclasses set ``SPLITS`` (config name -> ``(dataset name, splits)``) and ``HOMEPAGE``.
+    Images keep their JPEG bytes; labels are decoded, mapped and validated once by the same
+    listing and readers as ``load_dataset`` and stored as 1-channel PNGs of class ids.
     """
-    BUILDER_CONFIGS = [
-        tfds.core.BuilderConfig(
-            name="segmentation", description="VOC 2012 segmentation: train, val, trainval."
-        ),
-        tfds.core.BuilderConfig(
-            name="aug", description="VOC 2012 + SBD: train_aug (10,582) and val (1,449)."
-        ),
-    ]
+
+    SPLITS: dict = {}
+    HOMEPAGE = ""
+
+    @classmethod
+    def load(cls, name, split, manual_dir=None, data_dir=None, shuffle_files=False):
+        """Prepares the records of dataset ``name`` once (from ``manual_dir``) and returns
+        ``(dataset in the shared spec, number of examples)`` for ``split``.
+
+        Raises:
+            ValueError: ``name`` is not one of this builder's datasets, or ``split`` not one
+                of its splits.
+        """
+        configs = {dataset: config for config, (dataset, _) in cls.SPLITS.items()}
+        if name not in configs:
+            raise ValueError(f"name must be one of {sorted(configs)}. Received: name={name!r}")
+        config = configs[name]
+        splits = cls.SPLITS[config][1]
+        if split not in splits:
+            raise ValueError(f"{name} split must be one of {splits}. Received: split={split!r}")
+        builder = cls(config=config, data_dir=data_dir)
+        dl_config = None
+        if manual_dir is not None:
+            dl_config = tfds.download.DownloadConfig(
+                manual_dir=os.path.abspath(os.path.expanduser(os.fspath(manual_dir)))
+            )
+        builder.download_and_prepare(download_config=dl_config)
+        ds = builder.as_dataset(
+            split=split,
+            shuffle_files=shuffle_files,
+            decoders={"image": tfds.decode.SkipDecoding()},
+        )
+        return from_tfds_voc(ds), builder.info.splits[split].num_examples
 
     def _info(self):
         return self.dataset_info_from_configs(
@@ -64,11 +86,11 @@ class DeeplabVoc2012(tfds.core.GeneratorBasedBuilder):
                 }
             ),
             supervised_keys=("image", "label"),
-            homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
+            homepage=self.HOMEPAGE,
         )
 
     def _split_generators(self, dl_manager):
-        name, splits = _SPLITS[self.builder_config.name]
+        name, splits = self.SPLITS[self.builder_config.name]
         root = os.fspath(dl_manager.manual_dir)
         return {s: self._generate_examples(name=name, split=s, root=root) for s in splits}
 
@@ -96,6 +118,28 @@ class DeeplabVoc2012(tfds.core.GeneratorBasedBuilder):
                     "id": ex.id,
                 },
             )
+
+
+class DeeplabVoc2012(ListingBuilder):
+    """PASCAL VOC 2012 segmentation (+ SBD train_aug) from a manual_dir."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "VOC 2012 segmentation and SBD train_aug."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+    Extract VOCtrainval_11-May-2012.tar (VOCdevkit/VOC2012/...) into manual_dir. For the
+    "aug" config also extract SBD's benchmark.tgz there (benchmark_RELEASE/dataset/cls/*.mat)
+    or put a SegmentationClassAug/ folder of PNG masks there.
+    """
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(
+            name="segmentation", description="VOC 2012 segmentation: train, val, trainval."
+        ),
+        tfds.core.BuilderConfig(
+            name="aug", description="VOC 2012 + SBD: train_aug (10,582) and val (1,449)."
+        ),
+    ]
+    SPLITS = _SPLITS
+    HOMEPAGE = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
 
 
 def decode_image_accurate(data):
@@ -145,29 +189,6 @@ def tfds_voc(name, split, manual_dir=None, data_dir=None, shuffle_files=False):
     from deeplab_tf.data.info import DatasetInfo
     from deeplab_tf.data.palettes import VOC_CLASSES, voc_palette
 
-    config = {"voc2012": "segmentation", "voc2012_aug": "aug"}.get(name)
-    if config is None:
-        raise ValueError(f"name must be 'voc2012' or 'voc2012_aug'. Received: name={name!r}")
-    if split not in _SPLITS[config][1]:
-        raise ValueError(
-            f"{name} split must be one of {_SPLITS[config][1]}. Received: split={split!r}"
-        )
-    builder = DeeplabVoc2012(config=config, data_dir=data_dir)
-    dl_config = None
-    if manual_dir is not None:
-        dl_config = tfds.download.DownloadConfig(
-            manual_dir=os.path.abspath(os.path.expanduser(os.fspath(manual_dir)))
-        )
-    builder.download_and_prepare(download_config=dl_config)
-    ds = builder.as_dataset(
-        split=split,
-        shuffle_files=shuffle_files,
-        decoders={"image": tfds.decode.SkipDecoding()},
-    )
-    info = DatasetInfo(
-        name=name,
-        class_names=VOC_CLASSES,
-        palette=voc_palette(),
-        num_examples=builder.info.splits[split].num_examples,
-    )
-    return from_tfds_voc(ds), info
+    ds, n = DeeplabVoc2012.load(name, split, manual_dir, data_dir, shuffle_files)
+    info = DatasetInfo(name=name, class_names=VOC_CLASSES, palette=voc_palette(), num_examples=n)
+    return ds, info

@@ -85,6 +85,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "deterministic": Field("bool", None, nullable=True),
         "source": Field("str", None, choices=("files", "tfds"), nullable=True),
         "data_dir": Field("str", None, nullable=True),
+        "pseudo_labels": Field("str", None, nullable=True),
     },
     "train": {
         "steps": _pos_int(),
@@ -150,6 +151,13 @@ DATASET_FIELDS: dict[str, dict[str, Field]] = {
     "cityscapes": {
         "label_type": Field("str", None, choices=("labelIds", "trainIds"), nullable=True)
     },
+    "cocostuff10k": {"list_file": _path()},
+    "cocostuff164k": {},
+    "coco2014": {
+        "crowd": Field("str", None, choices=("ignore", "class"), nullable=True),
+        "cache_dir": _path(),
+        "list_file": _path(),
+    },
     "pascal_context": {"label_dir": _path(), "list_file": _path()},
     "person_part": {"label_dir": _path(), "list_file": _path()},
     "folder": {
@@ -170,9 +178,9 @@ DATASET_FIELDS: dict[str, dict[str, Field]] = {
 #: The common ``data`` keys of datasets read from files; ``synthetic`` reads none and takes
 #: only ``split`` and ``seed`` (its generator's seed) of the common keys.
 FILE_KEYS = ("root", "on_error", "shuffle_files", "num_parallel_calls", "deterministic")
-FILE_KEYS += ("source", "data_dir")
+FILE_KEYS += ("source", "data_dir", "pseudo_labels")
 #: Datasets that ``source: tfds`` can prepare.
-TFDS_DATASETS = ("voc2012", "voc2012_aug", "cityscapes")
+TFDS_DATASETS = ("voc2012", "voc2012_aug", "cityscapes", "cocostuff10k", "cocostuff164k")
 
 
 def _tfds_rules(name, values):
@@ -188,6 +196,11 @@ def _tfds_rules(name, values):
         received = ", ".join(f"{k}={values[k]!r}" for k in own)
         problems.append(
             f"source 'tfds' takes no dataset options; expected none of {own}. Received: {received}"
+        )
+    if source == "tfds" and values.get("pseudo_labels") is not None:
+        problems.append(
+            "pseudo_labels replaces the labels of files read from disk, not of TFDS records; "
+            f"use source 'files'. Received: pseudo_labels={values['pseudo_labels']!r}"
         )
     if source != "tfds" and values.get("data_dir") is not None:
         problems.append(
