@@ -94,6 +94,21 @@ def tiny_segmenter(num_classes: int = 3, name: str = "tiny") -> keras.Model:
     return keras.Model(images, Logits(output_stride=8, name="logits")(x), name=name)
 
 
+class PoisonWeights(keras.callbacks.Callback):
+    """Sets the last convolution kernel to NaN before batch ``at`` of the run (counted over
+    the whole run), as a diverging update would: the logits and the loss become NaN."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.seen = at, 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.seen == self.at:
+            kernel = [v for v in self.model.trainable_weights if len(v.shape) == 4][-1]
+            kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+        self.seen += 1
+
+
 @contextlib.contextmanager
 def global_dtype_policy(name: str):
     """Sets Keras' global dtype policy for the block (restored afterwards)."""

@@ -1,6 +1,7 @@
 """model.fit end to end: resume after interruption, config/dataset errors, real learning."""
 
 import os
+import re
 
 import keras
 import numpy as np
@@ -16,6 +17,7 @@ from deeplab_tf.training import (
     train,
     training_callbacks,
 )
+from tests._harness import PoisonWeights
 
 
 def tiny_net():
@@ -324,20 +326,6 @@ def test_bad_label_beyond_the_precheck_stops_cleanly_naming_the_example(tmp_path
     assert not (workdir / "model.keras").exists()
 
 
-class PoisonWeights(keras.callbacks.Callback):
-    """Sets a kernel to NaN before the given (global) batch, as a diverging run would."""
-
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.seen = at, 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.seen == self.at:
-            layer = next(v for v in self.model.trainable_weights if len(v.shape) == 4)
-            layer.assign(np.full(layer.shape, np.nan, np.float32))
-        self.seen += 1
-
-
 @pytest.mark.large
 def test_non_finite_loss_stops_and_saves_nothing_diverged(tmp_path):
     from deeplab_tf.data.info import DatasetInfo
@@ -346,7 +334,7 @@ def test_non_finite_loss_stops_and_saves_nothing_diverged(tmp_path):
     workdir = tmp_path / "w"
     cfg = _tiny_run_config(str(workdir))
     cfg["train"]["steps"] = 3
-    with pytest.raises(RuntimeError, match=r"loss became non-finite \(loss=nan\) at step 2"):
+    with pytest.raises(RuntimeError, match=r"loss became non-finite \(loss=nan\) at step 2") as err:
         train(
             cfg,
             callbacks=[PoisonWeights(at=1)],
@@ -355,5 +343,12 @@ def test_non_finite_loss_stops_and_saves_nothing_diverged(tmp_path):
     assert not (workdir / "model.keras").exists()
     names = [os.path.basename(f) for f in list_checkpoints(str(workdir / "checkpoints"))]
     assert names == ["ckpt-000001.weights.h5"]  # the finite one, nothing after
+    # The message names the failing batch's examples (2 of the 4 ids) and that checkpoint.
+    message = str(err.value)
+    assert re.search(
+        r"at step 2; the batch's examples: \['img00[0-3].png', 'img00[0-3].png'\]", message
+    )
+    last = os.path.join(str(workdir), "checkpoints", "ckpt-000001.weights.h5")
+    assert f"the last good checkpoint is {last}" in message
     # the resume backup is the last finite state, kept for a restart with a lower rate
     assert (workdir / "backup" / "latest.weights.h5").exists()

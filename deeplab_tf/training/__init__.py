@@ -20,6 +20,10 @@ _TRAINER = "deeplab_tf.training.trainer"
 _EXPORTS = {
     "AtomicBackupAndRestore": _CALLBACKS,
     "StepCheckpoint": _CALLBACKS,
+    "StopOnNonFiniteLoss": _CALLBACKS,
+    "ZeroIoUMonitor": _CALLBACKS,
+    "compute_class_weights": "deeplab_tf.training.class_weights",
+    "BatchIdRecorder": _PIPELINE,
     "list_checkpoints": _CALLBACKS,
     "training_callbacks": _CALLBACKS,
     "make_strategy": _DISTRIBUTE,

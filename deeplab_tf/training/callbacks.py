@@ -34,23 +34,127 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stops training at the first batch whose loss is NaN or inf.
 
     Unlike ``keras.callbacks.TerminateOnNaN`` it records where (``self.failure``: ``(step,
-    loss)``) so the trainer can report it and save nothing; the checkpoint and backup
-    callbacks here also refuse to write non-finite weights.
+    loss)``; ``self.failure_ids``: the example ids of that batch, when a ``batch_ids``
+    recorder is given and the pipeline has ids) so the trainer can report it and save nothing;
+    the checkpoint and backup callbacks here also refuse to write non-finite weights.
+
+    Args:
+        batch_ids: the :class:`~deeplab_tf.training.pipeline.BatchIdRecorder` given to the
+            training pipeline (``train_pipeline(batch_ids=...)``), or ``None``.
     """
 
-    def __init__(self):
+    def __init__(self, batch_ids=None):
         super().__init__()
         self.failure = None
+        self.failure_ids = None
+        self.batch_ids = batch_ids
+        self._seen = 0  # batches of this fit's stream so far (the recorder's index)
+
+    def on_train_begin(self, logs=None):
+        self._seen = 0
 
     def on_train_batch_end(self, batch, logs=None):
+        index, self._seen = self._seen, self._seen + 1
         loss = (logs or {}).get("loss")
-        if loss is None:
+        if loss is None or self.failure is not None:
             return
         loss = float(keras.ops.convert_to_numpy(loss))
         if not math.isfinite(loss):
             step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
             self.failure = (step, loss)
+            if self.batch_ids is not None:
+                self.failure_ids = self.batch_ids.get(index)
             self.model.stop_training = True
+
+
+class ZeroIoUMonitor(keras.callbacks.Callback):
+    """Warns when a class keeps an IoU of 0 for ``patience`` validations in a row.
+
+    The classic failure with rare classes: the network predicts only the background (or never
+    a given class), and the mean IoU hides it. After each epoch with validation it reads the
+    confusion matrix of the model's :class:`~deeplab_tf.training.metrics.MeanIoU` (which then
+    holds the validation counts) and, for each class present in the validation labels whose
+    intersection is 0, counts the evaluations in a row; at ``patience`` it logs one warning
+    (``deeplab_tf.training``) naming the classes, and again only if a class recovers and
+    drops back. Classes absent from the validation labels are not judged.
+
+    Attributes:
+        streaks: ``{class id: evaluations in a row with IoU 0}``.
+        warned: class ids currently warned about.
+        evaluations: validations seen.
+
+    Args:
+        patience: validations in a row with IoU 0 before the warning (>= 1).
+        class_names: names for the message (default: the ids).
+        metric: the :class:`MeanIoU` to read (default: the model's compiled one).
+    """
+
+    def __init__(self, patience: int = 3, class_names=None, metric=None):
+        super().__init__()
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be a positive int. Received: patience={patience!r}")
+        self.patience = patience
+        self.class_names = None if class_names is None else tuple(class_names)
+        self.metric = metric
+        self.streaks: dict[int, int] = {}
+        self.warned: set[int] = set()
+        self.evaluations = 0
+
+    def _find_metric(self):
+        from deeplab_tf.training.metrics import MeanIoU
+
+        if self.metric is not None:
+            return self.metric
+        stack = list(self.model.metrics)
+        while stack:
+            m = stack.pop(0)
+            if isinstance(m, MeanIoU):
+                return m
+            stack.extend(getattr(m, "metrics", []) or [])
+        return None
+
+    def on_epoch_end(self, epoch, logs=None):
+        import numpy as np
+
+        from deeplab_tf.evaluation.metrics import intersection_and_union
+
+        if not any(k.startswith("val_") for k in (logs or {})):
+            return  # no validation this epoch: the metric holds training counts
+        metric = self._find_metric()
+        if metric is None:
+            return
+        cm = np.asarray(keras.ops.convert_to_numpy(metric.confusion), np.float64)
+        inter, _ = intersection_and_union(cm, np)
+        self.evaluations += 1
+        present = cm.sum(axis=1) > 0
+        for c in range(cm.shape[0]):
+            if present[c] and inter[c] == 0:
+                self.streaks[c] = self.streaks.get(c, 0) + 1
+            else:
+                self.streaks.pop(c, None)
+                self.warned.discard(c)
+        new = sorted(
+            c for c, n in self.streaks.items() if n >= self.patience and c not in self.warned
+        )
+        if not new:
+            return
+        self.warned.update(new)
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        names = [self.class_names[c] if self.class_names else str(c) for c in new]
+        logging.getLogger("deeplab_tf.training").warning(
+            "Class%s %s (id%s %s) %s IoU 0 on the validation data for %d evaluations in a row "
+            "(step %d): the model never predicts %s correctly. With rare classes try class "
+            "weights (train.class_weighting: median_frequency, or train.class_weights) or OHEM "
+            "(train.ohem).",
+            "es" if len(new) > 1 else "",
+            ", ".join(names),
+            "s" if len(new) > 1 else "",
+            new,
+            "have" if len(new) > 1 else "has",
+            min(self.streaks[c] for c in new),
+            step,
+            "them" if len(new) > 1 else "it",
+        )
 
 
 class StepCheckpoint(keras.callbacks.Callback):
@@ -223,11 +327,13 @@ def training_callbacks(
     model_to_save=None,
     strategy=None,
     keep_backup: bool = False,
+    batch_ids=None,
 ) -> list:
     """The standard callbacks of a run in ``workdir``.
 
-    The first is a :class:`StopOnNonFiniteLoss`; checkpoints and backups are never written
-    from non-finite weights.
+    The first is a :class:`StopOnNonFiniteLoss` (naming the failing batch's example ids when
+    ``batch_ids`` is the training pipeline's recorder); checkpoints and backups are never
+    written from non-finite weights.
 
     Drive ``fit`` with ``steps_per_epoch = checkpoint interval``: every epoch end then writes
     ``workdir/checkpoints/ckpt-{step}.weights.h5``, TensorBoard scalars in ``workdir/logs`` and a
@@ -250,12 +356,13 @@ def training_callbacks(
             where non-chief workers' TensorBoard logs go (a scratch directory deleted at the end).
         keep_backup: leave the backup in place when ``fit`` completes (the caller deletes it
             with :func:`discard_backup` once the run's outputs are safely on disk).
+        batch_ids: a :class:`~deeplab_tf.training.pipeline.BatchIdRecorder`, or ``None``.
 
     Returns:
         A list of callbacks.
     """
     workdir = str(workdir)
-    cbs = [StopOnNonFiniteLoss()]
+    cbs = [StopOnNonFiniteLoss(batch_ids)]
     if checkpoints:
         cbs.append(StepCheckpoint(os.path.join(workdir, "checkpoints"), max_to_keep, model_to_save))
     if resume:

@@ -12,6 +12,7 @@ from deeplab_tf.training.config_files import (  # noqa: F401  (re-exported for c
     load_yaml,
     shipped_configs,
 )
+from deeplab_tf.training.schema import OHEM_MODES, WEIGHTING_METHODS
 
 
 def register(sub):
@@ -46,6 +47,35 @@ def register(sub):
         "grpc://IP:8470 (shortcut for --set distribute.tpu=...)",
     )
     p.add_argument(
+        "--class-weights",
+        metavar="RULE|W0,W1,...",
+        help="per-class loss weights: one of " + ", ".join(WEIGHTING_METHODS) + " (computed "
+        "from the training labels' histogram, ignore label excluded; shortcut for --set "
+        "train.class_weighting=RULE) or one number per class, comma-separated (shortcut for "
+        "--set train.class_weights=[...])",
+    )
+    p.add_argument(
+        "--ohem",
+        choices=OHEM_MODES,
+        help="online hard example mining: keep the hardest pixels by loss (train.ohem_min_kept "
+        "per image) or those below a true-class probability threshold (--ohem-threshold), "
+        "at least train.ohem_min_kept per image (shortcut for --set train.ohem=MODE)",
+    )
+    p.add_argument(
+        "--ohem-threshold",
+        type=float,
+        metavar="P",
+        help="with --ohem threshold: the probability in (0, 1) below which a pixel is hard "
+        "(shortcut for --set train.ohem_threshold=P)",
+    )
+    p.add_argument(
+        "--ohem-min-kept",
+        type=positive_int,
+        metavar="N",
+        help="pixels per image OHEM keeps at least, at the loss's resolution "
+        "(shortcut for --set train.ohem_min_kept=N)",
+    )
+    p.add_argument(
         "--restart",
         action="store_true",
         help="train from scratch in a workdir that holds a finished or interrupted run "
@@ -54,6 +84,31 @@ def register(sub):
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--list-configs", action="store_true", help="list the shipped configs and exit")
     p.set_defaults(func=run)
+
+
+def parse_class_weights(text: str):
+    """``--class-weights``: ``("class_weighting", rule)`` or ``("class_weights", [floats])``.
+
+    Raises:
+        CLIError: neither a rule name nor comma-separated numbers.
+    """
+    from deeplab_tf.errors import CLIError
+
+    text = text.strip()
+    if text in WEIGHTING_METHODS:
+        return "class_weighting", text
+    try:
+        weights = [float(v) for v in text.split(",")]
+    except ValueError:
+        import difflib
+
+        close = difflib.get_close_matches(text, WEIGHTING_METHODS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise CLIError(
+            f"--class-weights takes one of {list(WEIGHTING_METHODS)} or comma-separated numbers "
+            f"(one per class, e.g. 0.5,12){hint}. Received: {text!r}"
+        ) from None
+    return "class_weights", weights
 
 
 def run(args):
@@ -78,6 +133,16 @@ def run(args):
         apply_override(config, f"distribute.strategy={args.strategy}")
     if args.tpu:
         config.setdefault("distribute", {})["tpu"] = args.tpu
+    if args.class_weights is not None:
+        key, value = parse_class_weights(args.class_weights)
+        config.setdefault("train", {})[key] = value
+    for flag, key in (
+        ("ohem", "ohem"),
+        ("ohem_threshold", "ohem_threshold"),
+        ("ohem_min_kept", "ohem_min_kept"),
+    ):
+        if getattr(args, flag) is not None:
+            config.setdefault("train", {})[key] = getattr(args, flag)
 
     from deeplab_tf.training.trainer import RunFinished, resolve_config, train
 

@@ -210,6 +210,55 @@ def eval_transform(element, crop_size, mean=CAFFE_RGB_MEAN, ignore_label: int = 
 BAD_EXAMPLE = "Bad training example"
 
 
+class BatchIdRecorder:
+    """Remembers the example ids of the latest batches a training pipeline produced.
+
+    :func:`train_pipeline` (``batch_ids=recorder``) stores each batch's ids under the batch's
+    position in the pipeline's stream (0 for the first batch of an iterator, whatever
+    ``start_batch`` skipped), a little ahead of training because of prefetching; a callback
+    that counts the batches it has seen looks them up (:class:`~deeplab_tf.training.callbacks.
+    StopOnNonFiniteLoss` names the batch whose loss became NaN). Only the newest ``keep``
+    batches are kept. The ids are stored from the input pipeline's thread, on the host: use
+    one recorder per iterator (``fit`` iterates its training data once).
+
+    Args:
+        keep: batches remembered.
+    """
+
+    def __init__(self, keep: int = 1024):
+        import collections
+        import threading
+
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be a positive int. Received: keep={keep!r}")
+        self.keep = keep
+        self._ids = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def record(self, index: int, ids) -> None:
+        """Stores the ids (strings) of batch ``index``."""
+        with self._lock:
+            self._ids[int(index)] = list(ids)
+            while len(self._ids) > self.keep:
+                self._ids.popitem(last=False)
+
+    def get(self, index: int):
+        """The ids of batch ``index`` (a list of strings), or ``None`` if not (or no longer)
+        recorded."""
+        with self._lock:
+            ids = self._ids.get(int(index))
+        return None if ids is None else list(ids)
+
+    def _record_batch(self, index, ids):
+        def store(i, names):
+            self.record(
+                int(i.numpy()), [n.decode("utf-8", "replace") for n in names.numpy().tolist()]
+            )
+            return i
+
+        return tf.py_function(store, [index, ids], Tout=tf.int64)
+
+
 def _example_guard(num_classes, ignore_label):
     """Checks each raw example in-graph: label values and image/label sizes, naming its id."""
 
@@ -252,6 +301,7 @@ def train_pipeline(
     seed: int | None = None,
     num_classes: int | None = None,
     start_batch: int = 0,
+    batch_ids: BatchIdRecorder | None = None,
 ) -> tf.data.Dataset:
     """Training batches ``(image float32 (N, h, w, 3), label uint8 (N, h, w))``.
 
@@ -279,6 +329,9 @@ def train_pipeline(
             are skipped before augmentation, and augmentation seeds follow the example's position
             in the stream, so batch ``k`` is identical to batch ``k`` of a run from the start.
             Needs ``seed`` (an unseeded stream has no fixed order to resume).
+        batch_ids: a :class:`BatchIdRecorder` that stores each batch's example ids (the
+            ``"id"`` of the elements; ignored when the dataset has none). The batches are the
+            same with or without it.
 
     Returns:
         A batched, prefetched ``tf.data.Dataset``.
@@ -299,6 +352,11 @@ def train_pipeline(
             "start_batch needs a seed (an unseeded stream cannot be resumed in the same order). "
             f"Received: start_batch={start_batch}, seed=None"
         )
+    if batch_ids is not None and not isinstance(batch_ids, BatchIdRecorder):
+        raise ValueError(
+            f"batch_ids must be a BatchIdRecorder or None. Received: {type(batch_ids).__name__}"
+        )
+    with_ids = batch_ids is not None and "id" in dataset.element_spec
     ds = dataset
     if num_classes is not None:  # every example, named, before augmentation can hide it
         ds = ds.map(_example_guard(num_classes, ignore_label), num_parallel_calls=tf.data.AUTOTUNE)
@@ -312,7 +370,7 @@ def train_pipeline(
         if start_batch:
             ds = ds.skip(int(start_batch) * int(batch_size))
 
-        def fn(element, i):
+        def transform(element, i):
             return train_transform(
                 element,
                 crop,
@@ -324,11 +382,24 @@ def train_pipeline(
             )
     else:
 
-        def fn(element):
+        def transform(element):
             return train_transform(element, crop, scales, mean, ignore_label, flip)
 
+    def fn(element, *index):
+        image, label = transform(element, *index)
+        return (image, label, element["id"]) if with_ids else (image, label)
+
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if with_ids:
+
+        def record(batch, index):
+            image, label, ids = batch
+            with tf.control_dependencies([batch_ids._record_batch(index, ids)]):
+                return tf.identity(image), tf.identity(label)
+
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter())).map(record)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def eval_pipeline(

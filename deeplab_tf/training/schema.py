@@ -21,6 +21,12 @@ import difflib
 import math
 from dataclasses import dataclass
 
+from deeplab_tf.training.class_weights import ABSENT_RULES, WEIGHTING_METHODS
+
+#: The online hard example mining modes of :class:`deeplab_tf.training.losses.DeepLabLoss`
+#: (defined here, where the config needs them without importing TensorFlow).
+OHEM_MODES = ("loss", "threshold")
+
 RECIPE = object()  # default: the registry recipe's value
 REQUIRED = object()  # no default: the key must be given
 
@@ -112,11 +118,25 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "shuffle_buffer": _pos_int(1000),
         "validate_examples": Field("int", 64, lo=0, nullable=True),
         "verbose": Field("any", "auto", choices=("auto", 0, 1, 2)),
+        # Class imbalance (deeplab_tf.training.losses / class_weights): explicit per-class
+        # weights or a rule computed from the training split's label histogram, not both.
+        "class_weights": Field("floats", None, lo=0.0, nullable=True),
+        "class_weighting": Field("str", None, choices=WEIGHTING_METHODS, nullable=True),
+        "class_weight_examples": Field("int", None, lo=1, nullable=True),
+        "class_weight_absent": Field("str", "error", choices=ABSENT_RULES),
+        "ohem": Field("str", None, choices=OHEM_MODES, nullable=True),
+        "ohem_threshold": Field(
+            "float", None, lo=0.0, hi=1.0, lo_open=True, hi_open=True, nullable=True
+        ),  # fmt: skip
+        "ohem_min_kept": _pos_int(256),
     },
     "val": {
         "crop_size": Field("size", 513),
         "batch_size": _pos_int(1),
         "max_examples": Field("int", None, lo=1, nullable=True),
+        # Warn when a class present in the validation labels keeps IoU 0 this many evaluations
+        # in a row (null: never).
+        "zero_iou_patience": Field("int", 3, lo=1, nullable=True),
     },
     "output": {
         "workdir": Field("str", REQUIRED),

@@ -90,9 +90,37 @@ def _checkpoint_interval(cfg: dict) -> None:
     out["checkpoint_every"] = every
 
 
+def _loss_keys(cfg: dict) -> None:
+    """The class-imbalance keys of ``train`` that only make sense together."""
+    train = cfg["train"]
+    if train["class_weights"] is not None and train["class_weighting"] is not None:
+        raise ValueError(
+            "Set train.class_weights (explicit weights) or train.class_weighting (weights "
+            "computed from the training labels), not both. Received: "
+            f"class_weights={train['class_weights']!r}, "
+            f"class_weighting={train['class_weighting']!r}"
+        )
+    if train["class_weight_examples"] is not None and train["class_weighting"] is None:
+        raise ValueError(
+            "train.class_weight_examples (examples counted for the label histogram) needs "
+            "train.class_weighting. Received: "
+            f"class_weight_examples={train['class_weight_examples']!r}, class_weighting=None"
+        )
+    if train["ohem"] == "threshold" and train["ohem_threshold"] is None:
+        raise ValueError(
+            "train.ohem: threshold needs train.ohem_threshold, a probability in (0, 1) (e.g. "
+            "0.7). Received: ohem_threshold=None"
+        )
+    if train["ohem"] != "threshold" and train["ohem_threshold"] is not None:
+        raise ValueError(
+            "train.ohem_threshold is only used with train.ohem: threshold. Received: "
+            f"ohem_threshold={train['ohem_threshold']!r}, ohem={train['ohem']!r}"
+        )
+
+
 #: Rules over the whole resolved config, run in order after the schema: each raises
 #: ``ValueError`` or normalises its keys in place.
-CONFIG_RULES = (_checkpoint_interval,)
+CONFIG_RULES = (_checkpoint_interval, _loss_keys)
 
 
 def set_batchnorm_momentum(model, momentum: float) -> int:
@@ -235,8 +263,9 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
     restarted run resumes from the last backup and skips the input stream to the same batch.
 
     The stages, in order (nothing is written to the workdir before the model is compiled):
-    :func:`resolve_run`, :func:`make_run_strategy`, :func:`load_data`, :func:`build_model`
-    and :func:`compile_model` (in the strategy's scope), :func:`prepare_workdir`,
+    :func:`resolve_run`, :func:`make_run_strategy`, :func:`load_data`,
+    :func:`resolve_class_weights`, :func:`build_model` and :func:`compile_model` (in the
+    strategy's scope), :func:`prepare_workdir`,
     :func:`input_pipelines`, :func:`fit_model` and :func:`finish_run`.
 
     Args:
@@ -263,15 +292,29 @@ def train(config: dict, callbacks=None, dataset_overrides=None, strategy=None, r
         >>> strategy = make_strategy("mirrored")   # deeplab_tf.training.distribute
         >>> model, history = train(load_config("voc12_vgg16_largefov"), strategy=strategy)
     """
+    from deeplab_tf.training.pipeline import BatchIdRecorder
+
     cfg, record = resolve_run(config, restart)
     strategy = make_run_strategy(cfg, strategy)
     data = load_data(cfg, dataset_overrides)
+    class_weights = resolve_class_weights(cfg, data)
     with strategy.scope():
         net, model = build_model(cfg, data.num_classes)
-        compile_model(model, cfg, data.num_classes, data.ignore)
+        compile_model(model, cfg, data.num_classes, data.ignore, class_weights)
     prepare_workdir(cfg, record, restart, strategy)
-    train_batches, val_batches = input_pipelines(cfg, data, net, strategy)
-    history = fit_model(model, net, cfg, strategy, train_batches, val_batches, callbacks)
+    batch_ids = BatchIdRecorder()
+    train_batches, val_batches = input_pipelines(cfg, data, net, strategy, batch_ids)
+    history = fit_model(
+        model,
+        net,
+        cfg,
+        strategy,
+        train_batches,
+        val_batches,
+        callbacks,
+        batch_ids=batch_ids,
+        class_names=data.class_names,
+    )
     finish_run(cfg["output"]["workdir"], net, cfg, strategy)
     return model, history
 
@@ -338,6 +381,7 @@ class TrainingData:
     val: object  #: the validation ``tf.data.Dataset`` or ``None``
     num_classes: int
     ignore: int  #: the label value that is ignored (255)
+    class_names: tuple | None = None  #: from the dataset's info, when it has one
 
 
 def load_data(cfg: dict, dataset_overrides=None) -> TrainingData:
@@ -376,7 +420,53 @@ def load_data(cfg: dict, dataset_overrides=None) -> TrainingData:
         val_ds = val_split[0]
         check_element_spec(val_ds)
         _check_labels(val_ds, "validation", num_classes, ignore, tcfg["validate_examples"])
-    return TrainingData(train_ds, val_ds, num_classes, ignore)
+    names = info.class_names if info is not None else None
+    return TrainingData(train_ds, val_ds, num_classes, ignore, names)
+
+
+def resolve_class_weights(cfg: dict, data: TrainingData):
+    """Stage 3b: the loss's per-class weights, or ``None`` (every class weighs 1).
+
+    ``train.class_weights`` is checked against the number of classes;
+    ``train.class_weighting`` computes them from the training split's label histogram
+    (:func:`deeplab_tf.training.class_weights.compute_class_weights`, the first
+    ``train.class_weight_examples`` examples, absent classes as ``train.class_weight_absent``
+    says). The weights are logged.
+
+    Raises:
+        ValueError: weights of the wrong length, or classes without pixels under
+            ``class_weight_absent: error`` (named).
+    """
+    import logging
+
+    from deeplab_tf.training.class_weights import compute_class_weights
+    from deeplab_tf.training.losses import check_class_weights
+
+    tcfg = cfg["train"]
+    if tcfg["class_weights"] is not None:
+        try:
+            return list(check_class_weights(tcfg["class_weights"], data.num_classes))
+        except ValueError as err:
+            raise ValueError(f"train.class_weights: {err}") from None
+    if tcfg["class_weighting"] is None:
+        return None
+    try:
+        weights = compute_class_weights(
+            data.train,
+            data.num_classes,
+            tcfg["class_weighting"],
+            data.ignore,
+            tcfg["class_weight_examples"],
+            tcfg["class_weight_absent"],
+        )
+    except ValueError as err:
+        raise ValueError(
+            f"train.class_weighting={tcfg['class_weighting']!r} on the training split: {err}"
+        ) from None
+    logging.getLogger("deeplab_tf.training").info(
+        "class weights (%s): %s", tcfg["class_weighting"], [round(w, 4) for w in weights]
+    )
+    return weights
 
 
 def build_model(cfg: dict, num_classes: int):
@@ -423,17 +513,33 @@ def make_optimizer(tcfg: dict):
     )
 
 
-def compile_model(model, cfg: dict, num_classes: int, ignore: int) -> None:
-    """Stage 5 (in the strategy's scope): optimizer (:func:`make_optimizer`), loss and metric."""
-    from deeplab_tf.models.deeplab import output_stride_of
+def make_loss(tcfg: dict, ignore: int, class_weights=None, stride: int = 8):
+    """The :class:`DeepLabLoss` of the ``train`` section: label mode, class weights, OHEM;
+    ``stride`` is the model's output stride (16 for an ``output_stride=16`` model:
+    ``upsample_logits`` needs it)."""
     from deeplab_tf.training.losses import DeepLabLoss
+
+    return DeepLabLoss(
+        ignore_label=ignore,
+        label_mode=tcfg["label_mode"],
+        stride=stride,
+        class_weights=class_weights,
+        ohem=tcfg["ohem"],
+        ohem_threshold=tcfg["ohem_threshold"],
+        ohem_min_kept=tcfg["ohem_min_kept"],
+    )
+
+
+def compile_model(model, cfg: dict, num_classes: int, ignore: int, class_weights=None) -> None:
+    """Stage 5 (in the strategy's scope): optimizer (:func:`make_optimizer`), loss
+    (:func:`make_loss`, with the weights of :func:`resolve_class_weights`) and metric."""
+    from deeplab_tf.models.deeplab import output_stride_of
     from deeplab_tf.training.metrics import MeanIoU
 
     tcfg = cfg["train"]
-    stride = output_stride_of(model)  # 16 for an output_stride=16 model: upsample_logits needs it
     model.compile(
         optimizer=make_optimizer(tcfg),
-        loss=DeepLabLoss(ignore_label=ignore, label_mode=tcfg["label_mode"], stride=stride),
+        loss=make_loss(tcfg, ignore, class_weights, stride=output_stride_of(model)),
         metrics=[MeanIoU(num_classes, ignore_label=ignore)],
     )
 
@@ -459,10 +565,12 @@ def prepare_workdir(cfg: dict, record, restart: bool, strategy) -> None:
         _write_run_record(workdir, "running", cfg)
 
 
-def input_pipelines(cfg: dict, data: TrainingData, net, strategy):
+def input_pipelines(cfg: dict, data: TrainingData, net, strategy, batch_ids=None):
     """Stage 7: ``(train_batches, val_batches)`` (``val_batches`` ``None`` without ``data.val``).
 
-    The image mean follows the network's preprocessing. A resumed run with ``train.seed``
+    The image mean follows the network's preprocessing. With ``batch_ids`` (a
+    :class:`~deeplab_tf.training.pipeline.BatchIdRecorder`) the training pipeline records each
+    batch's example ids, so a non-finite loss can name them. A resumed run with ``train.seed``
     starts the (seeded) training stream at the first batch of the epoch to redo; multi-worker
     runs keep each worker's slice of the global batches.
     """
@@ -493,6 +601,7 @@ def input_pipelines(cfg: dict, data: TrainingData, net, strategy):
         seed=tcfg["seed"],
         num_classes=num_classes,
         start_batch=start_batch,
+        batch_ids=batch_ids,
     )
     if workers > 1:
         train_batches = distribute.shard_by_data(train_batches)
@@ -513,18 +622,37 @@ def input_pipelines(cfg: dict, data: TrainingData, net, strategy):
     return train_batches, val_batches
 
 
-def fit_model(model, net, cfg: dict, strategy, train_batches, val_batches, callbacks=None):
+def fit_model(
+    model,
+    net,
+    cfg: dict,
+    strategy,
+    train_batches,
+    val_batches,
+    callbacks=None,
+    batch_ids=None,
+    class_names=None,
+):
     """Stage 8: ``model.fit`` (through :func:`distribute.fit`) with the run's callbacks.
 
     One epoch is ``output.checkpoint_every`` updates (checkpoint, resume backup); a resumed
-    run restores its backup in the callbacks and runs only the epochs left.
+    run restores its backup in the callbacks and runs only the epochs left. With validation
+    data and ``val.zero_iou_patience`` a :class:`~deeplab_tf.training.callbacks.ZeroIoUMonitor`
+    warns about classes whose IoU stays 0.
+
+    Args:
+        batch_ids: the training pipeline's :class:`~deeplab_tf.training.pipeline.
+            BatchIdRecorder` (names the batch of a non-finite loss), or ``None``.
+        class_names: class names for the zero-IoU warning.
 
     Returns:
         The ``keras.callbacks.History``.
 
     Raises:
         ValueError: a training example failed the in-pipeline check (named, with the step).
-        RuntimeError: the loss or the weights became non-finite; nothing diverged was saved.
+        RuntimeError: the loss or the weights became non-finite (naming the step, the batch's
+            example ids when recorded, and the last good checkpoint); nothing diverged was
+            saved.
     """
     import keras
     import tensorflow as tf
@@ -532,6 +660,8 @@ def fit_model(model, net, cfg: dict, strategy, train_batches, val_batches, callb
     from deeplab_tf.training import distribute
     from deeplab_tf.training.callbacks import (
         StopOnNonFiniteLoss,
+        ZeroIoUMonitor,
+        list_checkpoints,
         training_callbacks,
         weights_finite,
     )
@@ -549,7 +679,10 @@ def fit_model(model, net, cfg: dict, strategy, train_batches, val_batches, callb
         net,
         strategy,
         keep_backup=True,
+        batch_ids=batch_ids,
     )
+    if val_batches is not None and cfg["val"]["zero_iou_patience"] is not None:
+        cbs.append(ZeroIoUMonitor(cfg["val"]["zero_iou_patience"], class_names))
     try:
         history = distribute.fit(
             model,
@@ -577,11 +710,23 @@ def fit_model(model, net, cfg: dict, strategy, train_batches, val_batches, callb
     guard = next(cb for cb in cbs if isinstance(cb, StopOnNonFiniteLoss))
     if guard.failure is not None or not weights_finite(net):
         step, loss = guard.failure or ("?", float("nan"))
+        if guard.failure_ids:
+            batch = f"; the batch's examples: {guard.failure_ids}"
+        elif guard.failure is not None:
+            batch = "; the batch's example ids are unknown (the dataset has no 'id')"
+        else:
+            batch = ""
+        good = list_checkpoints(os.path.join(workdir, "checkpoints"))
+        last = (
+            f"the last good checkpoint is {good[-1]}"
+            if good
+            else "no checkpoint was written before (the first interval did not finish)"
+        )
         raise RuntimeError(
-            f"Training stopped: the loss became non-finite (loss={loss}) at step {step}. "
+            f"Training stopped: the loss became non-finite (loss={loss}) at step {step}{batch}. "
             f"Received: train.base_lr={tcfg['base_lr']!r}, optimizer={tcfg['optimizer']!r}; "
-            "expected a finite loss. Nothing was saved from the diverged weights (model.keras, "
-            "checkpoints and the resume backup keep their last finite state); lower "
+            f"expected a finite loss. Nothing was saved from the diverged weights: {last} "
+            "(model.keras and the resume backup keep their last finite state too); lower "
             "train.base_lr or check the data."
         )
     return history
