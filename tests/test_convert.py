@@ -384,6 +384,7 @@ def test_pytorch_port_state_dict_mapping():
         state_dict_to_caffe_net({"backbone.conv.weight": np.zeros(1)})
 
 
+@pytest.mark.large
 def test_pytorch_port_pth_file(tmp_path):
     torch = pytest.importorskip(
         "torch", reason="torch is an optional dependency (reading .pth files); not installed"

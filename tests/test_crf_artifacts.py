@@ -26,6 +26,7 @@ def _sample():
     return image[None], probs[None].astype(np.float32)
 
 
+@pytest.mark.large
 def test_crf_saved_model_version_folder_with_metadata(tmp_path):
     from deeplab_tf.export.crf import export_crf_saved_model
 
@@ -79,6 +80,7 @@ def test_crf_saved_model_reloads_without_deeplab_tf_at_another_size(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), crf.labels(image, probs))
 
 
+@pytest.mark.large
 def test_crf_tflite_builtin_ops_match_the_keras_side_crf(tmp_path):
     interpreter_mod = pytest.importorskip("ai_edge_litert.interpreter")
     from deeplab_tf.export.crf import export_crf_tflite

@@ -74,6 +74,7 @@ def test_saved_model_reloads_in_a_process_without_deeplab_tf(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), expected)
 
 
+@pytest.mark.large
 def test_tflite_builtins_only_same_labels(tmp_path):
     interpreter_mod = pytest.importorskip("ai_edge_litert.interpreter")
     image, probs = _sample()

@@ -121,6 +121,7 @@ def _folder_dataset(root, rng, n=3):
         Image.fromarray(mask, "L").save(root / "val" / "masks" / f"im{i}.png")
 
 
+@pytest.mark.large
 def test_evaluate_folder_dataset_report(model_file, tmp_path, rng, capsys):
     _folder_dataset(tmp_path / "data", rng)
     report = tmp_path / "report.json"

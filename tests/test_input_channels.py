@@ -123,6 +123,7 @@ def test_converted_caffe_weights_adapted_and_normalize_equals_caffe_mode(tmp_pat
                                rtol=1e-4, atol=1e-3)  # fmt: skip
 
 
+@pytest.mark.large
 def test_multiscale_inference_and_export_take_n_channels(tmp_path):
     from deeplab_tf.export import export_saved_model
     from deeplab_tf.inference import MultiScaleInference

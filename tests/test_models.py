@@ -87,6 +87,7 @@ def test_resnet101_count_names_dilations_and_forward():
     assert out.shape == (1, 9, 9, 21) and np.isfinite(out.numpy()).all()
 
 
+@pytest.mark.large
 def test_resnet_block_names_follow_msra():
     r50 = DeepLabV2(backbone="resnet50", num_classes=2)
     r50.get_layer("res4f_branch2c")
@@ -174,6 +175,7 @@ def test_keras_save_and_safe_mode_reload(tmp_path, kwargs):
     ]
 
 
+@pytest.mark.large
 def test_weights_path_round_trip(tmp_path):
     model = DeepLabV2(backbone="mobilenetv2", num_classes=3)
     path = tmp_path / "m.weights.h5"
@@ -256,6 +258,7 @@ def test_registry_preprocessing_is_the_built_models_config(name):
     [(321, 41, 21), pytest.param(513, 65, 33, marks=pytest.mark.large),
      pytest.param(100, 13, 7, marks=pytest.mark.large)],
 )  # fmt: skip
+@pytest.mark.large
 def test_resnet_output_stride_16_sizes_and_same_weights(size, os8, os16):
     """Output stride 16 (res4 strided, res5 dilated by 2): Caffe-rounded sizes, and the same
     variables as the paper's stride-8 model, so its weights load into it unchanged."""

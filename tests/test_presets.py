@@ -323,6 +323,7 @@ def _tiny():
     return DeepLabV2("mobilenetv2", head="aspp", rates=(1, 2), num_classes=3, name="mine")
 
 
+@pytest.mark.large
 def test_save_to_preset_and_from_preset_round_trip(tmp_path):
     import deeplab_tf
     from deeplab_tf import DeepLabV2

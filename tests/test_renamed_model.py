@@ -146,6 +146,7 @@ def test_export_of_a_renamed_model_serves_the_same_outputs(saved, tmp_path, rng)
         np.testing.assert_array_equal(results["mine"][k], results["default"][k])
 
 
+@pytest.mark.large
 def test_convert_into_a_renamed_model(tmp_path, rng):
     path = str(tmp_path / "vgg.caffemodel")
     synthetic_caffemodel(path, "vgg16-largefov", num_classes=NUM_CLASSES, seed=4)

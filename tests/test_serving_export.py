@@ -74,6 +74,7 @@ def test_version_number_reads_names_as_tf_serving(name, version):
     assert version_number(name) == version
 
 
+@pytest.mark.large
 def test_next_version_is_above_every_version_tf_serving_sees(tmp_path, tiny):
     base = tmp_path / "m"
     base.mkdir()
@@ -106,6 +107,7 @@ def test_explicit_version_counts_every_folder_read_as_it(tmp_path, tiny):
     assert sorted(os.listdir(base)) == ["007", "8"]
 
 
+@pytest.mark.large
 def test_cli_version_with_leading_zeros(tmp_path, tiny, capsys):
     keras_path = tmp_path / "m.keras"
     tiny.save(keras_path)
@@ -160,6 +162,7 @@ def _run_records(version_dir):
     return loaded, ran
 
 
+@pytest.mark.large
 def test_warmup_has_one_running_request_per_signature(tmp_path, tiny):
     from deeplab_tf import DenseCRF
 
