@@ -89,6 +89,7 @@ def export_onnx(
     facts = export_facts(model, input_size, input_dtype, logits)
     onnx.helper.set_model_props(proto, {f"deeplab_tf.{k}": str(v) for k, v in facts.items()})
     onnx.checker.check_model(proto)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_bytes(path, proto.SerializeToString(), overwrite)
     return path
 
