@@ -261,3 +261,25 @@ def test_cli_writes_onnx_and_openvino_beside_the_saved_model(tmp_path, tiny):  #
     again = run_cli("export", str(keras_path), "--out", str(out), "--onnx")
     assert again.returncode == 2 and "--overwrite" in again.stderr  # refused before any work
     assert sorted(os.listdir(out)) == ["1", "onnx", "openvino"]  # no second version either
+
+
+@pytest.mark.large
+@pytest.mark.multiprocess
+def test_bench_inference_runtimes_quick():
+    from tests.test_benchmarks import HAS_TORCH, run_script
+
+    report, _ = run_script(
+        "bench_inference.py", "--quick", "--runtimes-only",
+        "--runtime-cases", "deeplabv2_resnet50_aspp_l:49",
+    )  # fmt: skip
+    (case,) = report["runtimes"]["cases"]
+    rows = case["runtimes"]
+    expected = {"tf_fp32", "tf_bf16", "openvino_fp32", "openvino_bf16", "onnxruntime_fp32",
+                "litert_fp32"} | ({"torch_fp32"} if HAS_TORCH else set())  # fmt: skip
+    assert set(rows) == expected, case["skipped"]
+    assert rows["openvino_fp32"]["openvino_precision"] == "f32"
+    for name, row in rows.items():
+        assert row["median_s"] > 0
+        # every fp32 runtime computes the same function as TF fp32
+        assert row["label_agreement_vs_tf_fp32"] >= (0.9 if "bf16" in name else 0.99), name
+    assert "cpu_flags" in report["machine"] and "verdict" in case
