@@ -170,6 +170,33 @@ def test_openvino_fp32_matches_keras_and_bf16_agrees(openvino_file, model, tmp_p
     assert agreement >= FP16_WEIGHTS_AGREEMENT
 
 
+@pytest.mark.large
+@pytest.mark.multiprocess
+def test_openvino_runs_where_only_openvino_is_imported(tmp_path, openvino_file, model):
+    """docs/runtimes.md's recipe: a plain OpenVINO process, the f32 hint passed by hand."""
+    images = _images(1, 43, 37, seed=4)
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import numpy as np
+        import openvino as ov
+        core = ov.Core()
+        compiled = core.compile_model(sys.argv[1], "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        result = compiled(np.load(sys.argv[2]).astype(np.float32))
+        np.save(sys.argv[3], result[compiled.output("probabilities")])
+        np.save(sys.argv[4], result[compiled.output("labels")])
+        banned = [m for m in ("tensorflow", "keras", "deeplab_tf") if m in sys.modules]
+        print(json.dumps({"banned": banned}))
+        """
+    )
+    out = [str(tmp_path / "probs.npy"), str(tmp_path / "labels.npy")]
+    proc = run_python(script, openvino_file, str(tmp_path / "images.npy"), *out)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"banned": []}
+    ref = _reference(model, images)
+    _check_fp32({"probabilities": np.load(out[0]), "labels": np.load(out[1])}, ref)
+
+
 def test_exports_check_arguments_and_outputs_before_work(tmp_path, tiny, monkeypatch):  # noqa: F811
     import deeplab_tf.export.graph as graph
 
