@@ -35,15 +35,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
-from benchmarks import _common
+from benchmarks import _common, _runtimes
 
 TARGET_VARIANTS = ("eager", "graph", "xla", "folded", "fused", "bf16", "fused_bf16")
 TARGETS = {"fp32_vs_torch": 0.75, "bf16_vs_torch": 0.45, "bf16_label_agreement": 0.995}
@@ -68,8 +66,29 @@ def parse_args(argv=None):
     p.add_argument("--zoo-repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    p.add_argument(
+        "--runtimes",
+        action="store_true",
+        help="add the runtime comparison (TF fused fp32/bf16, OpenVINO fp32/bf16, ONNX Runtime, "
+        "LiteRT, PyTorch) for each --runtime-cases",
+    )
+    p.add_argument("--runtimes-only", action="store_true", help="only the runtime comparison")
+    p.add_argument(
+        "--runtime-cases",
+        nargs="+",
+        default=None,
+        help=f"MODEL:SIZE (default: {' '.join(_runtimes.CASES)})",
+    )
     p.add_argument("--json-out", default=None, help="also write the JSON report here")
     args = p.parse_args(argv)
+    args.runtimes = args.runtimes or args.runtimes_only
+    if args.runtime_cases is None:
+        args.runtime_cases = list(_runtimes.QUICK_CASES if args.quick else _runtimes.CASES)
+    try:
+        for case in args.runtime_cases:
+            _runtimes.parse_case(case)
+    except ValueError as err:
+        p.error(str(err))
     if args.quick:
         args.target_model = "deeplabv2_resnet50_aspp_l"
         args.target_size, args.target_batch, args.repeats = 49, 1, 1
@@ -141,31 +160,13 @@ def target_part(args, torch, limit, threads):
     torch_runs = []
 
     def run_torch():
-        depth = int(args.target_model.split("resnet")[1].split("_")[0])
-        out = os.path.join(workdir, f"torch_logits_{len(torch_runs)}.npy")
-        cmd = [sys.executable, "-m", "benchmarks._torch_worker", "infer",
-               "--depth", str(depth), "--num-classes", str(model.output_shape[-1]),
-               "--weights", weights, "--images", images_path, "--repeats", str(args.repeats),
-               "--threads", str(threads), "--out", out]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_common.REPO)
-        if proc.returncode != 0:
-            raise RuntimeError(f"The PyTorch worker failed:\n{proc.stderr[-3000:]}")
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        result["logits"] = np.load(out)
-        torch_runs.append(result)
+        tag = str(len(torch_runs))
+        torch_runs.append(
+            _runtimes.torch_infer(model, args.target_model, images, args.repeats, threads,
+                                  workdir, tag)
+        )  # fmt: skip
 
     if torch_note is None:
-        import keras
-
-        names = [
-            layer.name
-            for layer in model.layers
-            if isinstance(layer, (keras.layers.Conv2D, keras.layers.BatchNormalization))
-        ]
-        weights = os.path.join(workdir, "weights.npz")
-        _common.save_npz(_common.keras_arrays(model, names), weights)
-        images_path = os.path.join(workdir, "images.npy")
-        np.save(images_path, images)
         run_torch()  # before the TensorFlow variants ...
     # First calls (tracing / compilation) and outputs, then round-robin timing.
     outputs, first = {}, {}
@@ -313,18 +314,27 @@ def main(argv=None):
         "conv_limit_fp32": limit,
         "conv_limit_bf16": limit_bf16,
     }
-    report["target"] = target_part(args, torch, limit["gflops_per_s"], threads)
-    _common.print_table(
-        [{"variant": k, **v} for k, v in report["target"]["variants"].items()],
-        ["variant", "median_s", "images_per_s", "gflops_per_s", "fraction_of_conv_limit",
-         "time_vs_torch_fp32", "label_agreement_vs_fp32_graph"],
-    )  # fmt: skip
-    report["zoo"] = zoo_part(args, limit["gflops_per_s"])
-    _common.print_table(
-        report["zoo"],
-        ["model", "size", "batch", "median_s", "images_per_s", "gflops_per_s",
-         "fraction_of_conv_limit"],
-    )  # fmt: skip
+    if not args.runtimes_only:
+        report["target"] = target_part(args, torch, limit["gflops_per_s"], threads)
+        _common.print_table(
+            [{"variant": k, **v} for k, v in report["target"]["variants"].items()],
+            ["variant", "median_s", "images_per_s", "gflops_per_s", "fraction_of_conv_limit",
+             "time_vs_torch_fp32", "label_agreement_vs_fp32_graph"],
+        )  # fmt: skip
+        report["zoo"] = zoo_part(args, limit["gflops_per_s"])
+        _common.print_table(
+            report["zoo"],
+            ["model", "size", "batch", "median_s", "images_per_s", "gflops_per_s",
+             "fraction_of_conv_limit"],
+        )  # fmt: skip
+    if args.runtimes:
+        report["runtimes"] = {
+            "about": " ".join(_runtimes.__doc__.split("\n\n")[1].split()),
+            "targets": _runtimes.TARGETS,
+            "cases": _runtimes.runtimes_part(
+                args.runtime_cases, args.repeats, threads, torch, args.no_torch
+            ),
+        }
     report["wall_s"] = round(time.perf_counter() - start, 1)
     report["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     report["command"] = "python -m benchmarks.bench_inference " + " ".join(sys.argv[1:])

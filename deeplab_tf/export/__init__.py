@@ -1,10 +1,12 @@
-"""Deployment: TF Serving SavedModels, TFLite files, and inference-time model rewrites."""
+"""Deployment: TF Serving SavedModels, TFLite, ONNX and OpenVINO files, inference-time rewrites."""
 
 from deeplab_tf._lazy import lazy_exports
 
 _OPT = "deeplab_tf.export.optimize"
 _SM = "deeplab_tf.export.savedmodel"
 _TFL = "deeplab_tf.export.tflite"
+_ONNX = "deeplab_tf.export.onnx"
+_OV = "deeplab_tf.export.openvino"
 _EXPORTS = {
     "fold_batchnorm": _OPT,
     "fuse_for_inference": _OPT,
@@ -18,6 +20,13 @@ _EXPORTS = {
     "litert_interpreter": _TFL,
     "run_tflite": _TFL,
     "tflite_ops": _TFL,
+    "export_onnx": _ONNX,
+    "onnx_session": _ONNX,
+    "run_onnx": _ONNX,
+    "export_openvino": _OV,
+    "openvino_model": _OV,
+    "run_openvino": _OV,
+    "inference_function": "deeplab_tf.export.graph",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

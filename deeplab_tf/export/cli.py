@@ -1,4 +1,5 @@
-"""``deeplab-tf export``: SavedModel for TF Serving and, optionally, TFLite files."""
+"""``deeplab-tf export``: SavedModel for TF Serving and, optionally, TFLite, ONNX and OpenVINO
+files."""
 
 from __future__ import annotations
 
@@ -80,6 +81,23 @@ def register(sub):
         help="also write <out>/tflite/model_<q>.tflite (repeatable)",
     )
     p.add_argument("--tflite-size", type=_size, default=(321, 321), help="HxW, default 321x321")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help='also write <out>/onnx/model.onnx (ONNX Runtime; pip install "deeplab_tf[onnx]")',
+    )
+    p.add_argument(
+        "--openvino",
+        action="store_true",
+        help="also write <out>/openvino/model.xml + model.bin (OpenVINO IR, fp32 inference "
+        'precision recorded; pip install "deeplab_tf[openvino]")',
+    )
+    p.add_argument(
+        "--runtime-size",
+        type=_size,
+        default=None,
+        help="HxW: a fixed input size for --onnx / --openvino (default: any size)",
+    )
     p.add_argument("--calibration-dataset", default="synthetic", help="dataset name for int8")
     p.add_argument("--calibration-root", help="dataset root for int8 calibration")
     p.set_defaults(func=run)
@@ -105,6 +123,11 @@ def run(args):
         if args.crf and not is_remote(args.out):
             h, w = args.tflite_size
             tflite_files.append(("--crf", os.path.join(tflite_dir, f"crf_{h}x{w}.tflite")))
+        if (args.onnx or args.openvino) and is_remote(args.out):
+            raise ValueError(f"--onnx / --openvino write to a local --out only; got {args.out!r}")
+        runtime_files = runtime_outputs(args)
+        check_runtime_packages(args)
+        tflite_files += runtime_files
         inputs = [("the model", args.model), ("--weights", args.weights)]
         check_outputs(tflite_files, inputs, args.overwrite)
     except ValueError as err:
@@ -121,6 +144,7 @@ def run(args):
         raise CLIError(str(err)) from None
     if args.fold_bn:
         model = fuse_for_inference(model)
+    fp32_model = model
     if args.bfloat16:
         model = to_bfloat16(model)
     crf = crf_settings = None
@@ -190,4 +214,52 @@ def run(args):
         except FileExistsError as err:  # written by another export while this one ran
             raise CLIError(str(err)) from None
         print(f"TFLite ({q}, {args.tflite_size[0]}x{args.tflite_size[1]}): {out}")
+    export_runtimes(args, fp32_model, runtime_files)
     return 0
+
+
+def runtime_outputs(args):
+    """``(flag, path)`` of the --onnx / --openvino files under ``--out``."""
+    files = []
+    if args.onnx:
+        files.append(("--onnx", os.path.join(args.out, "onnx", "model.onnx")))
+    if args.openvino:
+        files.append(("--openvino", os.path.join(args.out, "openvino", "model.xml")))
+        files.append(("--openvino", os.path.join(args.out, "openvino", "model.bin")))
+    return files
+
+
+def check_runtime_packages(args):
+    """Refuses --onnx / --openvino before any work when their packages are missing."""
+    import importlib.util
+
+    needed = [("--onnx", m, "onnx") for m in ("tf2onnx", "onnx") if args.onnx]
+    needed += [("--openvino", "openvino", "openvino")] if args.openvino else []
+    for flag, module, extra in needed:
+        if importlib.util.find_spec(module) is None:
+            install = f'pip install "deeplab_tf[{extra}]"'
+            raise ValueError(f"{flag} needs the {module} package: {install}")
+
+
+def export_runtimes(args, model, files):
+    """Writes the --onnx / --openvino files (float32: --bfloat16 applies to the SavedModel)."""
+    from deeplab_tf.errors import CLIError
+
+    settings = dict(scales=tuple(args.scales), flip=args.flip, fusion=args.fusion,
+                    upsample=args.upsample, overwrite=args.overwrite)  # fmt: skip
+    size = args.runtime_size
+    shown = "any size" if size is None else f"{size[0]}x{size[1]}"
+    for flag, path in files:
+        try:
+            if flag == "--onnx":
+                from deeplab_tf.export.onnx import export_onnx
+
+                export_onnx(model, path, size, **settings)
+                print(f"ONNX ({shown}): {path}")
+            elif path.endswith(".xml"):
+                from deeplab_tf.export.openvino import export_openvino
+
+                export_openvino(model, path, size, **settings)
+                print(f"OpenVINO IR ({shown}, f32 inference precision recorded): {path}")
+        except (ImportError, FileExistsError) as err:
+            raise CLIError(str(err)) from None
