@@ -9,7 +9,7 @@ import os
 import sys
 
 from deeplab_tf.cli import fraction, nonneg_int, positive_float, positive_int, unit_float
-from deeplab_tf.inference.outputs import OUTPUT_SUFFIXES
+from deeplab_tf.inference.outputs import OUTPUT_SUFFIXES, plan_outputs  # noqa: F401
 
 
 def add_inference_arguments(p):
@@ -230,46 +230,6 @@ def register(sub):
     )  # fmt: skip
     add_inference_arguments(p)
     p.set_defaults(func=run)
-
-
-def plan_outputs(paths, out, probs: bool = False, protected=(), overwrite: bool = False):
-    """The output files of each input, checked before any work.
-
-    Args:
-        paths: input image paths.
-        out: output folder.
-        probs: also plan ``NAME_probs.npy``.
-        protected: other files the run reads (the model, its weights).
-        overwrite: whether outputs that exist already may be replaced.
-
-    Returns:
-        A list of ``(input, base)``: the outputs of ``input`` are ``base + suffix``.
-
-    Raises:
-        OutputError: an output resolves to an input or to another output of this run (two
-            inputs ``a.jpg`` and ``a.png`` both give ``a.png``), or exists and ``overwrite``
-            is False; the message names the files involved.
-    """
-    from deeplab_tf.atomic import OutputError, check_outputs
-
-    suffixes = OUTPUT_SUFFIXES + (("_probs.npy",) if probs else ())
-    plan, outputs, owner = [], [], {}
-    for path in paths:
-        stem = os.path.splitext(os.path.basename(path))[0] or "image"
-        base = os.path.join(out, stem)
-        for suffix in suffixes:
-            key = os.path.normcase(os.path.realpath(base + suffix))
-            if key in owner:
-                raise OutputError(
-                    f"inputs {owner[key]!r} and {path!r} would both write {base + suffix!r}; "
-                    "predict them into separate --out folders, or rename one"
-                )
-            owner[key] = path
-            outputs.append(("output", base + suffix))
-        plan.append((path, base))
-    inputs = [("an input image", p) for p in paths] + [("a model file", p) for p in protected]
-    check_outputs(outputs, inputs, overwrite)
-    return plan
 
 
 def run(args):

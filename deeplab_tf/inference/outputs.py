@@ -6,6 +6,8 @@ One implementation for the single-process ``deeplab-tf predict`` and the Beam pi
 
 from __future__ import annotations
 
+import os
+
 #: Suffixes of the files written for every image (``_probs.npy`` is optional).
 OUTPUT_SUFFIXES = (".png", "_overlay.png")
 PROBS_SUFFIX = "_probs.npy"
@@ -56,3 +58,47 @@ def write_prediction(
             atomic_write(base + PROBS_SUFFIX, lambda t, a=half: np.save(t, a), overwrite)
         )
     return written
+
+
+def plan_outputs(
+    paths, out, probs: bool = False, protected=(), overwrite: bool = False, check_files=True
+):
+    """The output files of each input, checked before any work.
+
+    Args:
+        paths: input image paths.
+        out: output folder.
+        probs: also plan ``NAME_probs.npy``.
+        protected: other files the run reads (the model, its weights).
+        overwrite: whether outputs that exist already may be replaced.
+        check_files: check the files on disk (False: names only, for an object store).
+
+    Returns:
+        A list of ``(input, base)``: the outputs of ``input`` are ``base + suffix``.
+
+    Raises:
+        OutputError: an output resolves to an input or to another output of this run (two
+            inputs ``a.jpg`` and ``a.png`` both give ``a.png``), or exists and ``overwrite``
+            is False; the message names the files involved.
+    """
+    from deeplab_tf.atomic import OutputError, check_outputs
+
+    suffixes = OUTPUT_SUFFIXES + ((PROBS_SUFFIX,) if probs else ())
+    plan, outputs, owner = [], [], {}
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0] or "image"
+        base = os.path.join(out, stem)
+        for suffix in suffixes:
+            key = os.path.normcase(os.path.realpath(base + suffix))
+            if key in owner:
+                raise OutputError(
+                    f"inputs {owner[key]!r} and {path!r} would both write {base + suffix!r}; "
+                    "predict them into separate --out folders, or rename one"
+                )
+            owner[key] = path
+            outputs.append(("output", base + suffix))
+        plan.append((path, base))
+    if check_files:
+        inputs = [("an input image", p) for p in paths] + [("a model file", p) for p in protected]
+        check_outputs(outputs, inputs, overwrite)
+    return plan
