@@ -15,24 +15,22 @@ def _print_metrics(out):
     print(f"deeplab-tf: beam metrics: {shown}{extra}")
 
 
-def _settings(args, num_classes=None):
-    from deeplab_tf.inference.cli import build_predictor
-
-    _, settings = build_predictor(args, num_classes=num_classes)  # argument errors first
-    settings["preset"] = getattr(args, "preset", None)
+def _settings(args, settings):
+    settings = dict(settings, preset=getattr(args, "preset", None))
     if settings["preset"]:
         settings["model"] = None
     return settings
 
 
-def run_predict(args):
+def run_predict(args, settings):
+    """The Beam path of ``predict``; ``settings``: from ``build_predictor`` (checked)."""
     from deeplab_tf.beam.pipeline import predict_pipeline
     from deeplab_tf.errors import CLIError
 
     if not 0.0 <= args.alpha <= 1.0:
         raise CLIError(f"--alpha must be in [0, 1]. Received: {args.alpha}")
     try:
-        settings = _settings(args)
+        settings = _settings(args, settings)
         out = predict_pipeline(
             args.inputs, args.out, probs=args.probs, palette=args.palette, alpha=args.alpha,
             legend=args.legend, max_pixels=args.max_pixels, overwrite=args.overwrite,
@@ -49,17 +47,17 @@ def run_predict(args):
     return 1 if out["failed"] or out["done"] != out["images"] else 0
 
 
-def run_evaluate(args, info):
+def run_evaluate(args, info, settings, dataset_args, report_scores):
+    """The Beam path of ``evaluate``: ``report_scores`` prints and writes what it does."""
     from deeplab_tf.beam.pipeline import evaluate_pipeline
     from deeplab_tf.errors import CLIError
-    from deeplab_tf.evaluation.cli import _dataset_kwargs, report_scores
 
     if args.save_visuals:
         raise CLIError("--save-visuals is not available with --runner")
     try:
-        settings = _settings(args, num_classes=info.num_classes)
+        settings = _settings(args, settings)
         out = evaluate_pipeline(
-            args.dataset, args.split, args.root, dataset_args=_dataset_kwargs(args.dataset_arg),
+            args.dataset, args.split, args.root, dataset_args=dataset_args,
             limit=args.limit, batch_size=args.batch_size, runner=args.runner,
             pipeline_args=args.pipeline_args, settings=settings,
             log=lambda m: print(f"deeplab-tf: {m}", file=sys.stderr),

@@ -2,7 +2,7 @@
 
 The model (a ``.keras`` file, a registry name plus ``.weights.h5``, or a weights preset) is
 loaded once per worker process by ``RunInference``'s shared handle; a ``gs://`` model file is
-copied to the worker's local disk first (docs/scale-out.md#how-the-model-reaches-workers).
+copied to the worker's local disk first (docs/scale-out.md#how-the-model-file-reaches-workers).
 Each batch holds images of one size at most: a batch from ``BatchElements`` is split by image
 size, every group of more than one untiled image runs as one model call, and the CRF runs per
 image. Per-element failures become the element's result (an exception) instead of failing

@@ -1,4 +1,4 @@
-"""``python -m deeplab_tf.beam.job SPEC RESULT``: one supervised pipeline attempt
+"""``python -m deeplab_tf.beam.job SPEC_FILE RESULT_FILE``: one supervised pipeline attempt
 (:func:`deeplab_tf.beam.pipeline.run_with_retries`); not a user command."""
 
 from __future__ import annotations

@@ -217,9 +217,20 @@ def _run_child(spec, grace: float = 20.0) -> dict:
                 raise WorkerLost(f"Beam worker process(es) {sorted(dead)} died")
     finally:
         log.close()
+        for p in seen:  # workers the job left behind (it failed or was stopped)
+            if _alive(p):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
     if job.returncode != 0 or not os.path.exists(result_path):
         with open(log_path, "rb") as f:
             tail = f.read()[-4000:].decode("utf-8", "replace")
+        # Depending on what was in flight, the runner either waits forever (above) or fails
+        # the job with "Channel closed prematurely" when a worker dies.
+        if lost_at is not None or "Channel closed prematurely" in tail:
+            dead = sorted(p for p in seen if not _alive(p))
+            raise WorkerLost(f"Beam worker process(es) {dead} died; the job failed")
         raise RuntimeError(f"the Beam job failed (exit status {job.returncode}):\n{tail}")
     with open(result_path, "rb") as f:
         return pickle.load(f)

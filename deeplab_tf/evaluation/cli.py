@@ -110,7 +110,8 @@ def run(args):
     if getattr(args, "runner", None):  # the same command on Apache Beam (docs/scale-out.md)
         from deeplab_tf.beam.cli import run_evaluate
 
-        return run_evaluate(args, info)
+        settings = build_predictor(args, num_classes=info.num_classes)[1]
+        return run_evaluate(args, info, settings, _dataset_kwargs(args.dataset_arg), report_scores)
     predictor, settings = build_predictor(args, num_classes=info.num_classes)
     total = info.num_examples
     if args.limit is not None:

@@ -247,7 +247,7 @@ def run(args):
     if getattr(args, "runner", None):  # the same command on Apache Beam (docs/scale-out.md)
         from deeplab_tf.beam.cli import run_predict
 
-        return run_predict(args)
+        return run_predict(args, build_predictor(args)[1])
     if not 0.0 <= args.alpha <= 1.0:
         raise CLIError(f"--alpha must be in [0, 1]. Received: {args.alpha}")
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
