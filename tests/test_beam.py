@@ -201,3 +201,28 @@ def test_predict_pipeline_refuses_bad_input_before_work(tmp_path):
     with pytest.raises(ValueError, match="no such file or directory"):
         predict_pipeline([str(tmp_path / "missing.jpg")], str(tmp_path / "o"), model="x.keras")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.large
+def test_predict_pipeline_runs_an_exported_saved_model(tiny, tmp_path):
+    """The handler also loads `deeplab-tf export`'s SavedModel (MSC built in at export)."""
+    import keras
+
+    from deeplab_tf.beam import predict_pipeline
+    from deeplab_tf.export import export_saved_model
+    from deeplab_tf.inference import MultiScaleInference, Predictor
+
+    net = keras.saving.load_model(tiny / "tiny.keras")
+    version = export_saved_model(net, str(tmp_path / "served"), 1, warmup=False)
+    with pytest.raises(ValueError, match="built in at export"):
+        predict_pipeline(str(tiny / "in"), str(tmp_path / "x"), version, scales=(1.0, 0.5))
+    out = predict_pipeline(str(tiny / "in"), str(tmp_path / "o"), version, probs=True)
+    assert out["done"] == out["images"] == 6 and out["failed"] == []
+    predictor = Predictor(MultiScaleInference(net, scales=(1.0,)))
+    for i in range(6):
+        image = np.asarray(Image.open(tiny / "in" / f"im{i}.png"))
+        want = predictor(image)
+        got = np.load(tmp_path / "o" / f"im{i}_probs.npy").astype(np.float32)
+        np.testing.assert_allclose(got, want, atol=2e-3)
+        label = np.asarray(Image.open(tmp_path / "o" / f"im{i}.png"))
+        assert (label == want.argmax(-1)).mean() > 0.99

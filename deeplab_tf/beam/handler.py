@@ -47,7 +47,20 @@ def predictor_from_settings(settings: dict):
     unknown = sorted(set(settings) - set(SETTINGS_KEYS) - {"classes"})
     if unknown:
         raise ValueError(f"Unknown predictor settings {unknown}; expected {list(SETTINGS_KEYS)}")
-    if settings.get("preset"):
+    model_path = settings.get("model")
+    saved = bool(model_path) and is_saved_model(model_path)
+    if saved:
+        net = SavedModelScores(model_path)
+        fixed = {"scales": [1.0], "flip": False, "fusion": "max"}
+        changed = {k: settings.get(k) for k, v in fixed.items() if settings.get(k, v) != v}
+        if changed or settings.get("weights"):
+            raise ValueError(
+                "An exported SavedModel has its multi-scale settings built in at export "
+                f"(deeplab-tf export --scales ...); leave {sorted(changed) or ['weights']} at "
+                f"their defaults. Received: {changed or settings.get('weights')}"
+            )
+        msc = net
+    elif settings.get("preset"):
         from deeplab_tf.models.deeplab import DeepLabV2
 
         net = load_inference_model(DeepLabV2.from_preset(settings["preset"]))
@@ -56,16 +69,8 @@ def predictor_from_settings(settings: dict):
             weights = settings.get("weights")
             with local_copy(weights) if weights else _nothing() as weights:
                 net = load_inference_model(model, weights, settings.get("num_classes"))
-    scales = list(settings.get("scales") or [1.0])
-    msc = MultiScaleInference(
-        net,
-        scales=scales,
-        fusion=settings.get("fusion", "max"),
-        flip=bool(settings.get("flip", False)),
-        upsample=settings.get("upsample", "caffe"),
-        output="probs",
-        fuse_at=settings.get("fuse_at", "logits") if 1.0 in scales else "image",
-    )
+    if not saved:
+        msc = _wrap(net, settings, MultiScaleInference)
     crf = None
     if settings.get("crf"):
         from deeplab_tf.crf import DenseCRF
@@ -78,6 +83,48 @@ def predictor_from_settings(settings: dict):
         overlap=settings.get("overlap", 1 / 3),
         crf=crf,
     )
+
+
+def _wrap(net, settings, MultiScaleInference):
+    scales = list(settings.get("scales") or [1.0])
+    return MultiScaleInference(
+        net,
+        scales=scales,
+        fusion=settings.get("fusion", "max"),
+        flip=bool(settings.get("flip", False)),
+        upsample=settings.get("upsample", "caffe"),
+        output="probs",
+        fuse_at=settings.get("fuse_at", "logits") if 1.0 in scales else "image",
+    )
+
+
+def is_saved_model(path) -> bool:
+    """Whether ``path`` is a SavedModel folder (``deeplab-tf export``'s version folder)."""
+    from deeplab_tf.beam.filesystems import exists, join
+
+    return exists(join(path, "saved_model.pb"))
+
+
+class SavedModelScores:
+    """An exported SavedModel (``deeplab_tf.export``) as the predictor's model: its
+    ``serving_default`` signature maps float32 RGB images to full-resolution
+    ``probabilities`` (multi-scale settings as exported). Read with ``tf.saved_model.load``,
+    which reads ``gs://`` and other ``tf.io.gfile`` paths itself."""
+
+    stride = 8
+
+    def __init__(self, path):
+        import tensorflow as tf
+
+        self.path = str(path)
+        self._loaded = tf.saved_model.load(self.path)
+        self._fn = self._loaded.signatures["serving_default"]
+        self.num_classes = int(self._fn.structured_outputs["probabilities"].shape[-1])
+
+    def __call__(self, images, training=False):
+        import tensorflow as tf
+
+        return self._fn(images=tf.cast(images, tf.float32))["probabilities"]
 
 
 class _nothing:

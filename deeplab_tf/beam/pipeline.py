@@ -287,7 +287,7 @@ def _build_settings(model, weights, preset, num_classes, scales, fusion, flip, u
         else:
             name = crf if isinstance(crf, str) else None
             if name is None:
-                deeplab = find_deeplab(predictor.model.model)
+                deeplab = find_deeplab(getattr(predictor.model, "model", None))
                 if deeplab is None:
                     raise ValueError("The model does not say its backbone: pass crf='vgg16'|...")
                 name = deeplab.backbone
