@@ -7,7 +7,7 @@ import sys
 
 def _print_metrics(out):
     m = {"images_done": 0, "failures": 0, **out.get("metrics", {})}  # unset counters: 0
-    keys = ("images_done", "failures", "model_loads", "crf_ms_sum", "crf_ms_mean", "model_ms_mean")
+    keys = ("images_done", "failures", "crf_ms_sum", "crf_ms_mean", "model_ms_mean")
     shown = ", ".join(f"{k}={m[k]}" for k in keys if k in m)
     extra = f", attempts={out['attempts']}"
     if out.get("resumed"):

@@ -155,7 +155,6 @@ class DeepLabModelHandler(ModelHandler):
         super().__init__()
 
     def load_model(self):
-        beam.metrics.Metrics.counter(NAMESPACE, "model_loads").inc()
         return predictor_from_settings(self._settings)
 
     def batch_elements_kwargs(self):
