@@ -103,9 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_pipeline_args(argv):
+    """``(argv, beam options)``: with ``--runner`` given, what follows a ``--`` is Beam's."""
+    if "--" in argv:
+        i = argv.index("--")
+        if any(a == "--runner" or a.startswith("--runner=") for a in argv[:i]):
+            return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
 def main(argv=None) -> int:
     parser = build_parser()
+    argv, pipeline_args = _split_pipeline_args(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
+    args.pipeline_args = pipeline_args
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

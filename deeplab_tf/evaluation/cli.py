@@ -93,8 +93,7 @@ def check_evaluate_outputs(args):
 def run(args):
     from deeplab_tf.data import load_dataset
     from deeplab_tf.errors import CLIError
-    from deeplab_tf.evaluation.evaluate import evaluate, write_json
-    from deeplab_tf.evaluation.metrics import format_table
+    from deeplab_tf.evaluation.evaluate import evaluate
     from deeplab_tf.inference.cli import build_predictor
     from deeplab_tf.inference.progress import Progress
 
@@ -108,6 +107,11 @@ def run(args):
     except (ValueError, FileNotFoundError, OSError) as err:
         raise CLIError(f"cannot load dataset {args.dataset!r} ({args.split}): {err}") from None
 
+    if getattr(args, "runner", None):  # the same command on Apache Beam (docs/scale-out.md)
+        from deeplab_tf.beam.cli import run_evaluate
+
+        settings = build_predictor(args, num_classes=info.num_classes)[1]
+        return run_evaluate(args, info, settings, _dataset_kwargs(args.dataset_arg), report_scores)
     predictor, settings = build_predictor(args, num_classes=info.num_classes)
     total = info.num_examples
     if args.limit is not None:
@@ -136,6 +140,15 @@ def run(args):
         bar.close()
     if scores["num_images"] == 0:
         raise CLIError(f"dataset {args.dataset!r} ({args.split}) yielded no images")
+
+    return report_scores(args, info, scores, settings)
+
+
+def report_scores(args, info, scores, settings):
+    """Prints the table and writes ``--report`` (shared by the Beam path)."""
+    from deeplab_tf.errors import CLIError
+    from deeplab_tf.evaluation.evaluate import write_json
+    from deeplab_tf.evaluation.metrics import format_table
 
     print(f"{info.name} {args.split}: {scores['num_images']} images, {scores['seconds']:.1f} s")
     print(format_table(scores, info.class_names))

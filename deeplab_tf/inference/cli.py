@@ -9,6 +9,7 @@ import os
 import sys
 
 from deeplab_tf.cli import fraction, nonneg_int, positive_float, positive_int, unit_float
+from deeplab_tf.inference.outputs import OUTPUT_SUFFIXES, plan_outputs  # noqa: F401
 
 
 def add_inference_arguments(p):
@@ -64,6 +65,16 @@ def add_inference_arguments(p):
         help="CRF parameters: resnet101, vgg16 or a registry name (default: from the model)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--runner", metavar="RUNNER",
+        help="run on Apache Beam (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner); "
+        'pipeline options follow a "--" (docs/scale-out.md; needs deeplab_tf[beam])',
+    )  # fmt: skip
+    p.add_argument(
+        "--batch-size", type=positive_int, default=1,
+        help="with --runner: images of one size per model call (default 1: bit-identical to "
+        "the single-process path)",
+    )  # fmt: skip
 
 
 def build_predictor(args, num_classes=None):
@@ -221,53 +232,7 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-OUTPUT_SUFFIXES = (".png", "_overlay.png")
-
-
-def plan_outputs(paths, out, probs: bool = False, protected=(), overwrite: bool = False):
-    """The output files of each input, checked before any work.
-
-    Args:
-        paths: input image paths.
-        out: output folder.
-        probs: also plan ``NAME_probs.npy``.
-        protected: other files the run reads (the model, its weights).
-        overwrite: whether outputs that exist already may be replaced.
-
-    Returns:
-        A list of ``(input, base)``: the outputs of ``input`` are ``base + suffix``.
-
-    Raises:
-        OutputError: an output resolves to an input or to another output of this run (two
-            inputs ``a.jpg`` and ``a.png`` both give ``a.png``), or exists and ``overwrite``
-            is False; the message names the files involved.
-    """
-    from deeplab_tf.atomic import OutputError, check_outputs
-
-    suffixes = OUTPUT_SUFFIXES + (("_probs.npy",) if probs else ())
-    plan, outputs, owner = [], [], {}
-    for path in paths:
-        stem = os.path.splitext(os.path.basename(path))[0] or "image"
-        base = os.path.join(out, stem)
-        for suffix in suffixes:
-            key = os.path.normcase(os.path.realpath(base + suffix))
-            if key in owner:
-                raise OutputError(
-                    f"inputs {owner[key]!r} and {path!r} would both write {base + suffix!r}; "
-                    "predict them into separate --out folders, or rename one"
-                )
-            owner[key] = path
-            outputs.append(("output", base + suffix))
-        plan.append((path, base))
-    inputs = [("an input image", p) for p in paths] + [("a model file", p) for p in protected]
-    check_outputs(outputs, inputs, overwrite)
-    return plan
-
-
 def run(args):
-    import numpy as np
-
-    from deeplab_tf.atomic import atomic_write
     from deeplab_tf.data.palettes import label_set
     from deeplab_tf.errors import CLIError
     from deeplab_tf.inference.io import (
@@ -276,9 +241,13 @@ def run(args):
         expand_inputs,
         read_image,
     )
+    from deeplab_tf.inference.outputs import write_prediction
     from deeplab_tf.inference.progress import Progress
-    from deeplab_tf.visualize import legend_strip, overlay, save_label_png, save_rgb_png
 
+    if getattr(args, "runner", None):  # the same command on Apache Beam (docs/scale-out.md)
+        from deeplab_tf.beam.cli import run_predict
+
+        return run_predict(args, build_predictor(args)[1])
     if not 0.0 <= args.alpha <= 1.0:
         raise CLIError(f"--alpha must be in [0, 1]. Received: {args.alpha}")
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
@@ -316,16 +285,9 @@ def run(args):
             for note in notes:
                 bar.write(f"deeplab-tf: note: {path}: {note}")
             probs = predictor(image)
-            label = np.argmax(probs, axis=-1).astype(np.uint8)
-            save_label_png(base + ".png", label, palette, overwrite=keep)
-            overlaid = overlay(image, label, palette, args.alpha)
-            if args.legend:
-                strip = legend_strip(label, palette, class_names, overlaid.shape[1])
-                overlaid = np.concatenate([overlaid, strip], axis=0)
-            save_rgb_png(base + "_overlay.png", overlaid, overwrite=keep)
-            if args.probs:
-                half = probs.astype(np.float16)
-                atomic_write(base + "_probs.npy", lambda t, a=half: np.save(t, a), keep)
+            write_prediction(
+                base, image, probs, palette, args.alpha, args.legend, class_names, args.probs, keep
+            )
             done += 1
         except ImageReadError as err:
             errors.append(str(err))

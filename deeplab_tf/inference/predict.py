@@ -61,11 +61,14 @@ class Predictor:
 
     def __call__(self, image) -> np.ndarray:
         """Scores for one image, refined by the CRF when one was given."""
-        probs = self.scores(image)
-        if self.crf is not None:
-            refined = self.crf(np.asarray(image, dtype=np.uint8)[None], probs[None])
-            probs = np.asarray(refined.numpy() if hasattr(refined, "numpy") else refined)[0]
-        return probs
+        return self.refine(image, self.scores(image))
+
+    def refine(self, image, probs) -> np.ndarray:
+        """``probs``, the ``(H, W, C)`` scores of ``image``, refined by the CRF (if any)."""
+        if self.crf is None:
+            return probs
+        refined = self.crf(np.asarray(image, dtype=np.uint8)[None], probs[None])
+        return np.asarray(refined.numpy() if hasattr(refined, "numpy") else refined)[0]
 
 
 def load_inference_model(model, weights=None, num_classes=None):
