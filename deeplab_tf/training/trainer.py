@@ -474,6 +474,9 @@ def build_model(cfg: dict, num_classes: int):
 
     ``model`` is ``net`` itself, or ``net`` wrapped in :class:`MultiScaleTraining` when
     ``train.msc``; ``train.bn_momentum`` is applied to the trainable BatchNorm layers.
+    ``train.mixed_precision`` (``bfloat16`` / ``float16``) builds ``net`` with the
+    ``mixed_*`` dtype policy (float32 variables); under ``float16`` Keras's ``compile`` wraps
+    the optimizer in a ``LossScaleOptimizer`` (dynamic loss scaling).
     """
     from deeplab_tf.models.registry import create_model
     from deeplab_tf.training.msc import MultiScaleTraining
@@ -481,6 +484,8 @@ def build_model(cfg: dict, num_classes: int):
     mcfg, tcfg = cfg["model"], cfg["train"]
     build_kwargs = {k: v for k, v in mcfg.items() if k != "name"}
     build_kwargs["num_classes"] = num_classes
+    if tcfg["mixed_precision"] != "none":
+        build_kwargs["dtype"] = f"mixed_{tcfg['mixed_precision']}"
     net = create_model(mcfg["name"], **build_kwargs)
     if tcfg["bn_momentum"] is not None:
         set_batchnorm_momentum(net, tcfg["bn_momentum"])
