@@ -68,7 +68,7 @@ def check_split(listing, limit: int | None = None, workers: int = 2) -> dict:
     problems = list(listing.problems)
     with concurrent.futures.ThreadPoolExecutor(max(1, int(workers))) as pool:
         fmt = info.image_format
-        expect = None if (fmt.channels, fmt.dtype) == (3, "uint8") and fmt.path is None else fmt
+        expect = None if fmt.path is None else fmt  # None: RGB files, as the loader does
         results = pool.map(
             lambda ex: _check_one(ex, listing.label_map, listing.rgb_palette, c, expect), examples
         )
