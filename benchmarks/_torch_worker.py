@@ -8,6 +8,7 @@ Modes::
 
     _torch_worker.py infer --weights W.npz --images X.npy --repeats R --out OUT.npz
     _torch_worker.py train --depth 101 --size 321 --micro-batch 5 --accumulation 2 [--msc]
+        [--precision fp32|bf16|fp16]   (bf16/fp16: torch.autocast on CPU; fp16 with GradScaler)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main(argv=None):
     p.add_argument("--accumulation", type=int, default=2)
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--msc", action="store_true")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -72,14 +74,18 @@ def main(argv=None):
             images = rng.integers(0, 256, (args.micro_batch, 3, args.size, args.size))
             labels = rng.integers(0, args.num_classes, (args.micro_batch, args.size, args.size))
             batches.append((torch.from_numpy(images.astype(np.float32)), torch.from_numpy(labels)))
+        autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+        scaler = torch.amp.GradScaler("cpu") if args.precision == "fp16" else None
+        step = {"msc": args.msc, "autocast": autocast, "scaler": scaler}
         start = time.perf_counter()
-        td.train_step(model, optimizer, batches[:1], msc=args.msc)  # warm-up micro-batch
+        td.train_step(model, optimizer, batches[:1], **step)  # warm-up micro-batch
         first = time.perf_counter() - start
         times, losses = [], []
         for _ in range(args.steps):
             start = time.perf_counter()
-            losses.append(td.train_step(model, optimizer, batches, msc=args.msc))
+            losses.append(td.train_step(model, optimizer, batches, **step))
             times.append(time.perf_counter() - start)
+        result["precision"] = args.precision
         result.update({"times_s": times, "first_call_s": first, "losses": losses})
     result["peak_rss_mb"] = _common.peak_rss_mb()
     print(json.dumps(result))

@@ -14,11 +14,19 @@ default inter-op pool (one thread per core) and ``TF_CPU_ALLOCATOR_USE_BFC=true`
 A warm-up micro-batch (tracing) precedes the timed steps; its time is reported as
 ``first_call_s``. Images and labels are random (timing only).
 
+``--precision fp32,bf16,fp16`` also measures Keras mixed precision (``DeepLabV2(dtype=
+"mixed_bfloat16" | "mixed_float16")``; float16 with Keras's dynamic loss scaling) against
+PyTorch's ``torch.autocast("cpu")`` step at the same precision (float16 with ``GradScaler``),
+each in its own process; ``vs_fp32`` is a precision's Keras step time over the Keras fp32 step
+of the same run, and on a CPU with AVX512-BF16 or AMX the bf16 step's target is at most
+``BF16_TARGET`` of it.
+
 Prints JSON on stdout and a table on stderr. Usage::
 
     python -m benchmarks.bench_train                 # full run (about 10 min on 2 cores)
     python -m benchmarks.bench_train --quick         # CI smoke run (ResNet-50, 65 px)
     python -m benchmarks.bench_train --micro-batch 1 --accumulation 2 --msc off
+    python -m benchmarks.bench_train --precision fp32,bf16,fp16 --msc off
 """
 
 from __future__ import annotations
@@ -34,6 +42,22 @@ import time
 from benchmarks import _common
 
 TARGET = 0.8
+#: bf16 step time over the fp32 step on a CPU with native bfloat16 dot products.
+BF16_TARGET = 0.6
+PRECISIONS = ("fp32", "bf16", "fp16")
+#: The DeepLabV2 dtype policy of each precision.
+POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+def _precisions(text):
+    values = [v.strip() for v in str(text).split(",") if v.strip()]
+    bad = [v for v in values if v not in PRECISIONS]
+    if not values or bad or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(
+            f"--precision takes distinct values among {', '.join(PRECISIONS)}, comma-separated. "
+            f"Received: {text!r}"
+        )
+    return sorted(values, key=PRECISIONS.index)  # fp32 first: the others are compared to it
 
 
 def parse_args(argv=None):
@@ -50,6 +74,14 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=1, help="timed optimizer updates")
     p.add_argument("--msc", nargs="+", default=["off", "on"], choices=("off", "on"))
     p.add_argument("--jit-compile", action="store_true", help="compile the Keras step with XLA")
+    p.add_argument(
+        "--precision",
+        type=_precisions,
+        default=["fp32"],
+        help="comma-separated precisions to measure: fp32, bf16 (mixed_bfloat16 / torch "
+        "autocast bfloat16), fp16 (mixed_float16 with loss scaling / autocast float16 with "
+        "GradScaler); default fp32",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
         "--no-bfc",
@@ -78,7 +110,7 @@ def parse_args(argv=None):
     return args
 
 
-def tf_worker(args, msc: bool) -> dict:
+def tf_worker(args, msc: bool, precision: str = "fp32") -> dict:
     threads = _common.configure_threads(args.threads, args.inter_op or None)
     import numpy as np
 
@@ -86,7 +118,7 @@ def tf_worker(args, msc: bool) -> dict:
     from deeplab_tf.training import MultiScaleTraining, paper
 
     name = f"deeplabv2_resnet{args.depth}_aspp_l"
-    model = deeplab_tf.create_model(name, freeze_batchnorm=True)
+    model = deeplab_tf.create_model(name, freeze_batchnorm=True, dtype=POLICY[precision])
     if msc:
         model = MultiScaleTraining(model)
     compile_args = paper(name, accumulation_steps=args.accumulation)
@@ -121,20 +153,38 @@ def tf_worker(args, msc: bool) -> dict:
         "threads": threads,
         "inter_op": args.inter_op or "tf default",
         "bfc_allocator": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "unset"),
+        "precision": precision,
+        "optimizer": type(model.optimizer).__name__,
     }
 
 
-def run_worker(args, framework: str, msc: bool) -> dict:
+def run_worker(args, framework: str, msc: bool, precision: str = "fp32") -> dict:
     if framework == "torch":
-        cmd = [sys.executable, "-m", "benchmarks._torch_worker", "train",
-               "--depth", str(args.depth), "--size", str(args.size),
-               "--micro-batch", str(args.micro_batch), "--accumulation", str(args.accumulation),
-               "--steps", str(args.steps)] + (["--msc"] if msc else [])  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks._torch_worker",
+            "train",
+            "--depth",
+            str(args.depth),
+            "--size",
+            str(args.size),
+            "--micro-batch",
+            str(args.micro_batch),
+            "--accumulation",
+            str(args.accumulation),
+            "--steps",
+            str(args.steps),
+            "--precision",
+            precision,
+        ]
+        cmd += ["--msc"] if msc else []  # fmt: skip
     else:
         cmd = [sys.executable, "-m", "benchmarks.bench_train", "--worker", "tf",
                "--depth", str(args.depth), "--size", str(args.size),
                "--micro-batch", str(args.micro_batch), "--accumulation", str(args.accumulation),
-               "--steps", str(args.steps), "--msc", "on" if msc else "off"]  # fmt: skip
+               "--steps", str(args.steps), "--msc", "on" if msc else "off",
+               "--precision", precision]  # fmt: skip
         if args.jit_compile:
             cmd.append("--jit-compile")
     if args.threads:
@@ -161,41 +211,57 @@ def run_worker(args, framework: str, msc: bool) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     if args.worker == "tf":
-        print(json.dumps(tf_worker(args, args.msc == ["on"])))
+        print(json.dumps(tf_worker(args, args.msc == ["on"], args.precision[0])))
         return
     threads = _common.configure_threads(args.threads)
     has_torch = importlib.util.find_spec("torch") is not None and not args.no_torch
     info = _common.machine_info()
     info["threads"] = threads
     start = time.perf_counter()
+    native_bf16 = bool(info["cpu_flags"].get("avx512_bf16") or info["cpu_flags"].get("amx_bf16"))
     rows = []
     for msc in args.msc:
         on = msc == "on"
-        row = {"msc": msc}
-        if has_torch:
-            row["torch"] = run_worker(args, "torch", on)
-        row["keras"] = run_worker(args, "tf", on)
-        k, t = row["keras"].get("seconds_per_step"), row.get("torch", {}).get("seconds_per_step")
-        row["time_vs_torch"] = _common.ratio(k, t)
-        row["target"] = TARGET
-        row["met"] = None if row["time_vs_torch"] is None else row["time_vs_torch"] <= TARGET
-        if has_torch and "peak_rss_mb" in row["keras"] and "peak_rss_mb" in row["torch"]:
-            row["rss_vs_torch"] = _common.ratio(
-                row["keras"]["peak_rss_mb"], row["torch"]["peak_rss_mb"]
-            )
-        rows.append(row)
-        _common.print_table(
-            [
-                {"msc": msc, "framework": f, **row[f]}
-                for f in ("torch", "keras")
-                if f in row and "error" not in row[f]
-            ],
-            ["msc", "framework", "seconds_per_step", "images_per_s", "first_call_s",
-             "peak_rss_mb"],
-        )  # fmt: skip
-        for f in ("torch", "keras"):
-            if "error" in row.get(f, {}):
-                print(row[f]["error"], file=sys.stderr)
+        fp32_step = None
+        for precision in args.precision:
+            row = {"msc": msc, "precision": precision}
+            if has_torch:
+                row["torch"] = run_worker(args, "torch", on, precision)
+            row["keras"] = run_worker(args, "tf", on, precision)
+            k = row["keras"].get("seconds_per_step")
+            t = row.get("torch", {}).get("seconds_per_step")
+            row["time_vs_torch"] = _common.ratio(k, t)
+            if precision == "fp32":
+                fp32_step = k
+                row["target"] = TARGET
+                row["met"] = (
+                    None if row["time_vs_torch"] is None else row["time_vs_torch"] <= TARGET
+                )
+            else:
+                row["vs_fp32"] = _common.ratio(k, fp32_step)
+                if precision == "bf16":
+                    row["target_vs_fp32"] = BF16_TARGET if native_bf16 else None
+                    row["met"] = (
+                        None if row["vs_fp32"] is None or not native_bf16
+                        else row["vs_fp32"] <= BF16_TARGET
+                    )  # fmt: skip
+            if has_torch and "peak_rss_mb" in row["keras"] and "peak_rss_mb" in row["torch"]:
+                row["rss_vs_torch"] = _common.ratio(
+                    row["keras"]["peak_rss_mb"], row["torch"]["peak_rss_mb"]
+                )
+            rows.append(row)
+            _common.print_table(
+                [
+                    {"msc": msc, "precision": precision, "framework": f, **row[f]}
+                    for f in ("torch", "keras")
+                    if f in row and "error" not in row[f]
+                ],
+                ["msc", "precision", "framework", "seconds_per_step", "images_per_s",
+                 "first_call_s", "peak_rss_mb"],
+            )  # fmt: skip
+            for f in ("torch", "keras"):
+                if "error" in row.get(f, {}):
+                    print(row[f]["error"], file=sys.stderr)
     info["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     report = {
         "benchmark": "train",
@@ -207,6 +273,8 @@ def main(argv=None):
         "accumulation": args.accumulation,
         "frozen_batchnorm": True,
         "jit_compile": bool(args.jit_compile),
+        "precisions": list(args.precision),
+        "bf16_note": _common.bf16_note(info),
         "torch": "same network and loss in PyTorch (benchmarks/torch_deeplab.py)"
         if has_torch
         else "torch not installed (pip install torch) or --no-torch: comparison skipped",

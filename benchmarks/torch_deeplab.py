@@ -246,17 +246,33 @@ def sgd(model, lr: float = 2.5e-4, momentum: float = 0.9, weight_decay: float = 
     )
 
 
-def train_step(model, optimizer, micro_batches, msc: bool = False):
-    """One optimizer update accumulated over ``micro_batches`` (a list of (images, labels))."""
+def train_step(model, optimizer, micro_batches, msc: bool = False, autocast=None, scaler=None):
+    """One optimizer update accumulated over ``micro_batches`` (a list of (images, labels)).
+
+    ``autocast``: ``torch.bfloat16`` / ``torch.float16`` runs the forward pass under
+    ``torch.autocast("cpu", dtype=...)`` (PyTorch's mixed precision; the loss is computed in
+    float32 from float32-cast logits); ``scaler``: a ``torch.amp.GradScaler`` for float16.
+    """
+    import contextlib
+
+    import torch
+
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for images, labels in micro_batches:
-        if msc:
-            loss = sum(deeplab_loss(o, labels) for o in msc_outputs(model, images))
-        else:
-            loss = deeplab_loss(model(images), labels)
+        scope = (
+            torch.autocast("cpu", dtype=autocast) if autocast is not None
+            else contextlib.nullcontext()
+        )  # fmt: skip
+        with scope:
+            outputs = msc_outputs(model, images) if msc else [model(images)]
+        loss = sum(deeplab_loss(o.float(), labels) for o in outputs)
         loss = loss / len(micro_batches)
-        loss.backward()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
         total += float(loss.detach())
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     return total

@@ -78,6 +78,26 @@ def test_bench_train_quick():
 
 @pytest.mark.large
 @pytest.mark.multiprocess
+def test_bench_train_precisions_quick():
+    report, table = run_script(
+        "bench_train.py", "--quick", "--msc", "off", "--precision", "bf16,fp32,fp16"
+    )
+    rows = {r["precision"]: r for r in report["results"]}
+    assert list(rows) == ["fp32", "bf16", "fp16"]  # fp32 first: the others are compared to it
+    for precision, row in rows.items():
+        assert row["keras"]["precision"] == precision and row["keras"]["seconds_per_step"] > 0
+        assert row["keras"]["peak_rss_mb"] > 0
+        if precision != "fp32":
+            assert row["vs_fp32"] > 0
+        if HAS_TORCH:
+            assert row["torch"]["precision"] == precision and row["time_vs_torch"] > 0
+    assert rows["fp16"]["keras"]["optimizer"] == "LossScaleOptimizer"
+    assert rows["bf16"]["keras"]["optimizer"] == "CaffeSGD"
+    assert "bf16" in table
+
+
+@pytest.mark.large
+@pytest.mark.multiprocess
 def test_bench_tflite_quick():
     report, _ = run_script("bench_tflite.py", "--quick")
     rows = report["results"]

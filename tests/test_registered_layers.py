@@ -51,8 +51,9 @@ LAYER_CASES = {
         {"init_kwargs": {}, "input_data": FEATURES, "expected_output_shape": FEATURES.shape},
     ],
     "deeplab_tf>Logits": [
+        # float32 under any global policy (the network's output; documented).
         {"init_kwargs": {"output_stride": 16}, "input_data": LOGITS,
-         "expected_output_shape": LOGITS.shape},
+         "expected_output_shape": LOGITS.shape, "mixed_precision_dtype": "float32"},
     ],
     "deeplab_tf>PaddedConv2D": [
         # dilated, stride 1: the atrous_conv2d path
@@ -70,29 +71,30 @@ LAYER_CASES = {
          "expected_output_shape": IMAGES.shape, "mixed_precision_dtype": "float32"},
     ],
     # MultiScaleInference returns float32 probabilities or logits whatever the wrapped model
-    # computes in (documented in its docstring). Known bug (reported, package code not changed
-    # here): it
-    # defines compute_output_shape but not compute_output_spec, so Keras gives its symbolic
-    # output the policy's compute dtype (bfloat16) while the call returns float32.
+    # computes in (documented in its docstring), in the eager and the symbolic call (its
+    # compute_output_spec says so).
     "deeplab_tf>MultiScaleInference": [
         {"init_kwargs": _wrapper_kwargs(scales=(1.0, 0.5), flip=True), "input_data": IMAGES,
          "expected_output_shape": (2, 19, 22, 3), "mixed_precision_dtype": "float32",
-         "mixed_precision_symbolic_dtype": "bfloat16", "atol": 1e-5},
+         "atol": 1e-5},
         {"init_kwargs": _wrapper_kwargs(scales=(0.75, 1.25), fusion="mean", output="logits",
                                         fuse_at="image", upsample="half_pixel"),
          "input_data": IMAGES, "expected_output_shape": (2, 19, 22, 3),
-         "mixed_precision_dtype": "float32", "mixed_precision_symbolic_dtype": "bfloat16",
-         "atol": 1e-5},
+         "mixed_precision_dtype": "float32", "atol": 1e-5},
     ],
-    # Inference output of the training wrapper: the max-fused logits at the 1x output size.
+    # Inference output of the training wrapper: the max-fused logits at the 1x output size
+    # (float32: the wrapped DeepLabV2's logits layer is float32 under any policy).
     "deeplab_tf>MultiScaleTraining": [
         {"init_kwargs": _wrapper_kwargs(scales=(1.0, 0.75, 0.5)), "input_data": IMAGES,
-         "expected_output_shape": (2, 4, 4, 3), "atol": 1e-5},
+         "expected_output_shape": (2, 4, 4, 3), "mixed_precision_dtype": "float32",
+         "atol": 1e-5},
     ],
-    # DeepLabV2: a registered keras.Model subclass that carries its config.
+    # DeepLabV2: a registered keras.Model subclass that carries its config; its logits layer
+    # is float32 under any policy (the convolutions compute in the policy's dtype).
     "deeplab_tf>DeepLabV2": [
         {"init_kwargs": {"backbone": "mobilenetv2", "head": "aspp_s", "num_classes": 3},
-         "input_data": IMAGES[:1], "expected_output_shape": (1, 3, 3, 3), "atol": 1e-4},
+         "input_data": IMAGES[:1], "expected_output_shape": (1, 3, 3, 3),
+         "mixed_precision_dtype": "float32", "atol": 1e-4},
     ],
 }  # fmt: skip
 # The names files of deeplab_tf 0.1 recorded resolve to the same classes: same contract.

@@ -4,7 +4,8 @@ Used by ``deeplab-tf data check PATH --dataset NAME``. Every example is decoded 
 :func:`deeplab_tf.data.load_dataset` decodes it (same readers, same label mapping), so an
 example that passes the check loads, and one that fails is reported with its file and reason:
 missing files, corrupt images or masks, image/mask size mismatches, label values outside the
-dataset's classes, masks without images.
+dataset's classes, masks without images, and (folders of ``.npy`` / multi-channel TIFF images)
+images whose channel count or dtype differs from the split's or is not supported.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from deeplab_tf.data.readers import DatasetError, decode_example
 DEFAULT_SPLITS = {n: d["check_splits"] for n, d in DATASETS.items() if d["lister"]}
 
 
-def _check_one(example, label_map, rgb_palette, num_classes):
+def _check_one(example, label_map, rgb_palette, num_classes, image_format=None):
     try:
-        image, label = decode_example(example, label_map, rgb_palette)
+        image, label = decode_example(example, label_map, rgb_palette, image_format)
     except DatasetError as err:
         problem = err.as_problem()
         problem["id"] = problem["id"] or example.id
@@ -66,8 +67,10 @@ def check_split(listing, limit: int | None = None, workers: int = 2) -> dict:
     sizes = []
     problems = list(listing.problems)
     with concurrent.futures.ThreadPoolExecutor(max(1, int(workers))) as pool:
+        fmt = info.image_format
+        expect = None if fmt.path is None else fmt  # None: RGB files, as the loader does
         results = pool.map(
-            lambda ex: _check_one(ex, listing.label_map, listing.rgb_palette, c), examples
+            lambda ex: _check_one(ex, listing.label_map, listing.rgb_palette, c, expect), examples
         )
         for stats, problem in results:
             if problem is not None:
@@ -87,6 +90,12 @@ def check_split(listing, limit: int | None = None, workers: int = 2) -> dict:
         "ignore_pixels": int(ignore),
         "min_size": sizes.min(0).tolist() if len(sizes) else None,
         "max_size": sizes.max(0).tolist() if len(sizes) else None,
+        "image_format": {
+            "channels": info.image_format.channels,
+            "dtype": info.image_format.dtype,
+            "stored_dtype": info.image_format.stored_dtype,
+            "from": info.image_format.path,
+        },
         "problems": problems,
         "warnings": list(listing.warnings),
     }
@@ -158,6 +167,14 @@ def format_report(report: dict, max_problems: int = 20) -> str:
             f"[{split}] {r['num_listed']} listed, {r['num_checked']} checked, {r['num_ok']} ok, "
             f"{len(r['problems'])} problem(s); sizes {r['min_size']} .. {r['max_size']} (HxW)"
         )
+        fmt = r.get("image_format")
+        if fmt and fmt["from"]:
+            stored = (
+                "" if fmt["stored_dtype"] == fmt["dtype"] else f" (stored {fmt['stored_dtype']})"
+            )
+            lines.append(
+                f"  images: {fmt['channels']} channel(s), {fmt['dtype']}{stored}, as {fmt['from']}"
+            )
         total = sum(r["class_pixels"].values()) + r["ignore_pixels"]
         lines.append(f"  {'class':20s} {'images':>8s} {'pixels':>14s} {'share':>7s}")
         for name, px in r["class_pixels"].items():

@@ -1,8 +1,17 @@
 """A folder of the user's own image/mask pairs.
 
-Layout: ``images/<stem>.<jpg|png|...>`` and ``masks/<stem>.png`` with matching stems. Masks are
-palette PNGs (indices) or grey PNGs (values) holding class ids ``0..num_classes-1`` and 255 for
-ignore; RGB colour masks are accepted when a ``palette`` is given (each colour -> its index).
+Layout: ``images/<stem>.<jpg|png|...|tif|npy>`` and ``masks/<stem>.<png|npy>`` with matching
+stems. Masks are palette PNGs (indices), grey PNGs (values) or 2-D integer ``.npy`` arrays
+holding class ids ``0..num_classes-1`` and 255 for ignore; RGB colour masks are accepted when a
+``palette`` is given (each colour -> its index).
+
+Images with any number of channels (medical, remote sensing): ``.npy`` arrays ``(H, W)`` /
+``(H, W, C)`` and TIFFs read with tifffile (the ``[tiff]`` extra; ``(H, W, C)`` or planar
+``(C, H, W)``), in any of :data:`~deeplab_tf.data.readers.ARRAY_IMAGE_DTYPES`. The first
+image sets the split's format (``info.image_format``: channels, and uint8 or float32 for the
+other dtypes, values kept); every image is probed (headers only) when the split is listed, and
+one with other channels or another dtype is reported naming the file. Train them with
+``DeepLabV2(input_channels=C, channel_mean=..., channel_std=...)``.
 
 Splits: ``<root>/<split>/{images,masks}``, ``<root>/{images,masks}/<split>``, or a
 ``<root>/<split>.txt`` list of stems. A folder without any of these is one split, returned for
@@ -18,7 +27,17 @@ import numpy as np
 from deeplab_tf.data.info import DatasetInfo
 from deeplab_tf.data.listing import DatasetListing, check_root, make_examples
 from deeplab_tf.data.palettes import IGNORE_LABEL, voc_palette
-from deeplab_tf.data.readers import IMAGE_EXTENSIONS, DatasetError, LabelMap, read_id_list
+from deeplab_tf.data.readers import (
+    DATASET_IMAGE_EXTENSIONS,
+    MASK_EXTENSIONS,
+    RGB_FORMAT,
+    DatasetError,
+    LabelMap,
+    _is_array_image,
+    mismatch_error,
+    probe_image,
+    read_id_list,
+)
 
 
 def _stems(folder, exts):
@@ -34,6 +53,34 @@ def _stems(folder, exts):
                 )
             out[stem] = os.path.join(folder, name)
     return out
+
+
+def _mask_format(path) -> str:
+    return "npy" if path is not None and path.lower().endswith(".npy") else "png"
+
+
+def _image_format(examples):
+    """``(format, examples, problems)``: the split's image format (its first image's) and the
+    examples whose images have it; each other image (other channels or dtype, unsupported
+    dtype, unreadable header) is one problem naming its file. Only array images (``.npy``,
+    TIFF) are probed; a split without any keeps RGB without opening a file."""
+    if not any(_is_array_image(ex.image_path) for ex in examples):
+        return RGB_FORMAT, examples, []
+    reference, kept, problems = None, [], []
+    for ex in examples:
+        try:
+            got = probe_image(ex.image_path, ex.id)
+            if reference is None:
+                reference = got
+            elif (got.channels, got.dtype) != (reference.channels, reference.dtype):
+                raise mismatch_error(ex.image_path, got, reference, ex.id)
+        except DatasetError as err:
+            problem = err.as_problem()
+            problem["id"] = problem["id"] or ex.id
+            problems.append(problem)
+            continue
+        kept.append(ex)
+    return reference or RGB_FORMAT, kept, problems
 
 
 def find_folder_split(root: str, split):
@@ -103,8 +150,8 @@ def list_folder(
         )
     root = check_root(root, "folder")
     images_dir, masks_dir, stems = find_folder_split(root, split)
-    images = _stems(images_dir, IMAGE_EXTENSIONS)
-    masks = _stems(masks_dir, (".png",)) if os.path.isdir(masks_dir) else {}
+    images = _stems(images_dir, DATASET_IMAGE_EXTENSIONS)
+    masks = _stems(masks_dir, MASK_EXTENSIONS) if os.path.isdir(masks_dir) else {}
     items = []
     problems = []
     for stem in stems if stems is not None else sorted(images):
@@ -124,7 +171,9 @@ def list_folder(
                     "error": f"{masks[stem]}: mask has no image.",
                 }
             )
-    examples, missing = make_examples(items, "png")
+    examples, missing = make_examples(items, _mask_format)
+    image_format, examples, bad = _image_format(examples)
+    missing = missing + bad
     rgb_palette = None if palette is None else np.asarray(palette, np.uint8)
     info = DatasetInfo(
         name="folder",
@@ -132,6 +181,7 @@ def list_folder(
         palette=voc_palette() if palette is None else rgb_palette,
         ignore_label=ignore_label,
         num_examples=len(examples),
+        image_format=image_format,
     )
     label_map = LabelMap.identity(len(class_names), ignore_label)
     return DatasetListing(examples, label_map, info, missing, rgb_palette, warnings=problems)

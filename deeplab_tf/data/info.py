@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from deeplab_tf.data.palettes import IGNORE_LABEL, voc_palette
+from deeplab_tf.data.readers import RGB_FORMAT, ImageFormat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +20,8 @@ class DatasetInfo:
         palette: ``(256, 3)`` uint8 RGB colours indexed by class id (255 = ignore).
         ignore_label: label value excluded from losses and metrics.
         num_examples: number of examples in the split, when known.
+        image_format: channels and dtype of the images (:class:`ImageFormat`): RGB uint8, or
+            what a folder of ``.npy`` / multi-channel TIFF images holds.
     """
 
     name: str
@@ -26,6 +29,7 @@ class DatasetInfo:
     palette: np.ndarray = dataclasses.field(default_factory=voc_palette, compare=False)
     ignore_label: int = IGNORE_LABEL
     num_examples: int | None = None
+    image_format: ImageFormat = dataclasses.field(default=RGB_FORMAT, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "class_names", tuple(self.class_names))

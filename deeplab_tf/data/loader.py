@@ -2,7 +2,8 @@
 
 Element spec shared by all datasets (the training pipeline and the evaluator consume it):
 ``image`` uint8 ``(H, W, 3)`` RGB, ``label`` uint8 ``(H, W)`` class ids ``0..C-1`` and 255 =
-ignore, ``id`` a ``tf.string`` scalar.
+ignore, ``id`` a ``tf.string`` scalar. A folder of ``.npy`` / multi-channel TIFF images yields
+``image`` ``(H, W, C)`` uint8 or float32 instead (``info.image_format`` says which).
 
 Files are decoded with Pillow/SciPy inside ``tf.numpy_function`` (parallel ``map``), so a corrupt
 file, a missing file or a label value the dataset does not define fails with an error that names
@@ -70,8 +71,8 @@ def make_dataset(
             shown = "\n  ".join(p["error"] for p in listing.problems[:5])
             more = len(listing.problems) - 5
             raise DatasetError(
-                f"{len(listing.problems)} example(s) of {listing.info.name!r} have missing files:"
-                f"\n  {shown}"
+                f"{len(listing.problems)} example(s) of {listing.info.name!r} have missing or "
+                f"unusable files:\n  {shown}"
                 + (f"\n  ... and {more} more" if more > 0 else "")
                 + "\nPass on_error='skip' to drop them.",
                 path=listing.problems[0]["path"],
@@ -81,25 +82,31 @@ def make_dataset(
             _report(skipped, p)
     examples = list(listing.examples)
     label_map, rgb_palette = listing.label_map, listing.rgb_palette
+    image_format = listing.info.image_format
+    expect = None if image_format.path is None else image_format  # None: RGB files
     skip = on_error == "skip"
 
     def decode(index):
         ex = examples[int(index)]
         try:
-            image, label = decode_example(ex, label_map, rgb_palette)
+            image, label = decode_example(ex, label_map, rgb_palette, expect)
         except DatasetError as err:
             if not skip:
                 raise
             _report(skipped, err.as_problem())
-            image, label = np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), np.uint8)
+            image = np.zeros((0, 0, image_format.channels), image_format.dtype)
+            label = np.zeros((0, 0), np.uint8)
             return image, label, np.bytes_(ex.id.encode()), np.False_
         return image, label, np.bytes_(ex.id.encode()), np.True_
 
     def decode_tf(index):
         image, label, ex_id, ok = tf.numpy_function(
-            decode, [index], [tf.uint8, tf.uint8, tf.string, tf.bool], stateful=False
+            decode,
+            [index],
+            [tf.as_dtype(image_format.dtype), tf.uint8, tf.string, tf.bool],
+            stateful=False,
         )
-        image.set_shape([None, None, 3])
+        image.set_shape([None, None, image_format.channels])
         label.set_shape([None, None])
         ex_id.set_shape([])
         ok.set_shape([])

@@ -19,10 +19,25 @@ import numpy as np
 from deeplab_tf.data.palettes import IGNORE_LABEL, PERSON_PART_MERGE
 
 #: Label file formats :func:`read_label` understands.
-LABEL_FORMATS = ("png", "sbd_mat", "context_mat", "pascal_part_mat", "cocostuff_mat")
+LABEL_FORMATS = ("png", "npy", "sbd_mat", "context_mat", "pascal_part_mat", "cocostuff_mat")
 
 #: File extensions read as images: image folders of datasets, ``predict`` on a directory.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+#: Image files a dataset folder may hold: the RGB formats above (``.tif``/``.tiff`` with any
+#: number of channels, read with tifffile) and NumPy ``.npy`` arrays; see :func:`read_image`.
+DATASET_IMAGE_EXTENSIONS = IMAGE_EXTENSIONS + (".npy",)
+
+#: Files :func:`read_image` reads as arrays (any channel count, the stored dtype).
+ARRAY_IMAGE_EXTENSIONS = (".npy", ".tif", ".tiff")
+
+#: Stored dtypes of array images. uint8 images stay uint8 (values 0..255, like RGB files); the
+#: others become float32 with their values kept (the model's ``preprocessing="normalize"``
+#: with per-channel ``channel_mean``/``channel_std`` maps them to the network's range).
+ARRAY_IMAGE_DTYPES = ("uint8", "int8", "uint16", "int16", "float16", "float32", "float64")
+
+#: Mask files of folder datasets: index PNGs and 2-D integer ``.npy`` arrays.
+MASK_EXTENSIONS = (".png", ".npy")
 
 #: Default ceiling on decoded pixels (width x height) of a user's image; 8K UHD is 33 MP.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -273,14 +288,232 @@ def _png_header_size(path):
     return None
 
 
-def read_image(path: str, example_id: str | None = None) -> np.ndarray:
-    """Reads a dataset image as ``(H, W, 3)`` uint8 RGB, as stored (no EXIF rotation), with
-    the conversions of :func:`decode_image`.
+@dataclasses.dataclass(frozen=True)
+class ImageFormat:
+    """What a dataset's images hold: ``channels`` and the ``dtype`` the loader yields
+    (``"uint8"``, or ``"float32"`` for array images stored in another dtype), with the stored
+    dtype and the file they were read from (for messages)."""
+
+    channels: int = 3
+    dtype: str = "uint8"
+    stored_dtype: str = "uint8"
+    path: str | None = None
+
+    def describe(self) -> str:
+        stored = "" if self.stored_dtype == self.dtype else f", stored as {self.stored_dtype}"
+        return f"{self.channels} channel(s) of {self.dtype}{stored}"
+
+
+#: The format of RGB image files (every conversion of :func:`decode_image` ends there).
+RGB_FORMAT = ImageFormat()
+
+
+def _tifffile(path):
+    try:
+        import tifffile
+    except ImportError as err:
+        raise ImportError(
+            f"Reading {path} (a TIFF image with any number of channels) needs tifffile: "
+            'pip install "deeplab_tf[tiff]"'
+        ) from err
+    return tifffile
+
+
+def _array_fail(path, message, example_id=None, kind="format"):
+    return ImageReadError(f"{path}: {message}", path=path, example_id=example_id, kind=kind)
+
+
+def _to_hwc(shape, axes, path, example_id):
+    """The transpose order taking an array with tifffile ``axes`` to ``(H, W, C)``."""
+    if "Y" not in axes or "X" not in axes:
+        raise _array_fail(path, f"TIFF axes {axes!r} have no Y and X", example_id)
+    rest = [i for i, a in enumerate(axes) if a not in "YX"]
+    if len(rest) > 1:
+        raise _array_fail(
+            path,
+            f"TIFF holds a {len(shape)}-D array (axes {axes!r}, shape {tuple(shape)}); expected "
+            "(H, W) or (H, W, C) / (C, H, W) channels",
+            example_id,
+        )
+    return [axes.index("Y"), axes.index("X")] + rest
+
+
+def _read_array(path, example_id=None, header_only=False):
+    """``(array or None, shape (H, W, C), stored dtype)`` of a ``.npy`` or TIFF image."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npy":
+        try:
+            arr = np.load(path, mmap_mode="r" if header_only else None, allow_pickle=False)
+        except Exception as err:  # noqa: BLE001 - NumPy raises many types for corrupt files
+            raise _array_fail(
+                path, f"cannot read .npy array ({type(err).__name__}: {err})", example_id, "corrupt"
+            ) from None
+        if arr.ndim not in (2, 3):
+            raise _array_fail(
+                path, f"array has shape {arr.shape}; expected (H, W) or (H, W, C)", example_id
+            )
+        shape = arr.shape if arr.ndim == 3 else (*arr.shape, 1)
+        return (None if header_only else arr.reshape(shape)), shape, arr.dtype
+    tifffile = _tifffile(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            order = _to_hwc(series.shape, series.axes, path, example_id)
+            shape = tuple(series.shape[i] for i in order)
+            shape = shape if len(shape) == 3 else (*shape, 1)
+            arr = None if header_only else np.transpose(series.asarray(), order).reshape(shape)
+            return arr, shape, np.dtype(series.dtype)
+    except ImageReadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - tifffile raises many types for corrupt files
+        raise _array_fail(
+            path, f"cannot read TIFF ({type(err).__name__}: {err})", example_id, "corrupt"
+        ) from None
+
+
+def _check_array_dtype(dtype, path, example_id):
+    if np.dtype(dtype).name not in ARRAY_IMAGE_DTYPES:
+        raise _array_fail(
+            path,
+            f"image dtype {np.dtype(dtype).name} is not supported; expected one of "
+            f"{', '.join(ARRAY_IMAGE_DTYPES)}",
+            example_id,
+        )
+
+
+def _is_array_image(path) -> bool:
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext == ".npy":
+        return True
+    if ext not in ARRAY_IMAGE_EXTENSIONS:
+        return False
+    try:
+        import tifffile  # noqa: F401
+    except ImportError:
+        # Without tifffile, TIFFs Pillow decodes (RGB, grey, palette) are read as before; a
+        # multi-channel one fails in Pillow and then asks for tifffile.
+        return not _pillow_reads(path)
+    return True
+
+
+def _pillow_reads(path) -> bool:
+    """Whether Pillow reads the TIFF as what it is: one or three samples per pixel, stored
+    interleaved (Pillow silently reads only the first plane of a planar or 4+-sample TIFF)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            tags = getattr(img, "tag_v2", {})
+            samples, planar = int(tags.get(277, 1)), int(tags.get(284, 1))
+            img.load()
+            return samples in (1, 3) and (planar == 1 or samples == 1)
+    except Exception:  # noqa: BLE001 - any failure means Pillow cannot read it
+        return False
+
+
+def probe_image(path, example_id: str | None = None) -> ImageFormat:
+    """The :class:`ImageFormat` of one dataset image, reading as little as possible (the
+    header of ``.npy`` and TIFF files; RGB files give :data:`RGB_FORMAT`).
 
     Raises:
-        DatasetError: the file is missing or cannot be decoded (an :class:`ImageReadError`).
+        DatasetError: a missing or unreadable file, or an array of an unsupported shape or
+            dtype; the message names the file.
+        ImportError: a TIFF Pillow cannot read without tifffile installed.
     """
-    return decode_image(path, orient=False, example_id=example_id)[0]
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageReadError(
+            f"{path}: no such file", path=path, example_id=example_id, kind="missing"
+        )
+    if not _is_array_image(path):
+        return dataclasses.replace(RGB_FORMAT, path=path)
+    _, shape, dtype = _read_array(path, example_id, header_only=True)
+    _check_array_dtype(dtype, path, example_id)
+    out = "uint8" if dtype == np.uint8 else "float32"
+    return ImageFormat(int(shape[2]), out, np.dtype(dtype).name, path)
+
+
+def read_image(path: str, example_id: str | None = None, expect: ImageFormat | None = None):
+    """Reads a dataset image as ``(H, W, C)``, as stored (no EXIF rotation): the one dataset
+    image reader.
+
+    JPEG, PNG and the other RGB formats give ``(H, W, 3)`` uint8 RGB with the conversions of
+    :func:`decode_image`. ``.npy`` arrays (``(H, W)`` or ``(H, W, C)``) and TIFFs (read with
+    tifffile, the ``[tiff]`` extra: ``(H, W)``, ``(H, W, C)`` or planar ``(C, H, W)``) keep
+    their channels: uint8 stays uint8, the other :data:`ARRAY_IMAGE_DTYPES` become float32
+    with their values kept.
+
+    Args:
+        path: the image file.
+        example_id: id for error messages.
+        expect: the dataset's :class:`ImageFormat` (from :func:`probe_image` on its first
+            image); an image with other channels or another dtype is an error.
+
+    Raises:
+        DatasetError: the file is missing or cannot be decoded (an :class:`ImageReadError`),
+            or has an unsupported dtype, or differs from ``expect``; the message names it.
+    """
+    path = os.fspath(path)
+    if not _is_array_image(path):
+        image = decode_image(path, orient=False, example_id=example_id)[0]
+        got = RGB_FORMAT
+    else:
+        if not os.path.isfile(path):
+            raise ImageReadError(
+                f"{path}: no such file", path=path, example_id=example_id, kind="missing"
+            )
+        image, shape, dtype = _read_array(path, example_id)
+        _check_array_dtype(dtype, path, example_id)
+        if 0 in shape:
+            raise _array_fail(path, f"image is empty (shape {tuple(shape)})", example_id, "corrupt")
+        got = ImageFormat(int(shape[2]), "uint8" if dtype == np.uint8 else "float32", dtype.name)
+        image = np.ascontiguousarray(image, dtype=got.dtype)
+    if expect is not None and (got.channels, got.dtype) != (expect.channels, expect.dtype):
+        raise mismatch_error(path, got, expect, example_id)
+    return image
+
+
+def mismatch_error(path, got: ImageFormat, expect: ImageFormat, example_id=None):
+    """The DatasetError for an image whose format differs from the dataset's."""
+    return ImageReadError(
+        f"{path}: image has {got.describe()} but the dataset's images have {expect.describe()}"
+        + (f" (read from {expect.path})" if expect.path else "")
+        + "; every image of a dataset needs the same channels and dtype.",
+        path=path,
+        example_id=example_id,
+        kind="channels" if got.channels != expect.channels else "dtype",
+    )
+
+
+def read_npy_mask(path: str, example_id: str | None = None) -> np.ndarray:
+    """Reads a ``.npy`` mask: a 2-D integer (or bool) array of raw label values, as int32.
+
+    Raises:
+        DatasetError: missing or unreadable, not 2-D or not integer; the message names it.
+    """
+    if not os.path.isfile(path):
+        raise DatasetError(
+            f"{path}: mask file not found.", path=path, example_id=example_id, kind="missing"
+        )
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 - NumPy raises many types for corrupt files
+        raise DatasetError(
+            f"{path}: cannot read .npy mask ({type(err).__name__}: {err}).",
+            path=path,
+            example_id=example_id,
+            kind="corrupt",
+        ) from None
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        raise DatasetError(
+            f"{path}: a .npy mask must be a 2-D integer array of class ids. Received "
+            f"{arr.dtype} {arr.shape}.",
+            path=path,
+            example_id=example_id,
+        )
+    return arr.astype(np.int32)
 
 
 def read_index_png(
@@ -525,6 +758,8 @@ def read_label(
     """Reads a label file of any supported format as raw ``(H, W)`` int32 values."""
     if label_format == "png":
         return read_index_png(path, example_id, palette=palette)
+    if label_format == "npy":
+        return read_npy_mask(path, example_id)
     if label_format == "sbd_mat":
         return read_sbd_mat(path, example_id)
     if label_format == "context_mat":
@@ -537,17 +772,20 @@ def read_label(
 
 
 def decode_example(
-    example: Example, label_map: LabelMap, rgb_palette=None
+    example: Example, label_map: LabelMap, rgb_palette=None, image_format=None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Reads one example: ``(image (H, W, 3) uint8, label (H, W) uint8 train ids)``.
+    """Reads one example: ``(image (H, W, C), label (H, W) uint8 train ids)``.
 
-    Unlabelled examples (``label_path`` None) get an all-``ignore_label`` mask.
+    The image is ``(H, W, 3)`` uint8 RGB, or what ``image_format`` (the dataset's
+    :class:`ImageFormat`) says for array images. Unlabelled examples (``label_path`` None) get
+    an all-``ignore_label`` mask.
 
     Raises:
-        DatasetError: missing or corrupt files, unknown label values, or image/label sizes
-            that differ; the message names the file.
+        DatasetError: missing or corrupt files, unknown label values, image/label sizes that
+            differ, or an image whose channels or dtype differ from ``image_format``; the
+            message names the file.
     """
-    image = read_image(example.image_path, example.id)
+    image = read_image(example.image_path, example.id, expect=image_format)
     if example.label_path is None:
         return image, np.full(image.shape[:2], label_map.ignore_label, np.uint8)
     raw = read_label(example.label_path, example.label_format, example.id, palette=rgb_palette)

@@ -135,6 +135,11 @@ class MultiScaleInference(MultiScaleWrapper):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[1], input_shape[2], self.num_classes)
 
+    def compute_output_spec(self, images, training=False):
+        # call() returns float32 whatever the policy computes in; without this Keras would give
+        # the symbolic output the policy's compute dtype (bfloat16 under mixed_bfloat16).
+        return keras.KerasTensor(self.compute_output_shape(images.shape), dtype="float32")
+
     def get_config(self):
         return {
             **super().get_config(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -21,9 +22,14 @@ class Logits(keras.layers.Layer):
 
     Downstream code (multi-scale inference, label shrinking, export) reads
     ``model.get_layer("logits").output_stride`` instead of guessing it.
+
+    float32 unless given another ``dtype``, whatever the global policy: under mixed precision
+    the logits leave the network in float32 (Keras's advice for the output layer), so losses,
+    metrics, predictions and exports see float32.
     """
 
     def __init__(self, output_stride: int = 8, **kwargs):
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.output_stride = int(output_stride)
 
@@ -226,6 +232,14 @@ class DeepLabV2(keras.Model):
         preprocessing: ``"caffe"``, ``"tf"`` or ``"normalize"`` (``(x - channel_mean) /
             channel_std``); ``None`` takes the backbone's (``"tf"`` for
             MobileNetV2, whose ImageNet weights expect [-1, 1]).
+        dtype: the dtype policy of the network's layers, passed the way keras-hub's backbones
+            take it: ``None`` (Keras's global policy), ``"float32"``, ``"mixed_bfloat16"`` or
+            ``"mixed_float16"`` (mixed precision, docs/training.md#mixed-precision: variables
+            stay float32, convolutions compute in bfloat16 / float16), or a
+            ``keras.DTypePolicy``. Preprocessing and the ``logits`` layer stay float32 under
+            any policy, so the model takes 0..255 images at full precision and returns float32
+            logits (losses, metrics, predictions and exports see float32). Recorded in the
+            config (as the policy's name) and kept by ``.keras`` files.
         name: model name; defaults to ``deeplabv2_{backbone}_{head}``. Nothing reads it.
 
     Example:
@@ -254,8 +268,10 @@ class DeepLabV2(keras.Model):
         channel_mean=None,
         channel_std=None,
         name: str | None = None,
+        dtype=None,
         **kwargs,
     ):
+        policy = _check_dtype(dtype)
         weights, preset = _check_weights(weights, backbone, head)
         if num_classes is None:
             num_classes = (preset or {}).get("num_classes") or 21
@@ -274,17 +290,25 @@ class DeepLabV2(keras.Model):
         else:
             pre = Preprocess(mode=preprocessing, name="preprocess")
         x = pre(images)
-        if backbone == "vgg16":
-            x = vgg16_features(x)
-            x = vgg_head(x, num_classes, rates, dropout=dropout, pool5a=pool5a)
-        elif backbone == "mobilenetv2":
-            x = mobilenetv2_features(x, output_stride, freeze_batchnorm)
-            x = conv_head(x, num_classes, rates)
-        else:
-            x = resnet_features(x, int(backbone[len("resnet") :]), freeze_batchnorm, output_stride)
-            x = conv_head(x, num_classes, rates)
+        # The builders' layers take the policy as their default (they are created while it is
+        # the global one); the previous global policy is restored whatever happens.
+        with _global_dtype_policy(policy):
+            if backbone == "vgg16":
+                x = vgg16_features(x)
+                x = vgg_head(x, num_classes, rates, dropout=dropout, pool5a=pool5a)
+            elif backbone == "mobilenetv2":
+                x = mobilenetv2_features(x, output_stride, freeze_batchnorm)
+                x = conv_head(x, num_classes, rates)
+            else:
+                depth = int(backbone[len("resnet") :])
+                x = resnet_features(x, depth, freeze_batchnorm, output_stride)
+                x = conv_head(x, num_classes, rates)
+        # float32 output under any policy (Keras's mixed-precision advice for the last layer).
         logits = Logits(output_stride, name="logits")(x)
         super().__init__(images, logits, name=name or f"deeplabv2_{backbone}_{head}", **kwargs)
+        # Functional models take no dtype argument; keras-hub sets the policy afterwards too.
+        # Keras's compile() reads it (mixed_float16: wraps the optimizer in LossScaleOptimizer).
+        self.dtype_policy = policy
 
         self.backbone = backbone
         self.head = head
@@ -406,6 +430,7 @@ class DeepLabV2(keras.Model):
             "input_channels": self.input_channels,
             "channel_mean": self.channel_mean,
             "channel_std": self.channel_std,
+            "dtype": self.dtype_policy.name,
         }
 
     @classmethod
@@ -415,6 +440,34 @@ class DeepLabV2(keras.Model):
 
 #: Files that the converter reads (through the weights cache's registered converter).
 SOURCE_EXTENSIONS = (".caffemodel", ".pth", ".pt")
+
+
+#: The dtype policies DeepLabV2 takes by name (a ``keras.DTypePolicy`` of one of them works too).
+DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
+
+
+def _check_dtype(dtype):
+    """The ``keras.DTypePolicy`` for ``dtype`` (None: the global one), else a ValueError."""
+    if dtype is None:
+        return keras.config.dtype_policy()
+    name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else None
+    name = name or getattr(dtype, "name", dtype)
+    if name not in DTYPE_POLICIES:
+        raise ValueError(
+            f"dtype must be None (the global policy) or one of {DTYPE_POLICIES}. "
+            f"Received: dtype={dtype!r}"
+        )
+    return keras.dtype_policies.get(name)
+
+
+@contextlib.contextmanager
+def _global_dtype_policy(policy):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _check_weights(weights, backbone, head):

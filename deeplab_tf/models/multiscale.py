@@ -208,11 +208,18 @@ class MultiScaleWrapper(keras.Model):
         model: a ``keras.Model`` mapping RGB 0..255 images ``(N, H, W, 3)`` to logits.
         scales: image scales, distinct, each in (0, 4].
         name: model name.
+
+    The wrapper takes the wrapped model's dtype policy (not saved: it is the model's).
     """
 
     def __init__(self, model, scales, name=None, **kwargs):
         check_model(model)
         scales = check_scales(scales)
+        # The wrapper has the wrapped model's dtype policy (so that compile() wraps the
+        # optimizer in a LossScaleOptimizer under mixed_float16), but does not cast its inputs:
+        # the images reach the model (whose preprocessing is float32) at full precision.
+        kwargs.setdefault("dtype", model.dtype_policy)
+        kwargs.setdefault("autocast", False)
         super().__init__(name=name, **kwargs)
         self.model = model
         self.scales = scales

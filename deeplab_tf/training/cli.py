@@ -12,7 +12,7 @@ from deeplab_tf.training.config_files import (  # noqa: F401  (re-exported for c
     load_yaml,
     shipped_configs,
 )
-from deeplab_tf.training.schema import OHEM_MODES, WEIGHTING_METHODS
+from deeplab_tf.training.schema import MIXED_PRECISION, OHEM_MODES, WEIGHTING_METHODS
 
 
 def register(sub):
@@ -74,6 +74,13 @@ def register(sub):
         metavar="N",
         help="pixels per image OHEM keeps at least, at the loss's resolution "
         "(shortcut for --set train.ohem_min_kept=N)",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        choices=MIXED_PRECISION,
+        help="train with Keras mixed precision: bfloat16 (mixed_bfloat16) or float16 "
+        "(mixed_float16, with dynamic loss scaling); variables stay float32 "
+        "(shortcut for --set train.mixed_precision=...)",
     )
     p.add_argument(
         "--restart",
@@ -140,6 +147,7 @@ def run(args):
         ("ohem", "ohem"),
         ("ohem_threshold", "ohem_threshold"),
         ("ohem_min_kept", "ohem_min_kept"),
+        ("mixed_precision", "mixed_precision"),
     ):
         if getattr(args, flag) is not None:
             config.setdefault("train", {})[key] = getattr(args, flag)

@@ -40,9 +40,10 @@ def check_element_spec(dataset: tf.data.Dataset) -> None:
             f"(uint8 (H, W)). Received element_spec: {spec!r}"
         )
     image, label = spec["image"], spec["label"]
-    if image.dtype != tf.uint8 or image.shape.rank != 3 or image.shape[-1] not in (3, None):
+    if image.dtype not in (tf.uint8, tf.float32) or image.shape.rank != 3:
         raise ValueError(
-            "'image' must be uint8 with shape (H, W, 3) (unbatched RGB). "
+            "'image' must be uint8 with shape (H, W, 3) (unbatched RGB), or (H, W, C) uint8 or "
+            "float32 for images with C channels (folders of .npy / multi-channel TIFF images). "
             f"Received: dtype={image.dtype.name}, shape={tuple(image.shape)}"
         )
     if label.dtype != tf.uint8 or label.shape.rank != 2:
@@ -95,9 +96,20 @@ def _validate_common(crop_size, batch_size, mean):
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
     mean = tuple(float(m) for m in mean)
-    if len(mean) != 3:
-        raise ValueError(f"mean must have 3 values (RGB). Received: mean={mean!r}")
+    if not mean:
+        raise ValueError(f"mean must have one value per image channel. Received: mean={mean!r}")
     return (int(crop[0]), int(crop[1])), mean
+
+
+def _check_mean_channels(dataset, mean):
+    """The padding value has one entry per image channel (3 for RGB)."""
+    channels = dataset.element_spec["image"].shape[-1]
+    expected = channels if channels is not None else 3
+    if len(mean) != expected:
+        raise ValueError(
+            f"mean must have one value per image channel: the images have {expected}. "
+            f"Received: mean={mean!r}"
+        )
 
 
 def random_scale(image, label, scales, seed=None):
@@ -192,7 +204,7 @@ def train_transform(
     image, label = random_crop(image, label, crop_size, seeds[1])
     if flip:
         image, label = random_flip(image, label, seeds[2])
-    image = tf.ensure_shape(image, (crop_size[0], crop_size[1], 3))
+    image = tf.ensure_shape(image, (crop_size[0], crop_size[1], len(mean)))
     label = tf.ensure_shape(label, crop_size)
     return image, label
 
@@ -201,7 +213,7 @@ def eval_transform(element, crop_size, mean=CAFFE_RGB_MEAN, ignore_label: int = 
     """One validation example: pad bottom/right then centre crop to ``crop_size``."""
     image, label = pad_to_size(element["image"], element["label"], crop_size, mean, ignore_label)
     image, label = center_crop(image, label, crop_size)
-    return tf.ensure_shape(image, (crop_size[0], crop_size[1], 3)), tf.ensure_shape(
+    return tf.ensure_shape(image, (crop_size[0], crop_size[1], len(mean))), tf.ensure_shape(
         label, crop_size
     )
 
@@ -313,7 +325,8 @@ def train_pipeline(
         crop_size: int or ``(h, w)``; 321 in the paper.
         batch_size: examples per batch (per micro-batch with gradient accumulation).
         scales: random scale factors (``None`` to disable).
-        mean: RGB padding colour (the Caffe mean, so padding is 0 after preprocessing).
+        mean: RGB padding colour (the Caffe mean, so padding is 0 after preprocessing); one
+            value per channel for images with C channels (the model's ``channel_mean``).
         ignore_label: label padding value.
         flip: random horizontal flips.
         shuffle_buffer: shuffle buffer size (0 disables shuffling).
@@ -341,6 +354,7 @@ def train_pipeline(
     """
     check_element_spec(dataset)
     crop, mean = _validate_common(crop_size, batch_size, mean)
+    _check_mean_channels(dataset, mean)
     if scales is not None:
         scales = tuple(float(s) for s in scales)
         if not scales or any(s <= 0 for s in scales):
@@ -428,6 +442,7 @@ def eval_pipeline(
     """
     check_element_spec(dataset)
     crop, mean = _validate_common(crop_size, batch_size, mean)
+    _check_mean_channels(dataset, mean)
     ds = dataset
     if num_classes is not None:
         ds = ds.map(_example_guard(num_classes, ignore_label), num_parallel_calls=tf.data.AUTOTUNE)

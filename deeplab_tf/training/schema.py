@@ -58,6 +58,10 @@ def _pos_int(default=RECIPE, **kw):
     return Field("int", default, lo=1, **kw)
 
 
+#: ``train.mixed_precision`` values: ``none`` (the global policy, float32 by default) or the
+#: compute dtype of a ``mixed_*`` Keras dtype policy.
+MIXED_PRECISION = ("none", "bfloat16", "float16")
+
 _LR_MULT_KEYS = ("weights", "biases", "classifier_weights", "classifier_biases")
 
 SCHEMA: dict[str, dict[str, Field]] = {
@@ -77,6 +81,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
             choices=("vgg16", "resnet50", "resnet101", "resnet152", "mobilenetv2"),
             nullable=True,
         ),
+        # Images with N channels (DeepLabV2's input_channels, channel_mean, channel_std).
+        "input_channels": Field("int", None, lo=1, nullable=True),
+        "channel_mean": Field("floats", None, nullable=True),
+        "channel_std": Field("floats", None, lo=0.0, lo_open=True, nullable=True),
     },
     "data": {
         "name": Field("str", REQUIRED),
@@ -129,6 +137,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "float", None, lo=0.0, hi=1.0, lo_open=True, hi_open=True, nullable=True
         ),  # fmt: skip
         "ohem_min_kept": _pos_int(256),
+        # Mixed precision (docs/training.md#mixed-precision): the model's dtype policy,
+        # mixed_bfloat16 or mixed_float16 (dynamic loss scaling); variables stay float32.
+        "mixed_precision": Field("str", "none", choices=MIXED_PRECISION),
     },
     "val": {
         "crop_size": Field("size", 513),

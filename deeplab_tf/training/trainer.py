@@ -148,15 +148,35 @@ def set_batchnorm_momentum(model, momentum: float) -> int:
 def _check_labels(dataset, which, num_classes, ignore, max_examples):
     """The eager pre-check of the first ``max_examples`` examples; an empty dataset is an error
     (every example is also checked in the pipeline, see ``train_pipeline(num_classes=...)``)."""
+    import tensorflow as tf
+
+    from deeplab_tf.data.readers import DatasetError
     from deeplab_tf.training.pipeline import check_label_values
 
-    check_label_values(dataset, num_classes, ignore, max_examples)
+    try:
+        check_label_values(dataset, num_classes, ignore, max_examples)
+    except tf.errors.InvalidArgumentError as err:
+        line = _dataset_error_line(err)
+        if line is None:
+            raise
+        raise DatasetError(f"The {which} dataset: {line}") from None
     for _ in dataset.take(1):
         return
     raise ValueError(
         f"The {which} dataset is empty. Received: 0 examples; expected at least one (check "
         "data.root, the split and the list file)."
     )
+
+
+def _dataset_error_line(err) -> str | None:
+    """The message of a :class:`~deeplab_tf.data.readers.DatasetError` raised while decoding an
+    example inside ``tf.data`` (it names the file), from the ``InvalidArgumentError`` that
+    carries it; None for other errors."""
+    marker = "DatasetError: "
+    for line in err.message.splitlines():
+        if marker in line:
+            return line[line.index(marker) + len(marker) :].strip()
+    return None
 
 
 def load_split(data: dict, which: str):
@@ -384,6 +404,32 @@ class TrainingData:
     class_names: tuple | None = None  #: from the dataset's info, when it has one
 
 
+def _check_image_format(split, mcfg: dict, what: str) -> None:
+    """The split's images have the model's ``input_channels``, and images that are not uint8
+    go with a ``normalize`` model (``channel_mean`` / ``channel_std``); else a ValueError
+    naming the file the split's format was read from."""
+    ds, info = split
+    fmt = getattr(info, "image_format", None)
+    channels = ds.element_spec["image"].shape[-1]
+    dtype = ds.element_spec["image"].dtype.name
+    where = f" (read from {fmt.path})" if fmt is not None and fmt.path else ""
+    expected = mcfg.get("input_channels") or 3
+    if channels is not None and channels != expected:
+        raise ValueError(
+            f"{what}: the images have {channels} channel(s){where} but the model takes "
+            f"{expected} (model.input_channels). Set model.input_channels: {channels} with "
+            f"{channels} values each in model.channel_mean and model.channel_std."
+        )
+    normalize = mcfg.get("channel_mean") is not None or expected != 3
+    if dtype != "uint8" and not normalize:
+        raise ValueError(
+            f"{what}: the images are {dtype}"
+            + (f" (stored as {fmt.stored_dtype})" if fmt is not None and fmt.path else "")
+            + f"{where}, not uint8 0..255: set model.channel_mean and model.channel_std (one "
+            "value per channel, in the images' units) so that the model normalises them."
+        )
+
+
 def load_data(cfg: dict, dataset_overrides=None) -> TrainingData:
     """Stage 3: loads ``data.train`` and ``data.val`` (or takes ``dataset_overrides``), checked.
 
@@ -414,6 +460,9 @@ def load_data(cfg: dict, dataset_overrides=None) -> TrainingData:
         )
     ignore = info.ignore_label if info is not None else 255
     check_element_spec(train_ds)
+    _check_image_format(train_split, mcfg, "data.train")
+    if val_split is not None:
+        _check_image_format(val_split, mcfg, "data.val")
     _check_labels(train_ds, "training", num_classes, ignore, tcfg["validate_examples"])
     val_ds = None
     if val_split is not None:
@@ -474,6 +523,9 @@ def build_model(cfg: dict, num_classes: int):
 
     ``model`` is ``net`` itself, or ``net`` wrapped in :class:`MultiScaleTraining` when
     ``train.msc``; ``train.bn_momentum`` is applied to the trainable BatchNorm layers.
+    ``train.mixed_precision`` (``bfloat16`` / ``float16``) builds ``net`` with the
+    ``mixed_*`` dtype policy (float32 variables); under ``float16`` Keras's ``compile`` wraps
+    the optimizer in a ``LossScaleOptimizer`` (dynamic loss scaling).
     """
     from deeplab_tf.models.registry import create_model
     from deeplab_tf.training.msc import MultiScaleTraining
@@ -481,6 +533,12 @@ def build_model(cfg: dict, num_classes: int):
     mcfg, tcfg = cfg["model"], cfg["train"]
     build_kwargs = {k: v for k, v in mcfg.items() if k != "name"}
     build_kwargs["num_classes"] = num_classes
+    if any(mcfg.get(k) is not None for k in ("channel_mean", "channel_std")) or (
+        mcfg.get("input_channels") not in (None, 3)
+    ):
+        build_kwargs["preprocessing"] = "normalize"  # per-channel mean/std (input_channels)
+    if tcfg["mixed_precision"] != "none":
+        build_kwargs["dtype"] = f"mixed_{tcfg['mixed_precision']}"
     net = create_model(mcfg["name"], **build_kwargs)
     if tcfg["bn_momentum"] is not None:
         set_batchnorm_momentum(net, tcfg["bn_momentum"])
@@ -582,8 +640,13 @@ def input_pipelines(cfg: dict, data: TrainingData, net, strategy, batch_ids=None
     tcfg, vcfg, ocfg = cfg["train"], cfg["val"], cfg["output"]
     ignore, num_classes = data.ignore, data.num_classes
     workers = distribute.num_workers(strategy)
-    caffe = deeplab_config(net)["preprocessing"] == "caffe"  # the model's own description
-    mean = CAFFE_RGB_MEAN if caffe else (127.5, 127.5, 127.5)
+    net_config = deeplab_config(net)  # the model's own description
+    if net_config["preprocessing"] == "normalize":
+        mean = tuple(net_config["channel_mean"])  # padding becomes 0 after normalisation
+    elif net_config["preprocessing"] == "caffe":
+        mean = CAFFE_RGB_MEAN
+    else:
+        mean = (127.5, 127.5, 127.5)
     start_batch = 0
     if ocfg["resume"] and tcfg["seed"] is not None:
         backup = os.path.join(ocfg["workdir"], "backup")
@@ -696,6 +759,13 @@ def fit_model(
             shuffle=False,
         )
     except tf.errors.InvalidArgumentError as err:
+        decoding = _dataset_error_line(err)
+        if decoding is not None:  # a file that cannot be used, met after the pre-check
+            raise ValueError(
+                f"{decoding} Training stopped at step "
+                f"{int(keras.ops.convert_to_numpy(model.optimizer.iterations))}; nothing was "
+                "saved over the last checkpoint (deeplab-tf data check lists every bad file)."
+            ) from None
         if BAD_EXAMPLE not in err.message:
             raise
         line = next(x for x in err.message.splitlines() if BAD_EXAMPLE in x)
