@@ -202,7 +202,10 @@ class Preprocess(keras.layers.Layer):
         if self.mode == "normalize":
             mean = tf.constant(self.mean, dtype=x.dtype)
             return (x - mean) / tf.constant(self.std, dtype=x.dtype)
-        x = tf.reverse(x, axis=[-1])  # RGB -> BGR
+        # RGB -> BGR as a 1x1 convolution with a permutation kernel: exact (products with 0
+        # and 1), and one CONV_2D in TFLite, which GPU delegates take (REVERSE_V2 they do not).
+        flip = tf.constant([[[[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]]], x.dtype)
+        x = tf.nn.conv2d(x, flip, 1, "VALID")
         return x - tf.constant(self.mean, dtype=x.dtype)
 
     def compute_output_shape(self, input_shape):
@@ -286,8 +289,8 @@ class CaffeMaxPooling2D(_CaffePool):
     the input (Caffe drops a last window that would start in the padding). Unlike padding
     with the dtype's lowest value, edge copies keep the activation range, so the layer
     quantises to int8 (a ``-3.4e38`` pad value would swamp the int8 scale) and converts to
-    builtin TFLite ops that LiteRT's XNNPACK delegate takes (SLICE + CONCATENATION +
-    MAX_POOL_2D; docs/architecture.md#tflite).
+    builtin TFLite ops that LiteRT's XNNPACK and GPU delegates take (STRIDED_SLICE +
+    CONCATENATION + MAX_POOL_2D; docs/architecture.md#tflite).
 
     Args:
         pool_size: square window size.
@@ -309,23 +312,22 @@ def _replicate_edges(x, axis: int, before: int, after, most: int):
     """Pads ``axis`` of an NHWC tensor with ``before``/``after`` copies of its edge slices.
 
     ``after`` is an int, or a scalar tensor at most ``most`` (dynamic shapes): then ``most``
-    copies are appended and the result is cut to its exact length.
+    copies are appended and the result is cut to its exact length. The edge slices are
+    strided slices (STRIDED_SLICE in TFLite, which the GPU delegate runs; SLICE it does not).
     """
     if isinstance(after, int) and before == 0 and after == 0:
         return x
-    size = tf.shape(x)[axis]
-    begin, extent = [0, 0, 0, 0], [-1, -1, -1, -1]
-    extent[axis] = 1
-    first = tf.slice(x, begin, extent)
-    begin[axis] = size - 1
-    last = tf.slice(x, begin, extent)
+    index = [slice(None)] * 4
+    index[axis] = slice(0, 1)
+    first = x[tuple(index)]
+    index[axis] = slice(-1, None)
+    last = x[tuple(index)]
     count = after if isinstance(after, int) else most
     grown = tf.concat([first] * before + [x] + [last] * count, axis=axis)
     if isinstance(after, int):
         return grown
-    extent = [-1, -1, -1, -1]
-    extent[axis] = before + size + after
-    return tf.slice(grown, [0, 0, 0, 0], tf.stack(extent))
+    index[axis] = slice(0, before + tf.shape(x)[axis] + after)
+    return grown[tuple(index)]
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

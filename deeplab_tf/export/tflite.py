@@ -45,6 +45,26 @@ OUTPUTS = (
 )
 
 
+#: The ops the TFLite GPU delegate runs (LiteRT's "GPU delegates" guide, supported ops, in
+#: float32 and float16), checked by :func:`gpu_incompatible_ops`.
+GPU_DELEGATE_OPS = frozenset(
+    "ADD AVERAGE_POOL_2D CONCATENATION CONV_2D DEPTHWISE_CONV_2D EXP FULLY_CONNECTED "
+    "LOGICAL_AND LOGISTIC LSTM MAX_POOL_2D MAXIMUM MINIMUM MUL PAD PRELU RELU RELU6 RESHAPE "
+    "RESIZE_BILINEAR SOFTMAX STRIDED_SLICE SUB TRANSPOSE_CONV".split()
+)
+
+
+def gpu_incompatible_ops(path) -> list[str]:
+    """The ops of a ``.tflite`` file that the TFLite GPU delegate does not run (empty: the
+    whole graph can be delegated), against :data:`GPU_DELEGATE_OPS`.
+
+    An explicit list because ``tf.lite.experimental.Analyzer.analyze(...,
+    gpu_compatibility=True)`` in TensorFlow 2.21 reports every graph compatible: it passes a
+    graph holding CUMSUM, SPACE_TO_BATCH_ND and a uint8 CAST, none of which the delegate runs.
+    """
+    return sorted(set(tflite_ops(path)) - GPU_DELEGATE_OPS)
+
+
 def _grid_output(output: str, stride: int):
     """``"logits"`` / ``"probabilities"`` for a score-grid output, None for image size."""
     for kind in ("logits", "probabilities"):
@@ -91,22 +111,29 @@ def calibration_images(data, size, limit: int) -> list[np.ndarray]:
     return images
 
 
-def _check_arguments(quantization, output, representative_data, num_calibration, input_size):
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(
-            f"quantization must be one of {QUANTIZATIONS}. Received: quantization={quantization!r}"
-        )
-    if output not in OUTPUTS and not output.startswith(("logits_stride", "probabilities_stride")):
+def _check_arguments(quantizations, output, representative_data, num_calibration, input_size):
+    for quantization in quantizations:
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"quantization must be one of {QUANTIZATIONS}. Received: "
+                f"quantization={quantization!r}"
+            )
+    if not isinstance(output, str) or (
+        output not in OUTPUTS and not output.startswith(("logits_stride", "probabilities_stride"))
+    ):
         raise ValueError(f"output must be one of {OUTPUTS}. Received: output={output!r}")
-    if quantization in CALIBRATED and representative_data is None:
+    calibrated = [q for q in quantizations if q in CALIBRATED]
+    if calibrated and representative_data is None:
         raise ValueError(
-            f"{quantization} quantization needs representative_data (calibration images: "
+            f"{calibrated[0]} quantization needs representative_data (calibration images: "
             "arrays or a dataset of {'image': ...}). Received: representative_data=None"
         )
-    if quantization not in CALIBRATED and representative_data is not None:
+    if not calibrated and representative_data is not None:
         raise ValueError(
-            f"representative_data calibrates int8 / int8_full files only; {quantization} needs "
-            f"none. Received: quantization={quantization!r} with representative_data"
+            "representative_data calibrates int8 / int8_full files only; "
+            f"{', '.join(quantizations)} need none. Received: quantization="
+            f"{quantizations[0] if len(quantizations) == 1 else list(quantizations)!r} "
+            "with representative_data"
         )
     if not isinstance(num_calibration, (int, np.integer)) or num_calibration < 1:
         raise ValueError(f"num_calibration must be >= 1. Received: {num_calibration!r}")
@@ -166,13 +193,44 @@ def export_tflite(
         ValueError: a bad combination (int8 without representative data, representative data
             for a float file, an unknown output or quantization), before any work.
     """
-    h, w = _check_arguments(quantization, output, representative_data, num_calibration,
+    if not isinstance(quantization, str):
+        raise ValueError(f"quantization must be a string. Received: {quantization!r}")
+    return export_tflite_files(
+        model, {quantization: path}, input_size, representative_data, num_calibration,
+        scales, upsample, output, overwrite,
+    )[quantization]  # fmt: skip
+
+
+def export_tflite_files(
+    model,
+    paths,
+    input_size,
+    representative_data=None,
+    num_calibration: int = 16,
+    scales=(1.0,),
+    upsample: str = "caffe",
+    output: str = "labels_and_probabilities",
+    overwrite: bool = True,
+) -> dict[str, str]:
+    """:func:`export_tflite` for several quantizations of one model: ``paths`` maps each
+    quantization to its file. The model is rebuilt and traced once and converted once per
+    file (the deep models' trace costs as much as a conversion). ``representative_data`` is
+    required when any of them is ``int8`` / ``int8_full`` and used for those only.
+
+    Returns:
+        ``{quantization: path}``.
+    """
+    quantizations = tuple(paths)
+    if not quantizations:
+        raise ValueError("paths must name at least one quantization. Received: {}")
+    h, w = _check_arguments(quantizations, output, representative_data, num_calibration,
                             input_size)  # fmt: skip
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"The TFLite output path is a folder. Received: {path!r}")
-    if not overwrite and os.path.lexists(path):
-        raise exists_error(path)
+    paths = {q: os.fspath(p) for q, p in paths.items()}
+    for path in paths.values():
+        if os.path.isdir(path):
+            raise ValueError(f"The TFLite output path is a folder. Received: {path!r}")
+        if not overwrite and os.path.lexists(path):
+            raise exists_error(path)
     if isinstance(model, MultiScaleInference):
         base, fusion, flip = model.model, model.fusion, model.flip
         scales, upsample, fuse_at = model.scales, model.upsample, model.fuse_at
@@ -189,9 +247,8 @@ def export_tflite(
             f"Received: fuse_at={fuse_at!r}"
         )
     calibration = None
-    if quantization in CALIBRATED:  # read (and checked) before the conversion starts
+    if any(q in CALIBRATED for q in quantizations):  # read and checked before the conversion
         calibration = calibration_images(representative_data, (h, w), int(num_calibration))
-    full_int = quantization == "int8_full"
 
     def serve(images):
         x = tf.cast(images, tf.float32)
@@ -211,35 +268,47 @@ def export_tflite(
         return result
 
     net.build((1, h, w, 3))
-    archive = keras.export.ExportArchive()
-    archive.track(net)
-    dtype = tf.float32 if full_int else tf.uint8  # int8_full: the converter makes it uint8
-    archive.add_endpoint(
-        "serving_default", serve, [tf.TensorSpec([1, h, w, 3], dtype, name="images")]
-    )
-    with scratch(path, "sm") as workdir:  # owned: removed by the next run here if this one dies
-        archive.write_out(os.path.join(workdir, "sm"), verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(os.path.join(workdir, "sm"))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantization != "fp32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantization == "fp16":
-            converter.target_spec.supported_types = [tf.float16]
-        elif quantization in CALIBRATED:
-            converter.representative_dataset = lambda: _representative(calibration, full_int)
-        if full_int:
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.uint8
-            converter.inference_output_type = tf.uint8
-        blob = converter.convert()
-    write_bytes(path, blob, overwrite)
-    return path
+    first = next(iter(paths.values()))
+    with scratch(first, "sm") as workdir:  # owned: removed by the next run here if this one dies
+        saved = {}
+
+        # Float images for int8_full (the converter makes the input uint8) and for the score
+        # grid outputs (GPU delegates take float inputs; a uint8 CAST would run on the CPU).
+        def input_dtype(q):
+            return tf.float32 if q == "int8_full" or grid is not None else tf.uint8
+
+        for dtype in {input_dtype(q) for q in quantizations}:
+            archive = keras.export.ExportArchive()
+            archive.track(net)
+            spec = tf.TensorSpec([1, h, w, 3], dtype, name="images")
+            archive.add_endpoint("serving_default", serve, [spec])
+            saved[dtype] = os.path.join(workdir, f"sm_{dtype.name}")
+            archive.write_out(saved[dtype], verbose=False)
+        for q, path in paths.items():
+            full_int = q == "int8_full"
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved[input_dtype(q)])
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            if q != "fp32":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            if q == "fp16":
+                converter.target_spec.supported_types = [tf.float16]
+            elif q in CALIBRATED:
+                float_input = input_dtype(q) == tf.float32
+                converter.representative_dataset = lambda float_input=float_input: _representative(
+                    calibration, float_input
+                )
+            if full_int:
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                converter.inference_input_type = tf.uint8
+                converter.inference_output_type = tf.uint8
+            write_bytes(path, converter.convert(), overwrite)
+    return paths
 
 
 def _representative(images, float_input: bool):
-    """Calibration samples. A float input (``int8_full``) gets values 0..255 with one pixel
-    set to 0 and one to 255 in each image, so that the calibrated input range is exactly
-    [0, 255]: the uint8 input then has scale 1 and zero point 0 (raw pixels)."""
+    """Calibration samples. A float input (``int8_full``, score-grid outputs) gets values
+    0..255 with one pixel set to 0 and one to 255 in each image, so that the calibrated input
+    range is exactly [0, 255]: a uint8 input then has scale 1 and zero point 0 (raw pixels)."""
     for image in images:
         if float_input:
             image = image.astype(np.float32)
