@@ -26,6 +26,7 @@ import tensorflow as tf
 from deeplab_tf.atomic import exists_error, scratch, write_bytes
 from deeplab_tf.export.optimize import with_input_shape
 from deeplab_tf.inference.multiscale import MultiScaleInference
+from deeplab_tf.models.deeplab import output_stride_of
 from deeplab_tf.models.multiscale import fuse_on_logit_grid
 
 #: ``fp32``; ``fp16`` (fp16 weights); ``dynamic`` (int8 weights, float activations);
@@ -236,19 +237,19 @@ def export_tflite_files(
         scales, upsample, fuse_at = model.scales, model.upsample, model.fuse_at
     else:
         base, fusion, flip, fuse_at = model, "max", False, "logits"
-    net = MultiScaleInference(
-        with_input_shape(base, h, w, plain_convs=True), scales, fusion, flip, upsample,
-        output="logits", fuse_at=fuse_at,
-    )  # fmt: skip
-    grid = _grid_output(output, net.stride)
+    grid = _grid_output(output, int(output_stride_of(base)))
     if grid is not None and fuse_at != "logits":
         raise ValueError(
             f"output={output!r} returns the fused score grid, which needs fuse_at='logits'. "
             f"Received: fuse_at={fuse_at!r}"
         )
     calibration = None
-    if any(q in CALIBRATED for q in quantizations):  # read and checked before the conversion
+    if any(q in CALIBRATED for q in quantizations):  # read and checked before any work
         calibration = calibration_images(representative_data, (h, w), int(num_calibration))
+    net = MultiScaleInference(
+        with_input_shape(base, h, w, plain_convs=True), scales, fusion, flip, upsample,
+        output="logits", fuse_at=fuse_at,
+    )  # fmt: skip
 
     def serve(images):
         x = tf.cast(images, tf.float32)
