@@ -165,27 +165,12 @@ def test_bad_combinations_are_refused_before_work(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained():
-    """MobileNetV2-ASPP trained briefly on the synthetic shapes (as tests/test_export.py's
-    fixture), with the synthetic val split's images and labels."""
-    import keras
-
-    from deeplab_tf import DeepLabV2
+    """MobileNetV2-ASPP trained briefly on the synthetic shapes (the benchmark's model), with
+    the synthetic val split's images and labels."""
+    from benchmarks.bench_tflite import train_synthetic_model
     from deeplab_tf.data.synthetic import synthetic_arrays
-    from deeplab_tf.training.losses import DeepLabLoss
 
-    keras.utils.set_random_seed(0)
-    images, labels, _ = synthetic_arrays("train", 64, 48, num_classes=NUM_CLASSES)
-    model = DeepLabV2(
-        "mobilenetv2", head="aspp", rates=(1, 2), num_classes=NUM_CLASSES, freeze_batchnorm=False
-    )
-    for layer in model.layers:  # short run: let the moving statistics catch up
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.9
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=DeepLabLoss())
-    model.fit(images, labels, batch_size=8, epochs=10, verbose=0)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
+    model = train_synthetic_model(NUM_CLASSES, 48)
     val_images, val_labels, _ = synthetic_arrays("val", 8, 48, num_classes=NUM_CLASSES)
     return model, val_images, val_labels
 
@@ -235,3 +220,28 @@ def test_quantizations_agree_with_float_and_keep_miou(tmp_path, trained):
     assert outputs["probabilities"]["dtype"] == np.uint8
     assert outputs["labels"]["dtype"] == np.int32
     assert "CAST" not in tflite_ops(paths["int8_full"])
+
+
+@pytest.mark.large
+@pytest.mark.multiprocess
+def test_cli_writes_tflite_files_per_quantization_and_output(tmp_path):
+    """``deeplab-tf export M --tflite SIZE --tflite-quantization ... --tflite-output ...`` in
+    its own process: one file per quantization, as asked, and bad flags refused before work."""
+    from tests._fresh_process import run_cli
+
+    model_path = tmp_path / "m.keras"
+    _spread_model().save(model_path)
+    out = tmp_path / "out"
+    argv = ["export", str(model_path), "--out", str(out), "--no-warmup", "--tflite", "33x33"]
+    proc = run_cli(*argv, "--tflite-quantization", "fp32", "int8_full", "--tflite-output",
+                   "logits_stride8", "--calibration-images", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(os.listdir(out / "tflite"))
+    assert files == ["model_fp32_logits_stride8.tflite", "model_int8_full_logits_stride8.tflite"]
+    for name in files:
+        (value,) = run_tflite(out / "tflite" / name, _images(1, 33, 33)[0]).values()
+        assert value.shape == (1, 5, 5, NUM_CLASSES)
+    assert gpu_incompatible_ops(out / "tflite" / files[0]) == []  # fp32, for GPU delegates
+    bad = run_cli(*argv[:-2], "--tflite-quantization", "int8", "--out", str(tmp_path / "o2"))
+    assert bad.returncode == 2 and "needs --tflite SIZE" in bad.stderr
+    assert not (tmp_path / "o2").exists()
