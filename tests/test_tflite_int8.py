@@ -152,7 +152,6 @@ def test_bad_combinations_are_refused_before_work(tmp_path, monkeypatch):
         (dict(quantization="int8"), "int8 quantization needs representative_data"),
         (dict(quantization="int8_full"), "int8_full quantization needs representative_data"),
         (dict(quantization="dynamic", representative_data=[image]), "int8 / int8_full files only"),
-        (dict(quantization="fp32", representative_data=[image]), "int8 / int8_full files only"),
         (dict(quantization="int4"), "Received: quantization='int4'"),
         (dict(output="logits"), "Received: output='logits'"),
         (

@@ -129,12 +129,14 @@ def _check_arguments(quantizations, output, representative_data, num_calibration
             f"{calibrated[0]} quantization needs representative_data (calibration images: "
             "arrays or a dataset of {'image': ...}). Received: representative_data=None"
         )
-    if not calibrated and representative_data is not None:
+    if not calibrated and "dynamic" in quantizations and representative_data is not None:
+        # Dynamic range sets activation ranges at run time: the data would go unused while
+        # looking like a calibration. (fp32 / fp16 ignore it: callers may pass one dataset for
+        # every file.)
         raise ValueError(
-            "representative_data calibrates int8 / int8_full files only; "
-            f"{', '.join(quantizations)} need none. Received: quantization="
-            f"{quantizations[0] if len(quantizations) == 1 else list(quantizations)!r} "
-            "with representative_data"
+            "representative_data calibrates int8 / int8_full files only; dynamic-range "
+            "quantization takes none (use quantization='int8' for a calibrated file). "
+            "Received: quantization='dynamic' with representative_data"
         )
     if not isinstance(num_calibration, (int, np.integer)) or num_calibration < 1:
         raise ValueError(f"num_calibration must be >= 1. Received: {num_calibration!r}")
@@ -172,10 +174,11 @@ def export_tflite(
             ``"int8_full"`` (the same with a float-free interface: uint8 image in with scale 1
             and zero point 0, so raw pixels go straight in, and uint8 probabilities / logits
             out; for Edge TPU / NNAPI / Hexagon style accelerators).
-        representative_data: for ``int8`` / ``int8_full`` only (required there, refused
-            elsewhere): images (``(H, W, 3)`` arrays) or a dataset of ``{"image": ...}`` dicts
-            (any dataset this project reads, e.g. ``load_dataset(...)[0]``); each image is
-            resized to ``input_size``.
+        representative_data: for ``int8`` / ``int8_full`` (required there; refused for
+            ``dynamic``, which would not use it; ignored by ``fp32`` / ``fp16``): images
+            (``(H, W, 3)`` arrays) or a dataset of ``{"image": ...}`` dicts (any dataset this
+            project reads, e.g. ``load_dataset(...)[0]``); each image is resized to
+            ``input_size``.
         num_calibration: how many representative images to use.
         scales, upsample: multi-scale settings when ``model`` is a base model.
         output: one of :data:`OUTPUTS`: ``"labels_and_probabilities"`` (default), ``"labels"``,
@@ -192,7 +195,7 @@ def export_tflite(
 
     Raises:
         ValueError: a bad combination (int8 without representative data, representative data
-            for a float file, an unknown output or quantization), before any work.
+            for a dynamic-range file, an unknown output or quantization), before any work.
     """
     if not isinstance(quantization, str):
         raise ValueError(f"quantization must be a string. Received: {quantization!r}")
