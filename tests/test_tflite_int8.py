@@ -91,6 +91,7 @@ def test_every_zoo_model_runs_in_litert_default_delegate(tmp_path, name):
     _check_int8_ops(paths["int8"])
 
 
+@pytest.mark.large
 def test_int8_resnet_classifiers_are_plain_dilated_convs(tmp_path):
     """The ResNet ASPP-L int8 graph (4 dilated classifiers 2048 -> C, a padded max pool) holds
     CONV_2D classifiers, no float island, and prepares in XNNPACK."""
@@ -105,6 +106,7 @@ def test_int8_resnet_classifiers_are_plain_dilated_convs(tmp_path):
     assert run_tflite(interpreter, image)["labels"].shape == (1, 33, 33)
 
 
+@pytest.mark.large
 def test_outputs_at_the_score_grid_are_gpu_compatible(tmp_path):
     """``logits_stride8`` / ``probabilities_stride8``: the network's scores, no ARG_MAX and no
     full-resolution resize, every op one the TFLite GPU delegate runs (the default output,
