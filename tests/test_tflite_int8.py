@@ -110,7 +110,11 @@ def test_int8_resnet_classifiers_are_plain_dilated_convs(tmp_path):
 def test_outputs_at_the_score_grid_are_gpu_compatible(tmp_path):
     """``logits_stride8`` / ``probabilities_stride8``: the network's scores, no ARG_MAX and no
     full-resolution resize, every op one the TFLite GPU delegate runs (the default output,
-    with its uint8 CAST and ARG_MAX, is reported incompatible: the check can fail)."""
+    with its uint8 CAST and ARG_MAX, is reported incompatible: the check can fail).
+
+    Checked against the GPU delegate's documented op list (``GPU_DELEGATE_OPS``), not with
+    ``tf.lite.experimental.Analyzer.analyze(..., gpu_compatibility=True)``: in TensorFlow 2.21
+    that analyzer reports every graph compatible (CUMSUM, SPACE_TO_BATCH_ND and CAST too)."""
     model = _spread_model()
     image = _images(1, 41, 33)[0]
     logits = _inference_form(model, 41, 33).model(image[None].astype(np.float32)).numpy()
