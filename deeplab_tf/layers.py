@@ -202,7 +202,10 @@ class Preprocess(keras.layers.Layer):
         if self.mode == "normalize":
             mean = tf.constant(self.mean, dtype=x.dtype)
             return (x - mean) / tf.constant(self.std, dtype=x.dtype)
-        x = tf.reverse(x, axis=[-1])  # RGB -> BGR
+        # RGB -> BGR as a 1x1 convolution with a permutation kernel: exact (products with 0
+        # and 1), and one CONV_2D in TFLite, which GPU delegates take (REVERSE_V2 they do not).
+        flip = tf.constant([[[[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]]], x.dtype)
+        x = tf.nn.conv2d(x, flip, 1, "VALID")
         return x - tf.constant(self.mean, dtype=x.dtype)
 
     def compute_output_shape(self, input_shape):
@@ -253,15 +256,11 @@ class _CaffePool(keras.layers.Layer):
                 f"pool_size={pool_size}"
             )
 
-    def _pad(self, x, value):
+    def _extra(self, x):
         h, w = _spatial_dims(x)
-        p = self.padding
-        eh = _pool_extra(h, self.pool_size, self.strides, p)
-        ew = _pool_extra(w, self.pool_size, self.strides, p)
-        paddings = [[0, 0], [p, p + eh], [p, p + ew], [0, 0]]
-        if isinstance(eh, int) and isinstance(ew, int) and p == 0 and eh == 0 and ew == 0:
-            return x
-        return tf.pad(x, paddings, constant_values=value)
+        eh = _pool_extra(h, self.pool_size, self.strides, self.padding)
+        ew = _pool_extra(w, self.pool_size, self.strides, self.padding)
+        return eh, ew
 
     def compute_output_shape(self, s):
         size = lambda d: (
@@ -284,8 +283,14 @@ class _CaffePool(keras.layers.Layer):
 class CaffeMaxPooling2D(_CaffePool):
     """Max pooling with Caffe's symmetric padding and ceil rounding.
 
-    Padded cells hold the dtype's lowest value, so (as in Caffe, which clips windows to the
-    input) they never win; every window keeps at least one real pixel by construction.
+    Caffe clips each window to the input, so padded cells never count. Here they are copies
+    of the nearest edge pixel ("replicate" padding), which gives the same maxima: a window
+    reaching into the padding also holds that edge pixel, since every window starts inside
+    the input (Caffe drops a last window that would start in the padding). Unlike padding
+    with the dtype's lowest value, edge copies keep the activation range, so the layer
+    quantises to int8 (a ``-3.4e38`` pad value would swamp the int8 scale) and converts to
+    builtin TFLite ops that LiteRT's XNNPACK and GPU delegates take (STRIDED_SLICE +
+    CONCATENATION + MAX_POOL_2D; docs/architecture.md#tflite).
 
     Args:
         pool_size: square window size.
@@ -294,10 +299,35 @@ class CaffeMaxPooling2D(_CaffePool):
     """
 
     def call(self, x):
-        low = x.dtype.min
-        x = self._pad(x, low)
+        eh, ew = self._extra(x)
+        p = self.padding
+        most = p + self.strides - 1  # ceil mode adds fewer cells than the stride
+        x = _replicate_edges(x, 1, p, p + eh, most)
+        x = _replicate_edges(x, 2, p, p + ew, most)
         k, s = self.pool_size, self.strides
         return tf.nn.max_pool2d(x, k, s, "VALID")
+
+
+def _replicate_edges(x, axis: int, before: int, after, most: int):
+    """Pads ``axis`` of an NHWC tensor with ``before``/``after`` copies of its edge slices.
+
+    ``after`` is an int, or a scalar tensor at most ``most`` (dynamic shapes): then ``most``
+    copies are appended and the result is cut to its exact length. The edge slices are
+    strided slices (STRIDED_SLICE in TFLite, which the GPU delegate runs; SLICE it does not).
+    """
+    if isinstance(after, int) and before == 0 and after == 0:
+        return x
+    index = [slice(None)] * 4
+    index[axis] = slice(0, 1)
+    first = x[tuple(index)]
+    index[axis] = slice(-1, None)
+    last = x[tuple(index)]
+    count = after if isinstance(after, int) else most
+    grown = tf.concat([first] * before + [x] + [last] * count, axis=axis)
+    if isinstance(after, int):
+        return grown
+    index[axis] = slice(0, before + tf.shape(x)[axis] + after)
+    return grown[tuple(index)]
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -389,7 +419,7 @@ class FoldedBatchNorm(keras.layers.Layer):
         return s
 
 
-def atrous_conv2d(x, kernel, rate, pad: int = 0):
+def atrous_conv2d(x, kernel, rate, pad: int = 0, narrow_matmul: bool = True):
     """Stride-1 dilated ("atrous") convolution with symmetric zero padding, NHWC.
 
     TensorFlow's CPU kernels have no dilated ``Conv2DBackpropInput`` / ``Conv2DBackpropFilter``,
@@ -412,6 +442,10 @@ def atrous_conv2d(x, kernel, rate, pad: int = 0):
         kernel: (kh, kw, C_in, C_out) tensor of the same dtype.
         rate: dilation, an int or an (rate_h, rate_w) pair.
         pad: symmetric zero padding of both spatial dimensions (Caffe's ``pad``).
+        narrow_matmul: use the MatMul + shifted-sum forward for narrow outputs. False keeps
+            one dilated convolution (an inference export: TFLite then holds one CONV_2D that
+            quantises end to end, instead of FULLY_CONNECTED + RESHAPE + STRIDED_SLICE +
+            ADD_N, which LiteRT's XNNPACK delegate fails to prepare in int8).
 
     Returns:
         (N, H + 2 pad - (kh - 1) rate_h, W + 2 pad - (kw - 1) rate_w, C_out).
@@ -420,7 +454,7 @@ def atrous_conv2d(x, kernel, rate, pad: int = 0):
     pad = int(pad)
     kh, kw, c_in, c_out = (int(d) for d in kernel.shape)
     taps = kh * kw
-    narrow = taps > 1 and taps * c_out <= c_in  # e.g. an ASPP classifier, 2048 -> 21
+    narrow = narrow_matmul and taps > 1 and taps * c_out <= c_in  # ASPP classifier: 2048 -> 21
 
     @tf.custom_gradient
     def conv(x, kernel):
@@ -525,11 +559,17 @@ class PaddedConv2D(keras.layers.Conv2D):
 
     Args:
         pad: symmetric zero padding (Caffe's ``pad``).
+        narrow_matmul: for a dilated convolution with a narrow output (an ASPP classifier),
+            compute the forward pass as one MatMul and a shifted sum (faster training;
+            :func:`atrous_conv2d`). ``deeplab_tf.export.with_input_shape(...,
+            plain_convs=True)`` (used by the TFLite export) sets it to False: one dilated
+            convolution, which converts to a single CONV_2D.
         **kwargs: ``keras.layers.Conv2D`` arguments (``padding`` must be ``"valid"``).
     """
 
-    def __init__(self, pad: int = 0, **kwargs):
+    def __init__(self, pad: int = 0, narrow_matmul: bool = True, **kwargs):
         super().__init__(**kwargs)
+        self.narrow_matmul = bool(narrow_matmul)
         if self.padding != "valid":
             raise ValueError(
                 f"PaddedConv2D pads explicitly; padding must be 'valid'. Received: {self.padding!r}"
@@ -540,7 +580,7 @@ class PaddedConv2D(keras.layers.Conv2D):
         p = self.pad
         kernel = tf.cast(self.kernel, inputs.dtype)
         if max(self.dilation_rate) > 1 and tuple(self.strides) == (1, 1):
-            y = atrous_conv2d(inputs, kernel, self.dilation_rate, p)
+            y = atrous_conv2d(inputs, kernel, self.dilation_rate, p, self.narrow_matmul)
         else:
             y = tf.nn.conv2d(
                 inputs,
@@ -559,4 +599,4 @@ class PaddedConv2D(keras.layers.Conv2D):
         return super().compute_output_shape((n, grow(h), grow(w), c))
 
     def get_config(self):
-        return {**super().get_config(), "pad": self.pad}
+        return {**super().get_config(), "pad": self.pad, "narrow_matmul": self.narrow_matmul}

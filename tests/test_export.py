@@ -37,6 +37,10 @@ def _spread_model(backbone="mobilenetv2", **kwargs):
     classifier is scaled up and each class score is centred: then every class wins somewhere
     and the labels follow the image.
 
+    The classifier gain is 10: with 30 the logits reached ~50, and float32 rounding in another
+    runtime (LiteRT sums in another order: ~1e-5 relative) moved probabilities by 1.3e-4, at
+    the 1e-4 tolerance's edge.
+
     Seeded here: a module-scoped fixture is built before the per-test seed, so without it the
     weights (and the TFLite tolerance margins) would depend on which tests ran first.
     """
@@ -58,7 +62,7 @@ def _spread_model(backbone="mobilenetv2", **kwargs):
     for i in range(4):
         head = model.get_layer(f"fc1_voc12_c{i}")
         k, b = head.get_weights()
-        head.set_weights([k * 30.0, b])
+        head.set_weights([k * 10.0, b])
     logits = model(calib).numpy()
     head = model.get_layer("fc1_voc12_c0")
     k, b = head.get_weights()

@@ -17,6 +17,8 @@ _EXPORTS = {
     "export_saved_model": _SM,
     "write_warmup_requests": "deeplab_tf.export.warmup",
     "export_tflite": _TFL,
+    "export_tflite_files": _TFL,
+    "gpu_incompatible_ops": _TFL,
     "litert_interpreter": _TFL,
     "run_tflite": _TFL,
     "tflite_ops": _TFL,

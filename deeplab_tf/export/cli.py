@@ -7,6 +7,16 @@ import os
 
 from deeplab_tf.cli import positive_float, positive_int
 
+# Kept in step with deeplab_tf.export.tflite (not imported here: the CLI starts without TF).
+QUANTIZATIONS = ("fp32", "fp16", "dynamic", "int8", "int8_full")
+OUTPUTS = (
+    "labels_and_probabilities",
+    "labels",
+    "probabilities",
+    "logits_stride8",
+    "probabilities_stride8",
+)
+
 
 def _size(text):
     import argparse
@@ -77,8 +87,25 @@ def register(sub):
     p.add_argument(
         "--tflite",
         action="append",
-        choices=("fp32", "fp16", "int8"),
-        help="also write <out>/tflite/model_<q>.tflite (repeatable)",
+        metavar="SIZE",
+        help="also write <out>/tflite/model_<q>[_<output>].tflite at SIZE (HxW, repeatable "
+        "only as the legacy form --tflite fp32|fp16|int8, the quantization at --tflite-size)",
+    )
+    p.add_argument(
+        "--tflite-quantization",
+        nargs="+",
+        choices=QUANTIZATIONS,
+        default=None,
+        help="TFLite quantizations: fp32, fp16 (fp16 weights), dynamic (int8 weights), int8 "
+        "(full-integer ops, float outputs), int8_full (uint8 in and out, Edge TPU / NNAPI "
+        "style); int8 and int8_full are calibrated on --calibration-dataset (default: fp32)",
+    )
+    p.add_argument(
+        "--tflite-output",
+        choices=OUTPUTS,
+        default="labels_and_probabilities",
+        help="what the TFLite files return; logits_stride8 / probabilities_stride8 stay at "
+        "the score grid (no ARG_MAX or full-size resize: for GPU delegates; the app upsamples)",
     )
     p.add_argument("--tflite-size", type=_size, default=(321, 321), help="HxW, default 321x321")
     p.add_argument(
@@ -100,6 +127,9 @@ def register(sub):
     )
     p.add_argument("--calibration-dataset", default="synthetic", help="dataset name for int8")
     p.add_argument("--calibration-root", help="dataset root for int8 calibration")
+    p.add_argument(
+        "--calibration-images", type=positive_int, default=16, help="int8 calibration images"
+    )
     p.set_defaults(func=run)
 
 
@@ -116,9 +146,10 @@ def run(args):
         tflite_dir = os.path.join(args.out, "tflite")
         if args.tflite and os.path.exists(tflite_dir) and not os.path.isdir(tflite_dir):
             raise ValueError(f"{tflite_dir!r} exists and is not a folder")
+        _tflite_settings(args)
         tflite_files = [
-            (f"--tflite {q}", os.path.join(tflite_dir, f"model_{q}.tflite"))
-            for q in dict.fromkeys(args.tflite or ())
+            (f"--tflite-quantization {q}", tflite_path(tflite_dir, q, args.tflite_output))
+            for q in args.tflite_quantization
         ]
         if args.crf and not is_remote(args.out):
             h, w = args.tflite_size
@@ -190,30 +221,29 @@ def run(args):
             print(f"CRF TFLite ({h}x{w}, builtin ops): {crf_file}")
         except (ValueError, FileExistsError) as err:
             raise CLIError(str(err)) from None
-    for q in dict.fromkeys(args.tflite or ()):
-        from deeplab_tf.export.tflite import export_tflite
+    if args.tflite:
+        from deeplab_tf.export.tflite import export_tflite_files
 
         data = None
-        if q == "int8":
+        if any(q.startswith("int8") for q in args.tflite_quantization):
             from deeplab_tf.data import load_dataset
 
             data, _ = load_dataset(
                 args.calibration_dataset, split="train", root=args.calibration_root
             )
+        paths = {q: tflite_path(tflite_dir, q, args.tflite_output)
+                 for q in args.tflite_quantization}  # fmt: skip
         try:
-            out = export_tflite(
-                model,
-                os.path.join(tflite_dir, f"model_{q}.tflite"),
-                args.tflite_size,
-                quantization=q,
-                representative_data=data,
-                scales=tuple(args.scales),
-                upsample=args.upsample,
-                overwrite=args.overwrite,
-            )
-        except FileExistsError as err:  # written by another export while this one ran
+            export_tflite_files(
+                model, paths, args.tflite_size, representative_data=data,
+                num_calibration=args.calibration_images, scales=tuple(args.scales),
+                upsample=args.upsample, output=args.tflite_output, overwrite=args.overwrite,
+            )  # fmt: skip
+        except (ValueError, FileExistsError) as err:
             raise CLIError(str(err)) from None
-        print(f"TFLite ({q}, {args.tflite_size[0]}x{args.tflite_size[1]}): {out}")
+        h, w = args.tflite_size
+        for q, out in paths.items():
+            print(f"TFLite ({q}, {h}x{w}, {args.tflite_output}): {out}")
     export_runtimes(args, fp32_model, runtime_files)
     return 0
 
@@ -263,3 +293,37 @@ def export_runtimes(args, model, files):
                 print(f"OpenVINO IR ({shown}, f32 inference precision recorded): {path}")
         except (ImportError, FileExistsError) as err:
             raise CLIError(str(err)) from None
+
+
+def tflite_path(folder, quantization, output):
+    """``model_<q>.tflite`` (default output) or ``model_<q>_<output>.tflite``."""
+    suffix = "" if output == "labels_and_probabilities" else f"_{output}"
+    return os.path.join(folder, f"model_{quantization}{suffix}.tflite")
+
+
+def _tflite_settings(args):
+    """Reads ``--tflite``: ``SIZE`` (HxW) with ``--tflite-quantization``, or the older form
+    ``--tflite fp32|fp16|int8`` (repeatable) at ``--tflite-size``. Sets ``args.tflite_size``
+    and ``args.tflite_quantization``; raises ValueError for a mix or a bad value."""
+    given = args.tflite or []
+    legacy = [v for v in given if v in QUANTIZATIONS]
+    sizes = [v for v in given if v not in QUANTIZATIONS]
+    if legacy and (sizes or args.tflite_quantization):
+        raise ValueError(
+            "give --tflite SIZE with --tflite-quantization, or --tflite QUANTIZATION alone. "
+            f"Received: --tflite {' '.join(given)}"
+        )
+    if len(sizes) > 1:
+        raise ValueError(f"--tflite takes one SIZE. Received: --tflite {' '.join(sizes)}")
+    if sizes:
+        import argparse
+
+        try:
+            args.tflite_size = _size(sizes[0])
+        except argparse.ArgumentTypeError as err:
+            raise ValueError(f"--tflite: {err}") from None
+    if args.tflite_quantization and not given:
+        raise ValueError("--tflite-quantization needs --tflite SIZE (e.g. --tflite 513x513)")
+    args.tflite_quantization = list(
+        dict.fromkeys(legacy or args.tflite_quantization or (["fp32"] if given else []))
+    )

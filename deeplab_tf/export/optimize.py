@@ -166,8 +166,21 @@ def to_bfloat16(model: keras.Model) -> keras.Model:
     return twin
 
 
-def with_input_shape(model: keras.Model, height: int, width: int, batch: int | None = 1):
-    """The same network with a fixed input size (TFLite then keeps dilated convs plain)."""
+def with_input_shape(
+    model: keras.Model, height: int, width: int, batch: int | None = 1, plain_convs: bool = False
+):
+    """The same network with a fixed input size (TFLite then keeps dilated convs plain).
+
+    Args:
+        model: a model with one image input.
+        height, width: the fixed input size.
+        batch: the fixed batch size (None: any).
+        plain_convs: every :class:`~deeplab_tf.layers.PaddedConv2D` computes its forward pass
+            as one (dilated) convolution (``narrow_matmul=False``) instead of the MatMul +
+            shifted sum that speeds up training of narrow classifiers; same layer names and
+            weights. The TFLite export sets it: the file then holds one CONV_2D per
+            classifier, quantised end to end.
+    """
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer. Received: {value!r}")
@@ -179,10 +192,13 @@ def with_input_shape(model: keras.Model, height: int, width: int, batch: int | N
     images = keras.Input(
         batch_shape=(batch, int(height), int(width), 3), dtype=source.dtype, name=source.name
     )
-    fixed = keras.models.clone_model(
-        model,
-        input_tensors=images,
-        clone_function=lambda layer: layer.__class__.from_config(layer.get_config()),
-    )
+
+    def clone(layer):
+        config = layer.get_config()
+        if plain_convs and isinstance(layer, PaddedConv2D):
+            config["narrow_matmul"] = False
+        return layer.__class__.from_config(config)
+
+    fixed = keras.models.clone_model(model, input_tensors=images, clone_function=clone)
     fixed.set_weights(model.get_weights())
     return fixed

@@ -1,11 +1,18 @@
-"""TFLite export (fp32 / fp16 / int8) for a fixed input size, checked with LiteRT.
+"""TFLite export for a fixed input size, checked with LiteRT: float, fp16, dynamic-range and
+full-integer int8 files, with outputs at image size or at the network's output stride.
 
 With a dynamic spatial shape TensorFlow lowers dilated convolutions to SPACE_TO_BATCH_ND +
 CONV_2D + BATCH_TO_SPACE_ND, which the TFLite GPU delegate rejects; a fixed input size keeps
-them plain dilated CONV_2D ops (docs/architecture.md#tflite): the model is rebuilt at that size.
+them plain dilated CONV_2D ops (docs/architecture.md#tflite): the model is rebuilt at that size,
+with every classifier as one dilated convolution (``with_input_shape(..., plain_convs=True)``),
+so that int8 files are quantised end to end and run in LiteRT's default XNNPACK delegate.
 
-The TFLite model takes ``images`` uint8 ``(1, H, W, 3)`` RGB (preprocessing inside) and returns
-``labels`` int32 ``(1, H, W)`` and ``probabilities`` float32 ``(1, H, W, C)``.
+The TFLite model takes ``images`` ``(1, H, W, 3)`` RGB (uint8; preprocessing inside) and returns,
+by ``output``: ``labels`` int32 ``(1, H, W)`` and/or ``probabilities`` float32 ``(1, H, W, C)``,
+or ``logits`` / ``probabilities`` at the output stride ``(1, h, w, C)`` for the caller to
+upsample (phone GPU delegates reject or spend most of their time on the full-resolution
+ARG_MAX and RESIZE_BILINEAR). ``quantization="int8_full"`` files take and return uint8 (and
+int32 labels), for Edge TPU / NNAPI style accelerators.
 """
 
 from __future__ import annotations
@@ -19,24 +26,127 @@ import tensorflow as tf
 from deeplab_tf.atomic import exists_error, scratch, write_bytes
 from deeplab_tf.export.optimize import with_input_shape
 from deeplab_tf.inference.multiscale import MultiScaleInference
+from deeplab_tf.models.deeplab import output_stride_of
+from deeplab_tf.models.multiscale import fuse_on_logit_grid
 
-QUANTIZATIONS = ("fp32", "fp16", "int8")
+#: ``fp32``; ``fp16`` (fp16 weights); ``dynamic`` (int8 weights, float activations);
+#: ``int8`` (full-integer ops, uint8 image in and float outputs); ``int8_full`` (full-integer
+#: ops with uint8 input and uint8 probabilities / logits; labels stay int32).
+QUANTIZATIONS = ("fp32", "fp16", "dynamic", "int8", "int8_full")
+CALIBRATED = ("int8", "int8_full")
+#: What the file returns. ``*_stride8`` outputs are at the network's score grid (stride 8 for
+#: DeepLab v2; ``*_stride16`` for an output_stride 16 model), without ARG_MAX or the
+#: full-resolution RESIZE_BILINEAR.
+OUTPUTS = (
+    "labels_and_probabilities",
+    "labels",
+    "probabilities",
+    "logits_stride8",
+    "probabilities_stride8",
+)
 
 
-def _representative(data, size, limit):
-    """Yields ``[uint8 (1, H, W, 3)]`` calibration inputs from arrays or a dataset of dicts."""
+#: The ops the TFLite GPU delegate runs (LiteRT's "GPU delegates" guide, supported ops, in
+#: float32 and float16), checked by :func:`gpu_incompatible_ops`.
+GPU_DELEGATE_OPS = frozenset(
+    "ADD AVERAGE_POOL_2D CONCATENATION CONV_2D DEPTHWISE_CONV_2D EXP FULLY_CONNECTED "
+    "LOGICAL_AND LOGISTIC LSTM MAX_POOL_2D MAXIMUM MINIMUM MUL PAD PRELU RELU RELU6 RESHAPE "
+    "RESIZE_BILINEAR SOFTMAX STRIDED_SLICE SUB TRANSPOSE_CONV".split()
+)
+
+
+def gpu_incompatible_ops(path) -> list[str]:
+    """The ops of a ``.tflite`` file that the TFLite GPU delegate does not run (empty: the
+    whole graph can be delegated), against :data:`GPU_DELEGATE_OPS`.
+
+    An explicit list because ``tf.lite.experimental.Analyzer.analyze(...,
+    gpu_compatibility=True)`` in TensorFlow 2.21 reports every graph compatible: it passes a
+    graph holding CUMSUM, SPACE_TO_BATCH_ND and a uint8 CAST, none of which the delegate runs.
+    """
+    return sorted(set(tflite_ops(path)) - GPU_DELEGATE_OPS)
+
+
+def _grid_output(output: str, stride: int):
+    """``"logits"`` / ``"probabilities"`` for a score-grid output, None for image size."""
+    for kind in ("logits", "probabilities"):
+        if output.startswith(f"{kind}_stride"):
+            if output != f"{kind}_stride{stride}":
+                raise ValueError(
+                    f"This model's scores are at stride {stride}, so its score-grid output is "
+                    f"{kind}_stride{stride!r}. Received: output={output!r}"
+                )
+            return kind
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}. Received: output={output!r}")
+    return None
+
+
+def calibration_images(data, size, limit: int) -> list[np.ndarray]:
+    """Up to ``limit`` calibration images, uint8 ``(1, H, W, 3)`` resized to ``size``.
+
+    ``data``: an iterable of images (``(H, W, 3)`` or ``(1, H, W, 3)`` arrays or tensors) or of
+    ``{"image": ...}`` dicts, such as a ``tf.data.Dataset`` from
+    :func:`deeplab_tf.data.load_dataset` (any dataset this project reads).
+
+    Raises:
+        ValueError: an item that is not an RGB image, or no images at all.
+    """
     h, w = size
-    count = 0
+    images = []
     for item in data:
         image = item["image"] if isinstance(item, dict) else item
         image = np.asarray(image.numpy() if hasattr(image, "numpy") else image)
-        if image.ndim == 4:
+        if image.ndim == 4 and image.shape[0] == 1:
             image = image[0]
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(
+                "representative_data must hold RGB images (H, W, 3) or {'image': ...} dicts. "
+                f"Received an item of shape {image.shape}"
+            )
         image = tf.image.resize(image[None].astype(np.float32), (h, w)).numpy()
-        yield [np.clip(np.round(image), 0, 255).astype(np.uint8)]
-        count += 1
-        if count >= limit:
-            return
+        images.append(np.clip(np.round(image), 0, 255).astype(np.uint8))
+        if len(images) >= limit:
+            break
+    if not images:
+        raise ValueError("representative_data gave no images; int8 calibration needs some.")
+    return images
+
+
+def _check_arguments(quantizations, output, representative_data, num_calibration, input_size):
+    for quantization in quantizations:
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"quantization must be one of {QUANTIZATIONS}. Received: "
+                f"quantization={quantization!r}"
+            )
+    if not isinstance(output, str) or (
+        output not in OUTPUTS and not output.startswith(("logits_stride", "probabilities_stride"))
+    ):
+        raise ValueError(f"output must be one of {OUTPUTS}. Received: output={output!r}")
+    calibrated = [q for q in quantizations if q in CALIBRATED]
+    if calibrated and representative_data is None:
+        raise ValueError(
+            f"{calibrated[0]} quantization needs representative_data (calibration images: "
+            "arrays or a dataset of {'image': ...}). Received: representative_data=None"
+        )
+    if not calibrated and "dynamic" in quantizations and representative_data is not None:
+        # Dynamic range sets activation ranges at run time: the data would go unused while
+        # looking like a calibration. (fp32 / fp16 ignore it: callers may pass one dataset for
+        # every file.)
+        raise ValueError(
+            "representative_data calibrates int8 / int8_full files only; dynamic-range "
+            "quantization takes none (use quantization='int8' for a calibrated file). "
+            "Received: quantization='dynamic' with representative_data"
+        )
+    if not isinstance(num_calibration, (int, np.integer)) or num_calibration < 1:
+        raise ValueError(f"num_calibration must be >= 1. Received: {num_calibration!r}")
+    try:
+        h, w = (int(v) for v in input_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_size must be (H, W). Received: {input_size!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"input_size must be positive. Received: {input_size!r}")
+    return h, w
 
 
 def export_tflite(
@@ -48,6 +158,7 @@ def export_tflite(
     num_calibration: int = 16,
     scales=(1.0,),
     upsample: str = "caffe",
+    output: str = "labels_and_probabilities",
     overwrite: bool = True,
 ) -> str:
     """Converts a DeepLab model to a ``.tflite`` file with builtin ops only.
@@ -56,67 +167,157 @@ def export_tflite(
         model: a DeepLab ``keras.Model`` (logits) or a :class:`MultiScaleInference` wrapper.
         path: output file (written atomically).
         input_size: ``(H, W)`` of the fixed input.
-        quantization: ``"fp32"``, ``"fp16"`` (fp16 weights) or ``"int8"`` (post-training
-            dynamic-range-free full integer quantisation of the network's ops; float I/O kept).
-        representative_data: for int8: an iterable of images (``(H, W, 3)`` uint8 arrays) or a
-            ``tf.data.Dataset`` of ``{"image": ...}`` dicts (any dataset this project reads).
+        quantization: one of :data:`QUANTIZATIONS`: ``"fp32"``; ``"fp16"`` (fp16 weights,
+            float math where the runtime chooses); ``"dynamic"`` (dynamic-range: int8
+            weights, float activations); ``"int8"`` (post-training full-integer quantisation
+            of every op, calibrated on ``representative_data``; uint8 image in, float outputs);
+            ``"int8_full"`` (the same with a float-free interface: uint8 image in with scale 1
+            and zero point 0, so raw pixels go straight in, and uint8 probabilities / logits
+            out; for Edge TPU / NNAPI / Hexagon style accelerators).
+        representative_data: for ``int8`` / ``int8_full`` (required there; refused for
+            ``dynamic``, which would not use it; ignored by ``fp32`` / ``fp16``): images
+            (``(H, W, 3)`` arrays) or a dataset of ``{"image": ...}`` dicts (any dataset this
+            project reads, e.g. ``load_dataset(...)[0]``); each image is resized to
+            ``input_size``.
         num_calibration: how many representative images to use.
         scales, upsample: multi-scale settings when ``model`` is a base model.
+        output: one of :data:`OUTPUTS`: ``"labels_and_probabilities"`` (default), ``"labels"``,
+            ``"probabilities"`` (at image size), ``"logits_stride8"`` or
+            ``"probabilities_stride8"`` (at the score grid, ``stride`` = the model's output
+            stride; no ARG_MAX and no full-resolution RESIZE_BILINEAR: the caller upsamples,
+            e.g. with :func:`deeplab_tf.layers.resize_logits`; multi-scale only with
+            ``fuse_at="logits"``).
         overwrite: replace an existing ``path`` (atomically); if False an existing ``path``
             raises :class:`FileExistsError` before any work.
 
     Returns:
         ``path``.
+
+    Raises:
+        ValueError: a bad combination (int8 without representative data, representative data
+            for a dynamic-range file, an unknown output or quantization), before any work.
     """
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(
-            f"quantization must be one of {QUANTIZATIONS}. Received: quantization={quantization!r}"
-        )
-    if quantization == "int8" and representative_data is None:
-        raise ValueError("int8 quantization needs representative_data (calibration images).")
-    try:
-        h, w = (int(v) for v in input_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"input_size must be (H, W). Received: {input_size!r}") from None
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"The TFLite output path is a folder. Received: {path!r}")
-    if not overwrite and os.path.lexists(path):
-        raise exists_error(path)
+    if not isinstance(quantization, str):
+        raise ValueError(f"quantization must be a string. Received: {quantization!r}")
+    return export_tflite_files(
+        model, {quantization: path}, input_size, representative_data, num_calibration,
+        scales, upsample, output, overwrite,
+    )[quantization]  # fmt: skip
+
+
+def export_tflite_files(
+    model,
+    paths,
+    input_size,
+    representative_data=None,
+    num_calibration: int = 16,
+    scales=(1.0,),
+    upsample: str = "caffe",
+    output: str = "labels_and_probabilities",
+    overwrite: bool = True,
+) -> dict[str, str]:
+    """:func:`export_tflite` for several quantizations of one model: ``paths`` maps each
+    quantization to its file. The model is rebuilt and traced once and converted once per
+    file (the deep models' trace costs as much as a conversion). ``representative_data`` is
+    required when any of them is ``int8`` / ``int8_full`` and used for those only.
+
+    Returns:
+        ``{quantization: path}``.
+    """
+    quantizations = tuple(paths)
+    if not quantizations:
+        raise ValueError("paths must name at least one quantization. Received: {}")
+    h, w = _check_arguments(quantizations, output, representative_data, num_calibration,
+                            input_size)  # fmt: skip
+    paths = {q: os.fspath(p) for q, p in paths.items()}
+    for path in paths.values():
+        if os.path.isdir(path):
+            raise ValueError(f"The TFLite output path is a folder. Received: {path!r}")
+        if not overwrite and os.path.lexists(path):
+            raise exists_error(path)
     if isinstance(model, MultiScaleInference):
-        base = with_input_shape(model.model, h, w)
-        net = MultiScaleInference(
-            base, model.scales, model.fusion, model.flip, model.upsample, fuse_at=model.fuse_at
-        )
+        base, fusion, flip = model.model, model.fusion, model.flip
+        scales, upsample, fuse_at = model.scales, model.upsample, model.fuse_at
     else:
-        net = MultiScaleInference(with_input_shape(model, h, w), scales=scales, upsample=upsample)
+        base, fusion, flip, fuse_at = model, "max", False, "logits"
+    grid = _grid_output(output, int(output_stride_of(base)))
+    if grid is not None and fuse_at != "logits":
+        raise ValueError(
+            f"output={output!r} returns the fused score grid, which needs fuse_at='logits'. "
+            f"Received: fuse_at={fuse_at!r}"
+        )
+    calibration = None
+    if any(q in CALIBRATED for q in quantizations):  # read and checked before any work
+        calibration = calibration_images(representative_data, (h, w), int(num_calibration))
+    net = MultiScaleInference(
+        with_input_shape(base, h, w, plain_convs=True), scales, fusion, flip, upsample,
+        output="logits", fuse_at=fuse_at,
+    )  # fmt: skip
 
     def serve(images):
-        probs = tf.cast(net(tf.cast(images, tf.float32)), tf.float32)
-        return {"labels": tf.argmax(probs, axis=-1, output_type=tf.int32), "probabilities": probs}
+        x = tf.cast(images, tf.float32)
+        if grid is not None:
+            branches = net.run_branches(x, flip=net.flip, training=False, dtype=tf.float32)
+            logits = fuse_on_logit_grid(branches, net.fusion, net.upsample)
+            key = "logits" if grid == "logits" else "probabilities"
+            return {key: logits if grid == "logits" else tf.nn.softmax(logits, axis=-1)}
+        logits = tf.cast(net(x), tf.float32)
+        result = {}
+        if output in ("labels_and_probabilities", "labels"):
+            # From the logits, not the probabilities: equal in float, and in int8 the
+            # softmax's 1/256 steps would tie.
+            result["labels"] = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        if output in ("labels_and_probabilities", "probabilities"):
+            result["probabilities"] = tf.nn.softmax(logits, axis=-1)
+        return result
 
     net.build((1, h, w, 3))
-    archive = keras.export.ExportArchive()
-    archive.track(net)
-    archive.add_endpoint(
-        "serving_default", serve, [tf.TensorSpec([1, h, w, 3], tf.uint8, name="images")]
-    )
-    with scratch(path, "sm") as workdir:  # owned: removed by the next run here if this one dies
-        archive.write_out(os.path.join(workdir, "sm"), verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(os.path.join(workdir, "sm"))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantization == "fp16":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_types = [tf.float16]
-        elif quantization == "int8":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            data = representative_data
-            converter.representative_dataset = lambda: _representative(
-                data, (h, w), num_calibration
-            )
-        blob = converter.convert()
-    write_bytes(path, blob, overwrite)
-    return path
+    first = next(iter(paths.values()))
+    with scratch(first, "sm") as workdir:  # owned: removed by the next run here if this one dies
+        saved = {}
+
+        # Float images for int8_full (the converter makes the input uint8) and for the score
+        # grid outputs (GPU delegates take float inputs; a uint8 CAST would run on the CPU).
+        def input_dtype(q):
+            return tf.float32 if q == "int8_full" or grid is not None else tf.uint8
+
+        for dtype in {input_dtype(q) for q in quantizations}:
+            archive = keras.export.ExportArchive()
+            archive.track(net)
+            spec = tf.TensorSpec([1, h, w, 3], dtype, name="images")
+            archive.add_endpoint("serving_default", serve, [spec])
+            saved[dtype] = os.path.join(workdir, f"sm_{dtype.name}")
+            archive.write_out(saved[dtype], verbose=False)
+        for q, path in paths.items():
+            full_int = q == "int8_full"
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved[input_dtype(q)])
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            if q != "fp32":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            if q == "fp16":
+                converter.target_spec.supported_types = [tf.float16]
+            elif q in CALIBRATED:
+                float_input = input_dtype(q) == tf.float32
+                converter.representative_dataset = lambda float_input=float_input: _representative(
+                    calibration, float_input
+                )
+            if full_int:
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                converter.inference_input_type = tf.uint8
+                converter.inference_output_type = tf.uint8
+            write_bytes(path, converter.convert(), overwrite)
+    return paths
+
+
+def _representative(images, float_input: bool):
+    """Calibration samples. A float input (``int8_full``, score-grid outputs) gets values
+    0..255 with one pixel set to 0 and one to 255 in each image, so that the calibrated input
+    range is exactly [0, 255]: a uint8 input then has scale 1 and zero point 0 (raw pixels)."""
+    for image in images:
+        if float_input:
+            image = image.astype(np.float32)
+            image[0, 0, 0, 0], image[0, -1, -1, -1] = 0.0, 255.0
+        yield [image]
 
 
 def litert_interpreter(path, num_threads: int | None = None, delegates: bool = True):
@@ -144,15 +345,23 @@ def litert_interpreter(path, num_threads: int | None = None, delegates: bool = T
     return interpreter
 
 
-def run_tflite(interpreter_or_path, image) -> dict[str, np.ndarray]:
+def run_tflite(interpreter_or_path, image, dequantize: bool = True) -> dict[str, np.ndarray]:
     """Runs one ``(H, W, 3)`` or ``(1, H, W, 3)`` uint8 image through a TFLite file.
 
     Other dtypes are taken only when every value is a whole number in 0..255 (a float copy
     of a uint8 image); anything else raises ``ValueError`` rather than being wrapped or
-    clipped into uint8.
+    clipped into uint8. A quantised input (``int8_full`` files) is fed through its scale and
+    zero point (scale 1, zero point 0 for files from :func:`export_tflite`: the raw pixels).
+
+    Args:
+        interpreter_or_path: a ``.tflite`` path or a :func:`litert_interpreter`.
+        image: the image.
+        dequantize: return quantised outputs (``int8_full`` probabilities / logits) as float32
+            (``(q - zero_point) * scale``); False returns them as stored.
 
     Returns:
-        ``{"labels": (1, H, W) int32, "probabilities": (1, H, W, C) float32}``.
+        The file's outputs by name, e.g. ``{"labels": (1, H, W) int32, "probabilities":
+        (1, H, W, C) float32}`` (see :data:`OUTPUTS`).
     """
     interpreter = interpreter_or_path
     if isinstance(interpreter, (str, os.PathLike)):
@@ -167,7 +376,24 @@ def run_tflite(interpreter_or_path, image) -> dict[str, np.ndarray]:
         raise ValueError(
             f"This TFLite model takes images of shape {expected}. Received: {tuple(image.shape)}"
         )
-    return runner(images=image.astype(np.uint8))
+    scale, zero = spec.get("quantization", (0.0, 0))
+    if spec["dtype"] == np.float32:
+        feed = image.astype(np.float32)
+    elif scale and (scale, zero) != (1.0, 0):
+        info = np.iinfo(spec["dtype"])
+        q = np.round(image.astype(np.float32) / scale + zero)
+        feed = np.clip(q, info.min, info.max).astype(spec["dtype"])
+    else:
+        feed = image.astype(spec["dtype"])
+    outputs = runner(images=feed)
+    if not dequantize:
+        return outputs
+    details = runner.get_output_details()
+    for name, value in outputs.items():
+        scale, zero = details[name].get("quantization", (0.0, 0))
+        if scale and value.dtype in (np.uint8, np.int8, np.int16):
+            outputs[name] = ((value.astype(np.float32) - zero) * scale).astype(np.float32)
+    return outputs
 
 
 def _as_uint8_image(image):
