@@ -31,8 +31,7 @@ import tempfile
 import time
 
 from benchmarks import _common
-
-QUANTIZATIONS = ("fp32", "fp16", "dynamic", "int8", "int8_full")
+from deeplab_tf.export.tflite_options import QUANTIZATIONS
 
 
 def parse_args(argv=None):

@@ -6,16 +6,7 @@ from __future__ import annotations
 import os
 
 from deeplab_tf.cli import positive_float, positive_int
-
-# Kept in step with deeplab_tf.export.tflite (not imported here: the CLI starts without TF).
-QUANTIZATIONS = ("fp32", "fp16", "dynamic", "int8", "int8_full")
-OUTPUTS = (
-    "labels_and_probabilities",
-    "labels",
-    "probabilities",
-    "logits_stride8",
-    "probabilities_stride8",
-)
+from deeplab_tf.export.tflite_options import OUTPUTS, QUANTIZATIONS
 
 
 def _size(text):

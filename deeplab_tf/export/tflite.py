@@ -25,26 +25,10 @@ import tensorflow as tf
 
 from deeplab_tf.atomic import exists_error, scratch, write_bytes
 from deeplab_tf.export.optimize import with_input_shape
+from deeplab_tf.export.tflite_options import CALIBRATED, OUTPUTS, QUANTIZATIONS
 from deeplab_tf.inference.multiscale import MultiScaleInference
 from deeplab_tf.models.deeplab import output_stride_of
 from deeplab_tf.models.multiscale import fuse_on_logit_grid
-
-#: ``fp32``; ``fp16`` (fp16 weights); ``dynamic`` (int8 weights, float activations);
-#: ``int8`` (full-integer ops, uint8 image in and float outputs); ``int8_full`` (full-integer
-#: ops with uint8 input and uint8 probabilities / logits; labels stay int32).
-QUANTIZATIONS = ("fp32", "fp16", "dynamic", "int8", "int8_full")
-CALIBRATED = ("int8", "int8_full")
-#: What the file returns. ``*_stride8`` outputs are at the network's score grid (stride 8 for
-#: DeepLab v2; ``*_stride16`` for an output_stride 16 model), without ARG_MAX or the
-#: full-resolution RESIZE_BILINEAR.
-OUTPUTS = (
-    "labels_and_probabilities",
-    "labels",
-    "probabilities",
-    "logits_stride8",
-    "probabilities_stride8",
-)
-
 
 #: The ops the TFLite GPU delegate runs (LiteRT's "GPU delegates" guide, supported ops, in
 #: float32 and float16), checked by :func:`gpu_incompatible_ops`.
