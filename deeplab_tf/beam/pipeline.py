@@ -300,10 +300,15 @@ def _build_settings(model, weights, preset, num_classes, scales, fusion, flip, u
 
 
 def predict_pipeline(
-    inputs,
-    out,
+    inputs=None,
+    out=None,
     model=None,
     *,
+    dataset=None,
+    split="val",
+    root=None,
+    dataset_args=None,
+    limit=None,
     weights=None,
     preset=None,
     num_classes=None,
@@ -333,6 +338,10 @@ def predict_pipeline(
     Args:
         inputs: image files, folders and globs (local), or ``gs://``-style globs and files.
         out: output folder (local or on a Beam file system).
+        dataset, split, root, dataset_args, limit: instead of ``inputs``, the images of a
+            file dataset's split (``deeplab_tf.data.list_dataset``, as ``evaluate_pipeline``;
+            labels not needed), the first ``limit`` only; each output is named after its
+            example id (:func:`deeplab_tf.inference.io.dataset_inputs`).
         model, weights, preset, num_classes, scales, fusion, flip, upsample, fuse_at,
             tile_size, overlap: as for ``deeplab-tf predict``.
         crf: False, True (the model backbone's preset), a preset name, or a DenseCRF config.
@@ -354,22 +363,31 @@ def predict_pipeline(
     import_beam()
     from deeplab_tf.beam.filesystems import exists, is_remote, join, match, read_json
     from deeplab_tf.data.palettes import label_set
-    from deeplab_tf.inference.io import DEFAULT_MAX_PIXELS, expand_inputs
+    from deeplab_tf.inference.io import DEFAULT_MAX_PIXELS, dataset_inputs, expand_inputs
     from deeplab_tf.inference.outputs import OUTPUT_SUFFIXES, PROBS_SUFFIX, plan_outputs
 
-    inputs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
-    local = [os.fspath(p) for p in inputs if not is_remote(p)]
-    paths, errors = expand_inputs(local)
-    for p in inputs:
-        if is_remote(p):
-            found = match(p)
-            paths += found
-            if not found:
-                errors.append(f"{p}: pattern matched no files")
-    if errors:
-        raise ValueError("; ".join(errors))
-    if not paths:
-        raise ValueError(f"no input images found. Received: inputs={inputs!r}")
+    if (inputs is None) == (dataset is None) or out is None:
+        raise ValueError(
+            "give inputs (images, folders, globs) or dataset=..., and out. Received: "
+            f"inputs={inputs!r}, dataset={dataset!r}, out={out!r}"
+        )
+    names = None
+    if dataset is not None:
+        paths, names = dataset_inputs(dataset, split, root, dataset_args, limit)
+    else:
+        inputs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+        local = [os.fspath(p) for p in inputs if not is_remote(p)]
+        paths, errors = expand_inputs(local)
+        for p in inputs:
+            if is_remote(p):
+                found = match(p)
+                paths += found
+                if not found:
+                    errors.append(f"{p}: pattern matched no files")
+        if errors:
+            raise ValueError("; ".join(errors))
+        if not paths:
+            raise ValueError(f"no input images found. Received: inputs={inputs!r}")
     if settings is None:
         settings = _build_settings(model, weights, preset, num_classes, scales, fusion, flip,
                                    upsample, fuse_at, tile_size, overlap, crf)  # fmt: skip
@@ -377,7 +395,7 @@ def predict_pipeline(
     protected = [
         p for p in (settings.get("model"), settings.get("weights")) if p and os.path.isfile(p)
     ]
-    plan = plan_outputs(paths, out, probs, protected, overwrite, check_files=not remote_out)
+    plan = plan_outputs(paths, out, probs, protected, overwrite, not remote_out, names)
     suffixes = OUTPUT_SUFFIXES + ((PROBS_SUFFIX,) if probs else ())
     dead_letter_path = join(out, DEAD_LETTER_FILE)
     if not overwrite:
@@ -461,18 +479,11 @@ def evaluate_pipeline(
     """
     import_beam()
     from deeplab_tf.beam.filesystems import join, read_json
-    from deeplab_tf.data.catalog import list_dataset
+    from deeplab_tf.data.catalog import list_split_examples
     from deeplab_tf.evaluation.metrics import scores_from_confusion
 
-    listing = list_dataset(dataset, split=split, root=root, **(dataset_args or {}))
-    if listing.problems:
-        raise ValueError(
-            f"{len(listing.problems)} example(s) have missing files: {listing.problems[0]['error']}"
-        )
+    listing, examples = list_split_examples(dataset, split, root, limit, **(dataset_args or {}))
     info = listing.info
-    examples = listing.examples[:limit] if limit else listing.examples
-    if not examples:
-        raise ValueError(f"dataset {dataset!r} ({split}) has no examples")
     if settings is None:
         settings = _build_settings(model, weights, preset, info.num_classes, scales, fusion,
                                    flip, upsample, fuse_at, tile_size, overlap, crf)  # fmt: skip

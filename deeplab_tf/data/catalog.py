@@ -81,3 +81,37 @@ def list_dataset(
     with labels_replaced():
         listing = lister(name)(root=root, split=split, **kwargs)
     return apply_pseudo_labels(listing, pseudo_labels, split)
+
+
+def list_split_examples(
+    name: str, split: str = "train", root=None, limit=None, labels: bool = True, **kwargs
+):
+    """:func:`list_dataset` for a command that runs over a split: the examples to run, checked.
+
+    Args:
+        name, split, root, **kwargs: as :func:`list_dataset`.
+        limit: the first N examples only (None: all).
+        labels: whether the dataset's label files are needed (``evaluate``); False lists the
+            images only (``predict``: a split whose labels are absent, or not yet made).
+
+    Returns:
+        ``(listing, examples)``: the :class:`DatasetListing` and its first ``limit`` examples.
+
+    Raises:
+        ValueError: an unknown dataset, a missing root, missing files (named), or no examples.
+    """
+    import contextlib
+
+    from deeplab_tf.data.listing import labels_replaced
+
+    with contextlib.nullcontext() if labels else labels_replaced():
+        listing = list_dataset(name, split=split, root=root, **kwargs)
+    if listing.problems:
+        raise ValueError(
+            f"{len(listing.problems)} example(s) of dataset {name!r} ({split}) have missing "
+            f"files: {listing.problems[0]['error']}"
+        )
+    examples = listing.examples[:limit] if limit else listing.examples
+    if not examples:
+        raise ValueError(f"dataset {name!r} ({split}) has no examples. Received: root={root!r}")
+    return listing, examples

@@ -200,14 +200,31 @@ def register(sub):
     p = sub.add_parser(
         "predict",
         help="segment images: label PNGs, colour overlays, optional probability maps",
-        description="Segments images (files, directories or glob patterns) and writes, per "
-        "image, NAME.png (class ids, VOC palette), NAME_overlay.png (the photo tinted with the "
-        "classes) and, with --probs, NAME_probs.npy (H, W, C float16). A file that cannot be "
+        description="Segments images (files, directories or glob patterns, or with --dataset "
+        "the images of a dataset split) and writes, per image, NAME.png (class ids, VOC "
+        "palette), NAME_overlay.png (the photo tinted with the classes) and, with --probs, "
+        "NAME_probs.npy (H, W, C float16); NAME is the file's stem, or the example id with "
+        "--dataset (2007_000033, frankfurt_000000_000294...). A file that cannot be "
         "used is reported and skipped; the exit status is 1 if any file failed. Outputs never "
         "replace an input or each other (refused before any work), nor an existing file "
         "unless --overwrite is given.",
     )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, directories, globs")
+    p.add_argument(
+        "inputs", nargs="*", metavar="IMAGE",
+        help="image files, directories, globs (or --dataset instead)",
+    )  # fmt: skip
+    g = p.add_argument_group("dataset input (instead of IMAGE)")
+    g.add_argument(
+        "--dataset", help="predict the images of a dataset split (voc2012, cityscapes, "
+        "cocostuff164k, folder...; listed as `deeplab-tf evaluate` lists it; labels not needed)",
+    )  # fmt: skip
+    g.add_argument("--split", default="val", help="with --dataset: split (default: val)")
+    g.add_argument("--root", help="with --dataset: folder holding the dataset")
+    g.add_argument("--limit", type=positive_int, help="with --dataset: the first N images only")
+    g.add_argument(
+        "--dataset-arg", action="append", default=[], metavar="KEY=VALUE",
+        help="with --dataset: extra option for its listing (repeatable; values parsed as JSON)",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="output directory (created if missing)")
     p.add_argument("--probs", action="store_true", help="also write NAME_probs.npy")
     p.add_argument(
@@ -232,6 +249,32 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+def _dataset_inputs(args):
+    """``(paths, names)`` of ``--dataset`` (:func:`deeplab_tf.inference.io.dataset_inputs`), or
+    None for IMAGE inputs; refuses both or neither, and a dataset that does not list."""
+    from deeplab_tf.errors import CLIError
+    from deeplab_tf.evaluation.cli import _dataset_kwargs
+    from deeplab_tf.inference.io import dataset_inputs
+
+    if bool(args.inputs) == bool(args.dataset):
+        raise CLIError(
+            "give IMAGE inputs or --dataset NAME --root ROOT, not both or neither. Received: "
+            f"IMAGE {args.inputs!r}, --dataset {args.dataset!r}"
+        )
+    if not args.dataset:
+        extra = [f for f in ("root", "limit") if getattr(args, f) is not None]
+        if args.dataset_arg or extra:
+            flags = [f"--{f}" for f in extra] + ["--dataset-arg"] * bool(args.dataset_arg)
+            raise CLIError(f"{', '.join(flags)} need(s) --dataset. Received IMAGE inputs")
+        return None
+    try:
+        return dataset_inputs(
+            args.dataset, args.split, args.root, _dataset_kwargs(args.dataset_arg), args.limit
+        )
+    except (ValueError, OSError) as err:
+        raise CLIError(f"--dataset {args.dataset!r} ({args.split}): {err}") from None
+
+
 def run(args):
     from deeplab_tf.data.palettes import label_set
     from deeplab_tf.errors import CLIError
@@ -244,6 +287,7 @@ def run(args):
     from deeplab_tf.inference.outputs import write_prediction
     from deeplab_tf.inference.progress import Progress
 
+    names = _dataset_inputs(args)  # None without --dataset; bad input refused before the model
     if getattr(args, "runner", None):  # the same command on Apache Beam (docs/scale-out.md)
         from deeplab_tf.beam.cli import run_predict
 
@@ -251,7 +295,10 @@ def run(args):
     if not 0.0 <= args.alpha <= 1.0:
         raise CLIError(f"--alpha must be in [0, 1]. Received: {args.alpha}")
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
-    paths, errors = expand_inputs(args.inputs)
+    if names is not None:
+        (paths, names), errors = names, []
+    else:
+        paths, errors = expand_inputs(args.inputs)
     for message in errors:
         print(f"deeplab-tf: error: {message}", file=sys.stderr)
     if not paths:
@@ -262,7 +309,7 @@ def run(args):
     predictor, settings = build_predictor(args)  # argument errors first; no inference yet
     try:  # before any inference: outputs never replace inputs, each other or (unasked) old files
         protected = [p for p in (args.model, args.weights) if p and os.path.isfile(p)]
-        plan = plan_outputs(paths, args.out, args.probs, protected, args.overwrite)
+        plan = plan_outputs(paths, args.out, args.probs, protected, args.overwrite, names=names)
     except ValueError as err:
         raise CLIError(str(err)) from None
     try:

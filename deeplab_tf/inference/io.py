@@ -31,6 +31,31 @@ def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS):
     return decode_image(path, max_pixels)
 
 
+def dataset_inputs(dataset, split="val", root=None, dataset_args=None, limit=None):
+    """The images of a dataset split, for ``predict --dataset`` and ``predict_pipeline``.
+
+    Lists the split with :func:`deeplab_tf.data.catalog.list_split_examples` (what ``evaluate``
+    lists; label files are not needed) and names each output after its example id
+    (``2007_000033``, ``frankfurt_000000_000294``, ...), which the dataset keeps unique where
+    file names are not (Cityscapes' city folders, ``test`` images of several years). Path
+    separators in an id become ``_``; names that still collide are refused by
+    :func:`~deeplab_tf.inference.outputs.plan_outputs`.
+
+    Returns:
+        ``(paths, names)``: image paths and output names, in the listing's order.
+
+    Raises:
+        ValueError: unknown dataset, missing root or files, no examples (before any work).
+    """
+    from deeplab_tf.data.catalog import list_split_examples
+
+    _, examples = list_split_examples(
+        dataset, split, root, limit, labels=False, **(dataset_args or {})
+    )
+    names = [e.id.replace(os.sep, "_").replace("/", "_") for e in examples]
+    return [e.image_path for e in examples], names
+
+
 def expand_inputs(patterns) -> tuple[list[str], list[str]]:
     """Expands files, directories (their image files, sorted) and glob patterns.
 

@@ -61,7 +61,13 @@ def write_prediction(
 
 
 def plan_outputs(
-    paths, out, probs: bool = False, protected=(), overwrite: bool = False, check_files=True
+    paths,
+    out,
+    probs: bool = False,
+    protected=(),
+    overwrite: bool = False,
+    check_files=True,
+    names=None,
 ):
     """The output files of each input, checked before any work.
 
@@ -72,21 +78,26 @@ def plan_outputs(
         protected: other files the run reads (the model, its weights).
         overwrite: whether outputs that exist already may be replaced.
         check_files: check the files on disk (False: names only, for an object store).
+        names: the output name of each input (a dataset's example ids, from
+            :func:`~deeplab_tf.inference.io.dataset_inputs`); default: the file's stem.
 
     Returns:
         A list of ``(input, base)``: the outputs of ``input`` are ``base + suffix``.
 
     Raises:
         OutputError: an output resolves to an input or to another output of this run (two
-            inputs ``a.jpg`` and ``a.png`` both give ``a.png``), or exists and ``overwrite``
-            is False; the message names the files involved.
+            inputs ``a.jpg`` and ``a.png`` both give ``a.png``; two examples of one name), or
+            exists and ``overwrite`` is False; the message names the files involved.
     """
     from deeplab_tf.atomic import OutputError, check_outputs
 
     suffixes = OUTPUT_SUFFIXES + ((PROBS_SUFFIX,) if probs else ())
     plan, outputs, owner = [], [], {}
-    for path in paths:
-        stem = os.path.splitext(os.path.basename(path))[0] or "image"
+    if names is not None and len(names) != len(paths):
+        raise ValueError(f"{len(names)} names for {len(paths)} inputs")
+    for i, path in enumerate(paths):
+        stem = names[i] if names is not None else os.path.splitext(os.path.basename(path))[0]
+        stem = stem or "image"
         base = os.path.join(out, stem)
         for suffix in suffixes:
             key = os.path.normcase(os.path.realpath(base + suffix))
