@@ -169,6 +169,46 @@ def test_beam_evaluate_report_equals_evaluate(tiny, tmp_path):
     assert table(beam.stdout) == table(single.stdout)
 
 
+@pytest.mark.large
+@pytest.mark.multiprocess
+def test_beam_predict_dataset_is_byte_identical_to_predict(tiny, tmp_path):
+    """`predict --dataset` on a Cityscapes tree (two cities): one listing, the same names."""
+    from tests._data_utils import make_cityscapes
+
+    rng = np.random.default_rng(7)
+    names = ["aachen_000000_000019", "aachen_000001_000019", "bochum_000000_000313"]
+    labels = [rng.integers(0, 34, size=(30 + i % 2, 41)).astype(np.uint8) for i in range(3)]
+    make_cityscapes(str(tmp_path / "cs"), "val", names, labels, rng)
+    common = [
+        "predict", "--dataset", "cityscapes", "--root", str(tmp_path / "cs"), "--split", "val",
+        "--model", str(tiny / "tiny.keras"), "--scales", "1", "0.75", "--no-progress",
+    ]  # fmt: skip
+    single = _cli(*common, "--out", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr
+    beam = _cli(*common, "--out", str(tmp_path / "beam"), "--runner", "DirectRunner", *BEAM_OPTIONS)
+    assert beam.returncode == 0, beam.stderr
+    assert "images_done=3, failures=0" in beam.stdout and "wrote 3 of 3" in beam.stdout
+    want = sorted(f"{n}{s}" for n in names for s in (".png", "_overlay.png"))
+    assert _files(tmp_path / "single") == _files(tmp_path / "beam") == want
+    for f in want:
+        assert (tmp_path / "beam" / f).read_bytes() == (tmp_path / "single" / f).read_bytes(), f
+
+
+def test_predict_pipeline_refuses_bad_dataset_input_before_work(tmp_path):
+    from deeplab_tf.beam import predict_pipeline
+
+    out = str(tmp_path / "o")
+    with pytest.raises(ValueError, match="Unknown dataset 'nope'"):
+        predict_pipeline(out=out, model="absent.keras", dataset="nope", root=str(tmp_path))
+    with pytest.raises(ValueError, match="not a directory"):
+        predict_pipeline(out=out, model="absent.keras", dataset="voc2012", root=out + "x")
+    with pytest.raises(ValueError, match="inputs=.*a.png.*dataset='voc2012'"):
+        predict_pipeline("a.png", out, "absent.keras", dataset="voc2012", root=str(tmp_path))
+    with pytest.raises(ValueError, match="inputs=None, dataset=None"):
+        predict_pipeline(out=out, model="absent.keras")
+    assert not (tmp_path / "o").exists()
+
+
 def test_confusion_combine_fn_sums_exactly():
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
