@@ -88,6 +88,23 @@ def positive_floats(text):
         ) from None
 
 
+def dataset_kwargs(pairs) -> dict:
+    """``--dataset-arg KEY=VALUE`` options (of ``evaluate`` and ``predict --dataset``) as the
+    listing's keyword arguments; values are parsed as JSON where they can be."""
+    import json
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise CLIError(f"--dataset-arg needs KEY=VALUE. Received: {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     from deeplab_tf import __version__
 

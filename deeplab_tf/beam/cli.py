@@ -25,8 +25,8 @@ def _settings(args, settings):
 def run_predict(args, settings):
     """The Beam path of ``predict``; ``settings``: from ``build_predictor`` (checked)."""
     from deeplab_tf.beam.pipeline import predict_pipeline
+    from deeplab_tf.cli import dataset_kwargs
     from deeplab_tf.errors import CLIError
-    from deeplab_tf.evaluation.cli import _dataset_kwargs
 
     if not 0.0 <= args.alpha <= 1.0:
         raise CLIError(f"--alpha must be in [0, 1]. Received: {args.alpha}")
@@ -34,7 +34,7 @@ def run_predict(args, settings):
         settings = _settings(args, settings)
         out = predict_pipeline(
             args.inputs or None, args.out, dataset=args.dataset, split=args.split,
-            root=args.root, dataset_args=_dataset_kwargs(args.dataset_arg), limit=args.limit,
+            root=args.root, dataset_args=dataset_kwargs(args.dataset_arg), limit=args.limit,
             probs=args.probs, palette=args.palette, alpha=args.alpha,
             legend=args.legend, max_pixels=args.max_pixels, overwrite=args.overwrite,
             batch_size=args.batch_size, runner=args.runner, pipeline_args=args.pipeline_args,

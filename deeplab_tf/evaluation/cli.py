@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from deeplab_tf.cli import nonneg_int, positive_int
+from deeplab_tf.cli import dataset_kwargs, nonneg_int, positive_int
 
 
 def register(sub):
@@ -40,23 +40,6 @@ def register(sub):
     )  # fmt: skip
     add_inference_arguments(p)
     p.set_defaults(func=run)
-
-
-def _dataset_kwargs(pairs):
-    import json
-
-    from deeplab_tf.errors import CLIError
-
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise CLIError(f"--dataset-arg needs KEY=VALUE. Received: {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def check_evaluate_outputs(args):
@@ -102,7 +85,7 @@ def run(args):
     check_evaluate_outputs(args)
     try:
         dataset, info = load_dataset(
-            args.dataset, split=args.split, root=args.root, **_dataset_kwargs(args.dataset_arg)
+            args.dataset, split=args.split, root=args.root, **dataset_kwargs(args.dataset_arg)
         )
     except (ValueError, FileNotFoundError, OSError) as err:
         raise CLIError(f"cannot load dataset {args.dataset!r} ({args.split}): {err}") from None
@@ -111,7 +94,7 @@ def run(args):
         from deeplab_tf.beam.cli import run_evaluate
 
         settings = build_predictor(args, num_classes=info.num_classes)[1]
-        return run_evaluate(args, info, settings, _dataset_kwargs(args.dataset_arg), report_scores)
+        return run_evaluate(args, info, settings, dataset_kwargs(args.dataset_arg), report_scores)
     predictor, settings = build_predictor(args, num_classes=info.num_classes)
     total = info.num_examples
     if args.limit is not None:

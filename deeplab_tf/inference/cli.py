@@ -8,7 +8,14 @@ from __future__ import annotations
 import os
 import sys
 
-from deeplab_tf.cli import fraction, nonneg_int, positive_float, positive_int, unit_float
+from deeplab_tf.cli import (
+    dataset_kwargs,
+    fraction,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    unit_float,
+)
 from deeplab_tf.inference.outputs import OUTPUT_SUFFIXES, plan_outputs  # noqa: F401
 
 
@@ -253,7 +260,6 @@ def _dataset_inputs(args):
     """``(paths, names)`` of ``--dataset`` (:func:`deeplab_tf.inference.io.dataset_inputs`), or
     None for IMAGE inputs; refuses both or neither, and a dataset that does not list."""
     from deeplab_tf.errors import CLIError
-    from deeplab_tf.evaluation.cli import _dataset_kwargs
     from deeplab_tf.inference.io import dataset_inputs
 
     if bool(args.inputs) == bool(args.dataset):
@@ -269,7 +275,7 @@ def _dataset_inputs(args):
         return None
     try:
         return dataset_inputs(
-            args.dataset, args.split, args.root, _dataset_kwargs(args.dataset_arg), args.limit
+            args.dataset, args.split, args.root, dataset_kwargs(args.dataset_arg), args.limit
         )
     except (ValueError, OSError) as err:
         raise CLIError(f"--dataset {args.dataset!r} ({args.split}): {err}") from None
