@@ -293,7 +293,7 @@ def run(args):
     from deeplab_tf.inference.outputs import write_prediction
     from deeplab_tf.inference.progress import Progress
 
-    names = _dataset_inputs(args)  # None without --dataset; bad input refused before the model
+    listed = _dataset_inputs(args)  # None without --dataset; bad input refused before the model
     if getattr(args, "runner", None):  # the same command on Apache Beam (docs/scale-out.md)
         from deeplab_tf.beam.cli import run_predict
 
@@ -301,10 +301,10 @@ def run(args):
     if not 0.0 <= args.alpha <= 1.0:
         raise CLIError(f"--alpha must be in [0, 1]. Received: {args.alpha}")
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
-    if names is not None:
-        (paths, names), errors = names, []
+    if listed is not None:
+        (paths, names), errors = listed, []
     else:
-        paths, errors = expand_inputs(args.inputs)
+        (paths, errors), names = expand_inputs(args.inputs), None
     for message in errors:
         print(f"deeplab-tf: error: {message}", file=sys.stderr)
     if not paths:
