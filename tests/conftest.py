@@ -36,3 +36,19 @@ def _release_memory():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    """With DEEPLAB_TF_TEST_RSS_LOG=FILE, appends "worker test resident-MB" after each test:
+    how the suite's memory is found when a full run grows (see ``_release_memory``)."""
+    path = os.environ.get("DEEPLAB_TF_TEST_RSS_LOG")
+    if not path:
+        return
+    try:
+        with open("/proc/self/status") as f:
+            rss = next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(path, "a") as f:
+        f.write(f"{worker} {nodeid} {rss}\n")
