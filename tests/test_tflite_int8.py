@@ -135,9 +135,9 @@ def test_outputs_at_the_score_grid_are_gpu_compatible(tmp_path):
     full-resolution resize, every op one the TFLite GPU delegate runs (the default output,
     with its uint8 CAST and ARG_MAX, is reported incompatible: the check can fail).
 
-    Checked against the GPU delegate's documented op list (``GPU_DELEGATE_OPS``), not with
+    Checked with ``gpu_incompatible_ops`` (LiteRT's GPU compatibility rules), not with
     ``tf.lite.experimental.Analyzer.analyze(..., gpu_compatibility=True)``: in TensorFlow 2.21
-    that analyzer reports every graph compatible (CUMSUM, SPACE_TO_BATCH_ND and CAST too)."""
+    that analyzer reports every graph compatible (see the test below)."""
     model = _spread_model()
     image = _images(1, 41, 33)[0]
     logits = _inference_form(model, 41, 33).model(image[None].astype(np.float32)).numpy()
@@ -167,6 +167,53 @@ def test_outputs_at_the_score_grid_are_gpu_compatible(tmp_path):
     out = run_tflite(probs, image)
     assert list(out) == ["probabilities"]
     np.testing.assert_allclose(out["probabilities"], expected, rtol=1e-4, atol=1e-4)
+
+
+def _tiny_tflite(path, fn, dtype):
+    import tensorflow as tf
+
+    class Graph(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 3], dtype)])
+        def serve(self, x):
+            return fn(tf, x)
+
+    graph = Graph()
+    concrete = graph.serve.get_concrete_function()
+    path.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([concrete], graph).convert())
+    return path
+
+
+def test_gpu_compatibility_follows_the_delegates_rules(tmp_path):
+    """By op kind and, for CAST, by type pair: a float32 -> int32 cast and CUMSUM run on the GPU
+    delegate; a uint8 -> float32 cast and ARG_MAX do not."""
+
+    def accepted(tf, x):
+        return tf.cast(tf.math.cumsum(tf.nn.relu(x), axis=3), tf.int32)
+
+    def rejected(tf, x):
+        return tf.argmax(tf.cast(x, tf.float32), -1, output_type=tf.int32)
+
+    good = _tiny_tflite(tmp_path / "good.tflite", accepted, "float32")
+    assert {"CAST", "CUMSUM"} <= set(tflite_ops(good))
+    assert gpu_incompatible_ops(good) == []
+    bad = _tiny_tflite(tmp_path / "bad.tflite", rejected, "uint8")
+    assert gpu_incompatible_ops(bad) == ["ARG_MAX", "CAST"]
+
+
+def test_tf_analyzer_gpu_check_still_passes_incompatible_graphs(tmp_path, capsys):
+    """Why ``gpu_incompatible_ops`` exists: TensorFlow's ``Analyzer.analyze(...,
+    gpu_compatibility=True)`` calls a graph with ARG_MAX and a uint8 CAST compatible. When this
+    fails, TensorFlow has fixed its analyzer: use it in ``gpu_incompatible_ops``."""
+    import tensorflow as tf
+
+    def rejected(tf, x):
+        return tf.argmax(tf.cast(x, tf.float32), -1, output_type=tf.int32)
+
+    bad = _tiny_tflite(tmp_path / "bad.tflite", rejected, "uint8")
+    tf.lite.experimental.Analyzer.analyze(model_path=str(bad), gpu_compatibility=True)
+    report = capsys.readouterr().out
+    assert "ARG_MAX" in report  # the report did run on this graph
+    assert "looks compatible with GPU delegate" in report, report[-2000:]
 
 
 def test_bad_combinations_are_refused_before_work(tmp_path, monkeypatch):

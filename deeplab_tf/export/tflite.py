@@ -30,24 +30,60 @@ from deeplab_tf.inference.multiscale import MultiScaleInference
 from deeplab_tf.models.deeplab import output_stride_of
 from deeplab_tf.models.multiscale import fuse_on_logit_grid
 
-#: The ops the TFLite GPU delegate runs (LiteRT's "GPU delegates" guide, supported ops, in
-#: float32 and float16), checked by :func:`gpu_incompatible_ops`.
+#: The builtin ops the TFLite GPU delegate accepts: the cases of LiteRT's own compatibility
+#: check (``CheckGpuDelegateCompatibility`` in tensorflow/lite/tools/versioning/
+#: gpu_compatibility.cc, which the delegate's model builder runs). Not in it, and so run on the
+#: CPU: ARG_MAX, SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND, REVERSE_V2, among others.
 GPU_DELEGATE_OPS = frozenset(
-    "ADD AVERAGE_POOL_2D CONCATENATION CONV_2D DEPTHWISE_CONV_2D EXP FULLY_CONNECTED "
-    "LOGICAL_AND LOGISTIC LSTM MAX_POOL_2D MAXIMUM MINIMUM MUL PAD PRELU RELU RELU6 RESHAPE "
-    "RESIZE_BILINEAR SOFTMAX STRIDED_SLICE SUB TRANSPOSE_CONV".split()
+    """
+    ABS ADD ADD_N ATAN2 AVERAGE_POOL_2D BATCH_MATMUL CAST CEIL CONCATENATION CONV_2D COS
+    CUMSUM DENSIFY DEPTH_TO_SPACE DEPTHWISE_CONV_2D DEQUANTIZE DIV DYNAMIC_UPDATE_SLICE ELU
+    EMBEDDING_LOOKUP EQUAL EXP FLOOR FLOOR_DIV FLOOR_MOD FULLY_CONNECTED GATHER GELU GREATER
+    GREATER_EQUAL HARD_SWISH LEAKY_RELU LESS LESS_EQUAL LOG LOGICAL_AND LOGISTIC LSTM
+    MAX_POOL_2D MAXIMUM MEAN MINIMUM MIRROR_PAD MUL NEG NOT_EQUAL ONE_HOT PACK PAD PADV2 POW
+    PRELU QUANTIZE REDUCE_MAX REDUCE_MIN REDUCE_PROD RELU RELU_N1_TO_1 RELU6 RESHAPE
+    RESIZE_BILINEAR RESIZE_NEAREST_NEIGHBOR RSQRT SELECT SELECT_V2 SIGN SIN SLICE SOFTMAX
+    SPACE_TO_DEPTH SPLIT SPLIT_V SQRT SQUARE SQUARED_DIFFERENCE STRIDED_SLICE SUB SUM TANH TILE
+    TRANSPOSE TRANSPOSE_CONV
+    """.split()
+)
+
+#: The CAST type pairs that check accepts (bool <-> float, float32 / int32 among themselves);
+#: the uint8 -> float32 cast of a uint8-input file is not one of them.
+_GPU_CASTS = frozenset(
+    [(np.bool_, np.float16), (np.bool_, np.float32), (np.float16, np.bool_)]
+    + [(np.float32, np.bool_)]
+    + [(a, b) for a in (np.float32, np.int32) for b in (np.float32, np.int32)]
 )
 
 
 def gpu_incompatible_ops(path) -> list[str]:
-    """The ops of a ``.tflite`` file that the TFLite GPU delegate does not run (empty: the
-    whole graph can be delegated), against :data:`GPU_DELEGATE_OPS`.
+    """The ops of a ``.tflite`` file that the TFLite GPU delegate leaves to the CPU (empty: the
+    whole graph can be delegated), sorted, each named once.
 
-    An explicit list because ``tf.lite.experimental.Analyzer.analyze(...,
-    gpu_compatibility=True)`` in TensorFlow 2.21 reports every graph compatible: it passes a
-    graph holding CUMSUM, SPACE_TO_BATCH_ND and a uint8 CAST, none of which the delegate runs.
+    Checks each op against :data:`GPU_DELEGATE_OPS` and, where that check has a type or arity
+    rule this project's graphs can meet, the rule too (CAST's type pairs, ADD_N's two inputs).
+    Its shape rules (broadcasting, slice masks, padding ranks) are not re-implemented, so an
+    empty list means "no op the delegate rejects by kind", the same promise the delegate's
+    own pre-check makes.
+
+    ``tf.lite.experimental.Analyzer.analyze(..., gpu_compatibility=True)`` would be the
+    natural tool, but in TensorFlow 2.21 it reports every graph compatible, one with ARG_MAX
+    and a uint8 CAST included (``tests/test_tflite_int8.py`` keeps a check on that).
     """
-    return sorted(set(tflite_ops(path)) - GPU_DELEGATE_OPS)
+    interpreter = litert_interpreter(path, delegates=False)
+    dtypes = {t["index"]: np.dtype(t["dtype"]).type for t in interpreter.get_tensor_details()}
+    rejected = set()
+    for op in interpreter._get_ops_details():
+        name = op["op_name"]
+        inputs = [i for i in op["inputs"] if i >= 0]
+        if name not in GPU_DELEGATE_OPS:
+            rejected.add(name)
+        elif name == "CAST" and (dtypes[inputs[0]], dtypes[op["outputs"][0]]) not in _GPU_CASTS:
+            rejected.add(name)
+        elif name == "ADD_N" and len(inputs) != 2:
+            rejected.add(name)
+    return sorted(rejected)
 
 
 def _grid_output(output: str, stride: int):
