@@ -88,6 +88,21 @@ def positive_floats(text):
         ) from None
 
 
+def add_crf_arguments(parser, crf_help: str) -> None:
+    """``--crf``, ``--crf-preset`` and ``--crf-feature-std``: the dense CRF options that
+    ``predict``, ``evaluate`` and ``export`` share (read by ``inference.cli.build_crf``)."""
+    parser.add_argument("--crf", action="store_true", help=crf_help)
+    parser.add_argument(
+        "--crf-preset",
+        help="CRF parameters: resnet101, vgg16 or a registry name (default: from the model)",
+    )
+    parser.add_argument(
+        "--crf-feature-std", type=positive_floats, metavar="S1,S2,...",
+        help="bilateral kernel standard deviation per image channel, in the channels' units "
+        "(needed for models with input_channels other than 3; default for RGB: the preset's)",
+    )  # fmt: skip
+
+
 def dataset_kwargs(pairs) -> dict:
     """``--dataset-arg KEY=VALUE`` options (of ``evaluate`` and ``predict --dataset``) as the
     listing's keyword arguments; values are parsed as JSON where they can be."""

@@ -48,6 +48,28 @@ def _check_image(image):
     return image
 
 
+def display_image(image) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 picture of a model input, for overlays: RGB uint8 as it is; any
+    other image (``.npy`` / TIFF inputs of ``input_channels=N`` models, float values) shows its
+    first three channels (one or two channels: the first, in grey), stretched from the
+    image's own minimum and maximum to 0..255."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] < 1:
+        raise ValueError(f"image must be (H, W) or (H, W, C). Received shape {image.shape}")
+    if image.shape[2] == 3 and image.dtype == np.uint8:
+        return image
+    shown = image[..., :3] if image.shape[2] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
+    shown = shown.astype(np.float32)
+    finite = shown[np.isfinite(shown)]
+    if finite.size == 0:
+        return np.zeros(shown.shape, np.uint8)
+    low, high = float(finite.min()), float(finite.max())
+    scaled = (np.nan_to_num(shown, nan=low) - low) * (255.0 / max(high - low, 1e-12))
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
 def label_image(label, palette=None):
     """An ``(H, W)`` class-id map as a Pillow "P" image carrying ``palette``."""
     from PIL import Image

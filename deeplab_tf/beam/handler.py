@@ -44,7 +44,7 @@ def predictor_from_settings(settings: dict):
     from deeplab_tf.inference.multiscale import MultiScaleInference
     from deeplab_tf.inference.predict import Predictor, load_inference_model
 
-    unknown = sorted(set(settings) - set(SETTINGS_KEYS) - {"classes"})
+    unknown = sorted(set(settings) - set(SETTINGS_KEYS) - {"classes", "channels"})
     if unknown:
         raise ValueError(f"Unknown predictor settings {unknown}; expected {list(SETTINGS_KEYS)}")
     model_path = settings.get("model")

@@ -108,9 +108,9 @@ def run_job(spec: dict) -> dict:
     items = pipeline | "Inputs" >> beam.Create(spec["items"], reshuffle=False)
     items = items | "Distribute" >> beam.Reshuffle()
     if spec["kind"] == "predict":
-        decoded = items | "Decode" >> beam.ParDo(DecodeImage(spec["max_pixels"])).with_outputs(
-            DEAD_LETTER, main="ok"
-        )
+        decoded = items | "Decode" >> beam.ParDo(
+            DecodeImage(spec["max_pixels"], spec["settings"].get("channels", 3))
+        ).with_outputs(DEAD_LETTER, main="ok")
         results = decoded.ok | "RunInference" >> RunInference(handler)
         written = results | "Write" >> beam.ParDo(
             WriteOutputs(spec["palette"], spec["alpha"], spec["legend"], spec["probs"])
@@ -278,6 +278,7 @@ def _build_settings(model, weights, preset, num_classes, scales, fusion, flip, u
         raise ValueError(f"Give model or preset. Received: model={model!r}, preset={preset!r}")
     predictor = predictor_from_settings(settings)
     settings["num_classes"] = int(predictor.model.num_classes)
+    settings["channels"] = int(predictor.channels)
     if crf:
         from deeplab_tf.crf import DenseCRF
         from deeplab_tf.models.deeplab import find_deeplab
@@ -295,6 +296,12 @@ def _build_settings(model, weights, preset, num_classes, scales, fusion, flip, u
                 "preset": name,
                 **DenseCRF.from_preset(name, overflow="downsample").get_config(),
             }
+        if predictor.channels != 3 and not config.get("bi_feature_std"):
+            raise ValueError(
+                f"The model takes {predictor.channels}-channel images: the CRF needs one "
+                "bilateral standard deviation per channel. Pass crf={'preset': ..., "
+                "'bi_feature_std': [...]} (deeplab-tf predict: --crf-feature-std)."
+            )
         settings["crf"] = config
     return settings
 

@@ -39,10 +39,11 @@ def dead_letter(name, err):
 class DecodeImage(beam.DoFn):
     """``(input path, output base)`` -> ``{"input", "base", "image"}`` with the package's
     image reader (:func:`deeplab_tf.inference.io.read_image`: EXIF orientation applied, at most
-    ``max_pixels``), as ``deeplab-tf predict`` reads; failures to the dead letter."""
+    ``max_pixels``, ``channels`` as the model takes), as ``deeplab-tf predict`` reads; failures
+    to the dead letter."""
 
-    def __init__(self, max_pixels: int):
-        self.max_pixels = int(max_pixels)
+    def __init__(self, max_pixels: int, channels: int = 3):
+        self.max_pixels, self.channels = int(max_pixels), int(channels)
 
     def process(self, item):
         from deeplab_tf.beam.filesystems import local_copy
@@ -51,7 +52,7 @@ class DecodeImage(beam.DoFn):
         path, base = item
         try:
             with local_copy(path) as local:
-                image, _ = read_image(local, self.max_pixels)
+                image, _ = read_image(local, self.max_pixels, self.channels)
         except Exception as err:  # noqa: BLE001 - one bad image must not stop the job
             yield dead_letter(path, err)
             return

@@ -33,7 +33,7 @@ from deeplab_tf.data.readers import (
     RGB_FORMAT,
     DatasetError,
     LabelMap,
-    _is_array_image,
+    is_array_image,
     mismatch_error,
     probe_image,
     read_id_list,
@@ -64,7 +64,7 @@ def _image_format(examples):
     examples whose images have it; each other image (other channels or dtype, unsupported
     dtype, unreadable header) is one problem naming its file. Only array images (``.npy``,
     TIFF) are probed; a split without any keeps RGB without opening a file."""
-    if not any(_is_array_image(ex.image_path) for ex in examples):
+    if not any(is_array_image(ex.image_path) for ex in examples):
         return RGB_FORMAT, examples, []
     reference, kept, problems = None, [], []
     for ex in examples:

@@ -381,7 +381,9 @@ def _check_array_dtype(dtype, path, example_id):
         )
 
 
-def _is_array_image(path) -> bool:
+def is_array_image(path) -> bool:
+    """Whether :func:`read_image` reads ``path`` as an array that keeps its channels and values
+    (``.npy``; TIFFs when tifffile is installed or Pillow cannot read them as RGB / grey)."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext == ".npy":
         return True
@@ -425,7 +427,7 @@ def probe_image(path, example_id: str | None = None) -> ImageFormat:
         raise ImageReadError(
             f"{path}: no such file", path=path, example_id=example_id, kind="missing"
         )
-    if not _is_array_image(path):
+    if not is_array_image(path):
         return dataclasses.replace(RGB_FORMAT, path=path)
     _, shape, dtype = _read_array(path, example_id, header_only=True)
     _check_array_dtype(dtype, path, example_id)
@@ -433,7 +435,12 @@ def probe_image(path, example_id: str | None = None) -> ImageFormat:
     return ImageFormat(int(shape[2]), out, np.dtype(dtype).name, path)
 
 
-def read_image(path: str, example_id: str | None = None, expect: ImageFormat | None = None):
+def read_image(
+    path: str,
+    example_id: str | None = None,
+    expect: ImageFormat | None = None,
+    max_pixels: int | None = None,
+):
     """Reads a dataset image as ``(H, W, C)``, as stored (no EXIF rotation): the one dataset
     image reader.
 
@@ -448,20 +455,32 @@ def read_image(path: str, example_id: str | None = None, expect: ImageFormat | N
         example_id: id for error messages.
         expect: the dataset's :class:`ImageFormat` (from :func:`probe_image` on its first
             image); an image with other channels or another dtype is an error.
+        max_pixels: largest accepted ``width * height`` (None: no limit for arrays), checked
+            from the file's header before its pixels are read.
 
     Raises:
         DatasetError: the file is missing or cannot be decoded (an :class:`ImageReadError`),
             or has an unsupported dtype, or differs from ``expect``; the message names it.
     """
     path = os.fspath(path)
-    if not _is_array_image(path):
-        image = decode_image(path, orient=False, example_id=example_id)[0]
+    if not is_array_image(path):
+        image = decode_image(path, max_pixels, orient=False, example_id=example_id)[0]
         got = RGB_FORMAT
     else:
         if not os.path.isfile(path):
             raise ImageReadError(
                 f"{path}: no such file", path=path, example_id=example_id, kind="missing"
             )
+        if max_pixels is not None:
+            _, (h, w, _), _ = _read_array(path, example_id, header_only=True)
+            if h * w > max_pixels:
+                raise _array_fail(
+                    path,
+                    f"image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,} "
+                    "(raise it with --max-pixels, or downscale the image)",
+                    example_id,
+                    "format",
+                )
         image, shape, dtype = _read_array(path, example_id)
         _check_array_dtype(dtype, path, example_id)
         if 0 in shape:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from deeplab_tf.cli import positive_float, positive_int
+from deeplab_tf.cli import add_crf_arguments, positive_float, positive_int
 from deeplab_tf.export.tflite_options import OUTPUTS, QUANTIZATIONS
 
 
@@ -47,16 +47,11 @@ def register(sub):
     p.add_argument("--flip", action="store_true", help="add horizontally flipped inputs")
     p.add_argument("--fusion", choices=("max", "mean"), default="max")
     p.add_argument("--upsample", choices=("caffe", "half_pixel"), default="caffe")
-    p.add_argument(
-        "--crf",
-        action="store_true",
-        help="add the serving_crf signature, and write the CRF alone as <out>/crf/<version>/ "
+    add_crf_arguments(
+        p,
+        "add the serving_crf signature, and write the CRF alone as <out>/crf/<version>/ "
         "(a SavedModel: image + probabilities -> labels) and <out>/tflite/crf_<H>x<W>.tflite "
         "(builtin ops, at --tflite-size) for running after the model",
-    )
-    p.add_argument(
-        "--crf-preset",
-        help="CRF parameters: resnet101, vgg16 or a registry name (default: from the model)",
     )
     p.add_argument(
         "--fold-bn",

@@ -9,6 +9,7 @@ import os
 import sys
 
 from deeplab_tf.cli import (
+    add_crf_arguments,
     dataset_kwargs,
     fraction,
     nonneg_int,
@@ -62,15 +63,7 @@ def add_inference_arguments(p):
         help="images larger than this run as overlapping tiles (0 = never tile)",
     )
     g.add_argument("--overlap", type=fraction, default=1 / 3, help="tile overlap fraction")
-    g.add_argument(
-        "--crf",
-        action="store_true",
-        help="refine with the fully connected CRF (paper parameters for the model)",
-    )
-    g.add_argument(
-        "--crf-preset",
-        help="CRF parameters: resnet101, vgg16 or a registry name (default: from the model)",
-    )
+    add_crf_arguments(g, "refine with the fully connected CRF (paper parameters for the model)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument(
         "--runner", metavar="RUNNER",
@@ -178,6 +171,7 @@ def build_crf(args, net=None):
     """
     from deeplab_tf.crf import DenseCRF
     from deeplab_tf.errors import CLIError
+    from deeplab_tf.inference.predict import input_channels_of
     from deeplab_tf.models.deeplab import MIGRATION, find_deeplab
     from deeplab_tf.models.registry import list_models
 
@@ -194,10 +188,26 @@ def build_crf(args, net=None):
         preset = deeplab.backbone
     if preset is None:
         preset = "resnet101"
+    overrides = {}
+    channels = input_channels_of(net) if net is not None else 3
+    stds = getattr(args, "crf_feature_std", None)
+    if stds is not None and len(stds) != channels:
+        raise CLIError(
+            f"--crf-feature-std needs one value per image channel: the model takes {channels}. "
+            f"Received: {','.join(f'{v:g}' for v in stds)}"
+        )
+    if stds is None and channels != 3:
+        raise CLIError(
+            f"the model takes {channels}-channel images, and the CRF's bilateral kernel needs "
+            f"a standard deviation per channel in the channels' units: pass --crf-feature-std "
+            f"with {channels} values (the RGB presets use 3 for 0..255 colours, 13 for VGG)"
+        )
+    if stds is not None:
+        overrides["bi_feature_std"] = list(stds)
     try:
         # A lattice over the vertex cap (a large, detailed photo) falls back to a downsampled
         # CRF with a warning instead of failing the image.
-        crf = DenseCRF.from_preset(preset, overflow="downsample")
+        crf = DenseCRF.from_preset(preset, overflow="downsample", **overrides)
     except (ValueError, KeyError) as err:
         raise CLIError(str(err)) from None
     return crf, {"preset": preset, **crf.get_config()}
@@ -334,7 +344,7 @@ def run(args):
     bar = Progress(len(paths), "predict", enabled=False if args.no_progress else None)
     for path, base in plan:
         try:
-            image, notes = read_image(path, max_pixels)
+            image, notes = read_image(path, max_pixels, predictor.channels)
             for note in notes:
                 bar.write(f"deeplab-tf: note: {path}: {note}")
             probs = predictor(image)

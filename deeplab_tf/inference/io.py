@@ -11,6 +11,7 @@ import glob
 import os
 
 from deeplab_tf.data.readers import (  # noqa: F401  (this module's public names)
+    DATASET_IMAGE_EXTENSIONS,
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -18,17 +19,40 @@ from deeplab_tf.data.readers import (  # noqa: F401  (this module's public names
 )
 
 
-def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """Decodes a user's image into RGB uint8: :func:`deeplab_tf.data.readers.decode_image`
-    with the EXIF orientation applied and at most ``max_pixels`` pixels.
+def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, channels: int = 3):
+    """Reads a user's image for a model that takes ``channels`` input channels.
+
+    RGB files (JPEG, PNG, ...) decode into RGB uint8 with
+    :func:`deeplab_tf.data.readers.decode_image`, the EXIF orientation applied. ``.npy`` arrays
+    and TIFFs read by tifffile keep their channels and values, as training reads them
+    (:func:`deeplab_tf.data.readers.read_image`: uint8 stays uint8, other dtypes become
+    float32), so a model trained on 4-channel ``.npy`` / TIFF files predicts on the same kind
+    of file. At most ``max_pixels`` pixels, checked before the pixels are read.
 
     Returns:
-        ``(image, notes)``: an ``(H, W, 3)`` uint8 array and a list of strings.
+        ``(image, notes)``: an ``(H, W, channels)`` array and a list of strings.
 
     Raises:
-        ImageReadError: unreadable path, not an image, empty or larger than ``max_pixels``.
+        ImageReadError: unreadable path, not an image, empty, larger than ``max_pixels``, or
+            with another number of channels than the model takes.
     """
-    return decode_image(path, max_pixels)
+    from deeplab_tf.data import readers
+
+    if channels == 3 and not readers.is_array_image(path):
+        return decode_image(path, max_pixels)
+    image = readers.read_image(path, max_pixels=max_pixels)
+    if image.shape[2] != channels:
+        hint = "" if readers.is_array_image(path) else (
+            f"; an RGB image file decodes to 3 channels: store {channels}-channel images as "
+            ".npy or TIFF"
+        )  # fmt: skip
+        raise ImageReadError(
+            f"{path}: image has {image.shape[2]} channel(s) ({image.dtype}); the model takes "
+            f"{channels} (input_channels={channels}){hint}",
+            path=os.fspath(path),
+            kind="channels",
+        )
+    return image, []
 
 
 def dataset_inputs(dataset, split="val", root=None, dataset_args=None, limit=None):
@@ -57,7 +81,8 @@ def dataset_inputs(dataset, split="val", root=None, dataset_args=None, limit=Non
 
 
 def expand_inputs(patterns) -> tuple[list[str], list[str]]:
-    """Expands files, directories (their image files, sorted) and glob patterns.
+    """Expands files, directories (their image files, sorted: the extensions dataset folders
+    read, ``.npy`` included) and glob patterns.
 
     Args:
         patterns: iterable of paths or glob patterns.
@@ -80,11 +105,13 @@ def expand_inputs(patterns) -> tuple[list[str], list[str]]:
             found = sorted(
                 os.path.join(pattern, f)
                 for f in os.listdir(pattern)
-                if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(pattern, f))
+                if f.lower().endswith(DATASET_IMAGE_EXTENSIONS)
+                and os.path.isfile(os.path.join(pattern, f))
             )
             if not found:
                 errors.append(
-                    f"{pattern}: directory holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
+                    f"{pattern}: directory holds no image files "
+                    f"({', '.join(DATASET_IMAGE_EXTENSIONS)})"
                 )
             for p in found:
                 add(p)

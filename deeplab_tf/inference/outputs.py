@@ -28,7 +28,8 @@ def write_prediction(
 
     Args:
         base: output path without suffix (``out/NAME``).
-        image: ``(H, W, 3)`` uint8 RGB input.
+        image: the model's input: ``(H, W, 3)`` uint8 RGB, or an N-channel array (the overlay
+            then shows :func:`deeplab_tf.visualize.display_image` of it).
         probs: ``(H, W, C)`` scores; the label map is their argmax.
         palette: ``(256, 3)`` label colours.
         alpha: overlay opacity.
@@ -43,11 +44,17 @@ def write_prediction(
     import numpy as np
 
     from deeplab_tf.atomic import atomic_write
-    from deeplab_tf.visualize import legend_strip, overlay, save_label_png, save_rgb_png
+    from deeplab_tf.visualize import (
+        display_image,
+        legend_strip,
+        overlay,
+        save_label_png,
+        save_rgb_png,
+    )
 
     label = np.argmax(probs, axis=-1).astype(np.uint8)
     written = [save_label_png(base + ".png", label, palette, overwrite=overwrite)]
-    overlaid = overlay(image, label, palette, alpha)
+    overlaid = overlay(display_image(image), label, palette, alpha)
     if legend:
         strip = legend_strip(label, palette, class_names, overlaid.shape[1])
         overlaid = np.concatenate([overlaid, strip], axis=0)

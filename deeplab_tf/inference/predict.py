@@ -43,13 +43,19 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.stride = int(getattr(model, "stride", 8))
         self.crf = crf
+        self.channels = input_channels_of(model)
         self._fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def scores(self, image) -> np.ndarray:
-        """``(H, W, C)`` float32 model scores for an ``(H, W, 3)`` RGB image (before any CRF)."""
+        """``(H, W, C)`` float32 model scores for an ``(H, W, channels)`` image (RGB for the
+        usual 3 channels; before any CRF)."""
         image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must be (H, W, 3) RGB. Received shape {image.shape}")
+        if image.ndim != 3 or image.shape[2] != self.channels:
+            kind = "RGB" if self.channels == 3 else f"{self.channels} channels"
+            raise ValueError(
+                f"image must be (H, W, {self.channels}) ({kind}: the model's input_channels). "
+                f"Received shape {image.shape}"
+            )
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise ValueError(f"image is empty. Received shape {image.shape}")
         h, w = image.shape[:2]
@@ -67,8 +73,24 @@ class Predictor:
         """``probs``, the ``(H, W, C)`` scores of ``image``, refined by the CRF (if any)."""
         if self.crf is None:
             return probs
-        refined = self.crf(np.asarray(image, dtype=np.uint8)[None], probs[None])
+        image = np.asarray(image)  # uint8 RGB, or the N channels' own values (float32)
+        refined = self.crf(image[None], probs[None])
         return np.asarray(refined.numpy() if hasattr(refined, "numpy") else refined)[0]
+
+
+def input_channels_of(model) -> int:
+    """The number of image channels ``model`` takes: its :class:`DeepLabV2`'s
+    ``input_channels``, else its input shape's last axis, else 3."""
+    from deeplab_tf.models.deeplab import find_deeplab
+
+    net = find_deeplab(model)
+    if net is not None:
+        return int(net.input_channels)
+    try:
+        channels = model.inputs[0].shape[-1]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        channels = None
+    return int(channels) if channels else 3
 
 
 def load_inference_model(model, weights=None, num_classes=None):
