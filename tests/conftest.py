@@ -38,12 +38,13 @@ def _release_memory():
         pass
 
 
-def pytest_runtest_logfinish(nodeid, location):
-    """With DEEPLAB_TF_TEST_RSS_LOG=FILE, appends "worker test resident-MB" after each test:
-    how the suite's memory is found when a full run grows (see ``_release_memory``)."""
+def pytest_runtest_logreport(report):
+    """With DEEPLAB_TF_TEST_RSS_LOG=FILE, appends "worker test seconds resident-MB" after each
+    test's call: how the suite's time and memory are found when a full run grows (see
+    ``_release_memory``)."""
     path = os.environ.get("DEEPLAB_TF_TEST_RSS_LOG")
-    if not path:
-        return
+    if not path or report.when != "call" or hasattr(report, "node"):
+        return  # (xdist's controller sees the workers' reports again, with .node set)
     try:
         with open("/proc/self/status") as f:
             rss = next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS:"))
@@ -51,4 +52,4 @@ def pytest_runtest_logfinish(nodeid, location):
         return
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     with open(path, "a") as f:
-        f.write(f"{worker} {nodeid} {rss}\n")
+        f.write(f"{worker} {report.nodeid} {report.duration:.1f} {rss}\n")
