@@ -235,30 +235,45 @@ def test_config_key_and_cli_flag(tmp_path, capsys):
     assert resolve_config({**cfg, "train": {}})["train"]["mixed_precision"] == "none"
 
 
+#: Seeds per precision in the learning test, and the margin on the mean held-out mIoU.
+LEARNING_SEEDS = (0, 1, 2)
+LEARNING_MARGIN = 0.12
+
+
 @pytest.mark.large
 def test_bf16_training_reaches_the_fp32_held_out_miou(tmp_path):
-    """Same seed, data and schedule in float32 and mixed_bfloat16: held-out mIoU within 0.1
-    (measured on this CPU: fp32 0.630, bf16 0.559; both far above the all-background 0.16).
-    The two runs are different trajectories from the first step on (bf16 rounding of the
-    activations), so the margin is that of two seeds, not of rounding."""
+    """float32 and mixed_bfloat16, same data and schedule, three seeds each: the mean held-out
+    mIoU of bf16 is within 0.12 of float32's, and both learn (all-background scores 0.16).
+
+    One run is a noisy draw: 120 Adam steps on a tiny model diverge with the first rounding
+    difference, so bf16 and fp32 with the same seed are no closer than two seeds. Measured
+    here (AVX512-BF16 CPU), seeds 0-3, each run seeded alike: fp32 0.630 0.586 0.557 0.649
+    (mean 0.606, sd 0.041), bf16 0.492 0.634 0.631 0.543 (mean 0.575, sd 0.070); the
+    difference of two 3-seed means then has an sd of about 0.047, and 0.12 is 2.6 of it.
+    """
     from deeplab_tf.data.synthetic import synthetic_dataset
     from deeplab_tf.training import train
     from deeplab_tf.training.pipeline import eval_pipeline
     from tests.test_training_fit import _synthetic_config
 
     held_out, _ = synthetic_dataset("test", num_images=48, size=64, num_classes=5)
-    scores = {}
-    for policy in ("none", "bfloat16"):
-        cfg = _synthetic_config(str(tmp_path / policy), mixed_precision=policy)
-        del cfg["data"]["val"]
-        model, _ = train(cfg)
-        if policy == "bfloat16":
-            assert model.dtype_policy.name == "mixed_bfloat16"
-        metric = MeanIoU(5, label_mode="upsample_logits")
-        for images, labels in eval_pipeline(held_out, 64, 16, mean=(127.5,) * 3):
-            metric.update_state(labels, model(images, training=False))
-        scores[policy] = float(metric.result())
-    print(f"held-out mIoU: fp32 {scores['none']:.3f}, bf16 {scores['bfloat16']:.3f}")
-    assert scores["none"] > 0.4
-    assert scores["bfloat16"] > 0.4
-    assert abs(scores["bfloat16"] - scores["none"]) <= 0.1
+    scores = {"none": [], "bfloat16": []}
+    for seed in LEARNING_SEEDS:
+        for policy in scores:
+            keras.utils.set_random_seed(seed)  # same initial weights for both precisions
+            cfg = _synthetic_config(str(tmp_path / f"{policy}{seed}"), mixed_precision=policy,
+                                    seed=seed)  # fmt: skip
+            del cfg["data"]["val"]
+            model, _ = train(cfg)
+            if policy == "bfloat16":
+                assert model.dtype_policy.name == "mixed_bfloat16"
+            metric = MeanIoU(5, label_mode="upsample_logits")
+            for images, labels in eval_pipeline(held_out, 64, 16, mean=(127.5,) * 3):
+                metric.update_state(labels, model(images, training=False))
+            scores[policy].append(float(metric.result()))
+            keras.backend.clear_session()
+    fp32, bf16 = (float(np.mean(scores[p])) for p in ("none", "bfloat16"))
+    print(f"held-out mIoU: fp32 {scores['none']} mean {fp32:.3f}, "
+          f"bf16 {scores['bfloat16']} mean {bf16:.3f}")  # fmt: skip
+    assert fp32 > 0.45 and bf16 > 0.45, scores
+    assert abs(bf16 - fp32) <= LEARNING_MARGIN, scores
