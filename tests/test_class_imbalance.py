@@ -311,11 +311,16 @@ def test_recorded_batch_ids_are_the_ids_of_the_examples_in_each_batch():
     ds = tf.data.Dataset.from_tensor_slices(
         {"image": images, "label": labels, "id": [f"ex{i}" for i in range(n)]}
     )
-    recorder = BatchIdRecorder(keep=4)
+    # Default keep (1024): prefetching runs ahead of the consumer by a load-dependent number
+    # of batches, so a small keep could drop a batch before it is looked up.
+    recorder = BatchIdRecorder()
     batches = train_pipeline(ds, 8, 3, None, flip=False, shuffle_buffer=10, batch_ids=recorder)
     for index, (_, label) in enumerate(batches.take(7)):
         assert recorder.get(index) == [f"ex{int(v)}" for v in label.numpy()[:, 0, 0]]
-    assert recorder.get(0) is None  # only the newest `keep` batches are remembered
+    small = BatchIdRecorder(keep=4)  # only the newest `keep` batches are remembered
+    for index in range(7):
+        small.record(index, [f"ex{index}"])
+    assert small.get(2) is None and small.get(3) == ["ex3"] and small.get(6) == ["ex6"]
     # The batches are those of the pipeline without a recorder.
     plain = train_pipeline(ds, 8, 3, None, flip=False, shuffle_buffer=10, seed=1)
     recorded = train_pipeline(ds, 8, 3, None, flip=False, shuffle_buffer=10, seed=1,
