@@ -430,6 +430,7 @@ def test_cli_exports_keras_file(tmp_path, tiny):
     )
 
 
+@pytest.mark.large  # slowest of the fast loop (12-32 s)
 def test_tflite_fp32_matches_and_keeps_dilated_convs_plain(tmp_path, model):
     images = _images(1, 41, 33)
     expected = MultiScaleInference(model, scales=(1.0,))(images).numpy()
@@ -487,6 +488,7 @@ def test_batchnorm_folding_same_outputs_fewer_ops():
     assert [layer.name for layer in folded.layers] == [layer.name for layer in model.layers]
 
 
+@pytest.mark.large  # slowest of the fast loop (12-32 s)
 def test_fused_inference_model_same_outputs_direct_dilated_convs(tmp_path):
     import keras
 

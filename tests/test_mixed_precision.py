@@ -99,6 +99,7 @@ def test_caffe_sgd_updates_float32_master_weights_with_multipliers_and_decay():
     assert classifier_seen == 4  # two classifier convs: kernels x10, biases x20
 
 
+@pytest.mark.large  # slowest of the fast loop (12-32 s)
 def test_bf16_msc_training_with_accumulation_and_frozen_bn_is_finite():
     keras.utils.set_random_seed(0)
     net = tiny("mixed_bfloat16")
