@@ -10,6 +10,8 @@ from __future__ import annotations
 import glob
 import os
 
+import numpy as np
+
 from deeplab_tf.data.readers import (  # noqa: F401  (this module's public names)
     DATASET_IMAGE_EXTENSIONS,
     DEFAULT_MAX_PIXELS,
@@ -52,7 +54,15 @@ def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, channels: int = 3):
             path=os.fspath(path),
             kind="channels",
         )
-    return image, []
+    notes = []
+    if channels == 3 and image.dtype != np.uint8:
+        top = float(np.nanmax(image)) if image.size else 0.0
+        if top > 255:
+            notes.append(
+                f"{image.dtype} values up to {top:g}, read as stored: RGB models expect 0..255 "
+                "unless they were trained on such arrays (convert 16-bit photos to 8 bits)"
+            )
+    return image, notes
 
 
 def dataset_inputs(dataset, split="val", root=None, dataset_args=None, limit=None):
