@@ -94,3 +94,24 @@ def test_tflite_builtins_only_same_labels(tmp_path):
     labels = out["labels"]
     assert labels.shape == expected.shape
     assert np.mean(labels == expected) >= 0.999
+
+
+def test_crf_saved_model_takes_n_channel_float_images(tmp_path):
+    """For an ``input_channels=4`` model: float32 (N, H, W, 4) images, one bilateral std per
+    channel, refused before any work without them; the result equals the eager CRF's."""
+    import tensorflow as tf
+
+    from deeplab_tf.crf import DenseCRF
+    from deeplab_tf.export.crf import export_crf_saved_model
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1, 12, 10, 4)).astype(np.float32)
+    probs = rng.dirichlet(np.ones(3), (1, 12, 10)).astype(np.float32)
+    with pytest.raises(ValueError, match="the image has 4 channels"):
+        export_crf_saved_model(DenseCRF(), tmp_path / "bad", 3, channels=4)
+    assert not (tmp_path / "bad").exists()
+    crf = DenseCRF(bi_feature_std=(10.0, 10.0, 10.0, 20.0), iterations=3)
+    path = export_crf_saved_model(crf, tmp_path / "crf", 3, channels=4)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    out = serve(images=tf.constant(image), probabilities=tf.constant(probs))
+    np.testing.assert_allclose(out["probabilities"].numpy(), crf(image, probs).numpy(), atol=1e-5)

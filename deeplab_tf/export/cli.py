@@ -192,18 +192,20 @@ def run(args):
               "serving_crf signature above carries the CRF")  # fmt: skip
     elif crf is not None:
         from deeplab_tf.export.crf import export_crf_saved_model, export_crf_tflite
+        from deeplab_tf.inference.predict import input_channels_of
 
         num_classes = model.output_shape[-1]
+        channels = input_channels_of(model)
         version_name = os.path.basename(os.path.normpath(path))
         try:
             crf_path = export_crf_saved_model(
                 crf, os.path.join(args.out, "crf"), num_classes, version=int(version_name),
-                preset=crf_settings["preset"], overwrite=args.overwrite,
+                preset=crf_settings["preset"], overwrite=args.overwrite, channels=channels,
             )  # fmt: skip
             print(f"CRF SavedModel: {crf_path}")
             h, w = args.tflite_size
             crf_file = os.path.join(tflite_dir, f"crf_{h}x{w}.tflite")
-            export_crf_tflite(crf, crf_file, (h, w), num_classes, overwrite=args.overwrite)
+            export_crf_tflite(crf, crf_file, (h, w), num_classes, args.overwrite, channels)
             print(f"CRF TFLite ({h}x{w}, builtin ops): {crf_file}")
         except (ValueError, FileExistsError) as err:
             raise CLIError(str(err)) from None

@@ -33,13 +33,13 @@ METADATA_FILE = "deeplab_crf.json"
 class _CRFModule(tf.Module):
     """``(images, probabilities) -> {labels, probabilities}`` with fixed CRF parameters."""
 
-    def __init__(self, crf, num_classes, shape, names=("images", "probabilities")):
+    def __init__(self, crf, num_classes, shape, names=("images", "probabilities"), channels=3):
         super().__init__(name="dense_crf")
         self.crf = crf
         self.serve = tf.function(
             self._refine,
             input_signature=[
-                tf.TensorSpec([*shape, 3], tf.uint8, name=names[0]),
+                tf.TensorSpec([*shape, channels], _image_dtype(channels), name=names[0]),
                 tf.TensorSpec([*shape, num_classes], tf.float32, name=names[1]),
             ],
         )
@@ -52,7 +52,13 @@ class _CRFModule(tf.Module):
         }
 
 
-def _check(crf, num_classes):
+def _image_dtype(channels: int):
+    """uint8 RGB images; float32 (values in 0..255) for other channel counts, as the model's
+    own N-channel signatures take."""
+    return tf.uint8 if channels == 3 else tf.float32
+
+
+def _check(crf, num_classes, channels=3):
     from deeplab_tf.crf import DenseCRF
 
     if not isinstance(crf, DenseCRF):
@@ -64,9 +70,12 @@ def _check(crf, num_classes):
         )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2. Received: {num_classes!r}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be an integer >= 1. Received: {channels!r}")
+    crf.feature_stds(channels)  # one bilateral std per channel, before any work
 
 
-def crf_metadata(crf, num_classes: int, preset: str | None = None) -> dict:
+def crf_metadata(crf, num_classes: int, preset: str | None = None, channels: int = 3) -> dict:
     """What the exported CRF records about itself (parameters, classes, versions)."""
     return {
         "format_version": 1,
@@ -74,7 +83,9 @@ def crf_metadata(crf, num_classes: int, preset: str | None = None) -> dict:
         "preset": preset,
         "num_classes": int(num_classes),
         "inputs": {
-            "images": "uint8 (N, H, W, 3) RGB, the image the model segmented",
+            "images": "uint8 (N, H, W, 3) RGB, the image the model segmented"
+            if channels == 3
+            else f"float32 (N, H, W, {channels}) 0..255, the image the model segmented",
             "probabilities": f"float32 (N, H, W, {num_classes}) the model's softmax at image size",
         },
         "outputs": {"labels": "int32 (N, H, W)", "probabilities": "float32, refined"},
@@ -84,7 +95,7 @@ def crf_metadata(crf, num_classes: int, preset: str | None = None) -> dict:
 
 
 def export_crf_saved_model(crf, base_dir, num_classes: int, version=None, preset=None,
-                           overwrite: bool = False) -> str:  # fmt: skip
+                           overwrite: bool = False, channels: int = 3) -> str:  # fmt: skip
     """Writes the CRF as a SavedModel version folder ``base_dir/<version>`` (atomically).
 
     Args:
@@ -94,6 +105,8 @@ def export_crf_saved_model(crf, base_dir, num_classes: int, version=None, preset
         version: version number (default: the next free one, as TF Serving numbers them).
         preset: name of the CRF parameter preset, recorded in the metadata.
         overwrite: replace an existing version.
+        channels: image channels (3: uint8 RGB; others: float32, for ``input_channels=N``
+            models, with one ``bi_feature_std`` per channel).
 
     Returns:
         The published version folder.
@@ -103,21 +116,22 @@ def export_crf_saved_model(crf, base_dir, num_classes: int, version=None, preset
     """
     from deeplab_tf.export.savedmodel import check_export_target, publish_version
 
-    _check(crf, num_classes)
+    _check(crf, num_classes, channels)
     checked = check_export_target(base_dir, version, overwrite)
     version = None if version is None else checked
     os.makedirs(base_dir, exist_ok=True)
-    module = _CRFModule(crf, num_classes, [None, None, None])
+    module = _CRFModule(crf, num_classes, [None, None, None], channels=channels)
     with atomic.scratch(os.path.join(os.fspath(base_dir), "export"), mkdir=False) as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
         extra = os.path.join(tmp, "assets.extra")
         os.makedirs(extra, exist_ok=True)
         with open(os.path.join(extra, METADATA_FILE), "w", encoding="utf-8") as f:
-            json.dump(crf_metadata(crf, num_classes, preset), f, indent=2)
+            json.dump(crf_metadata(crf, num_classes, preset, channels), f, indent=2)
         return publish_version(tmp, base_dir, version, overwrite)
 
 
-def export_crf_tflite(crf, path, input_size, num_classes: int, overwrite: bool = False) -> str:
+def export_crf_tflite(crf, path, input_size, num_classes: int, overwrite: bool = False,
+                      channels: int = 3) -> str:  # fmt: skip
     """Writes the CRF for a fixed ``(H, W)`` as a ``.tflite`` file with builtin ops only.
 
     Args:
@@ -127,13 +141,15 @@ def export_crf_tflite(crf, path, input_size, num_classes: int, overwrite: bool =
         input_size: ``(H, W)``, the size the model's TFLite file runs at.
         num_classes: classes of the probabilities.
         overwrite: replace an existing file.
+        channels: image channels (3: uint8 RGB; others: float32), as for
+            :func:`export_crf_saved_model`.
 
     Returns:
         ``path``.
     """
     from deeplab_tf.crf import DenseCRF
 
-    _check(crf, num_classes)
+    _check(crf, num_classes, channels)
     h, w = (int(v) for v in input_size)
     if h < 1 or w < 1:
         raise ValueError(f"input_size must be positive. Received: input_size={input_size!r}")
@@ -142,7 +158,7 @@ def export_crf_tflite(crf, path, input_size, num_classes: int, overwrite: bool =
         raise atomic.exists_error(path)
     config = {**crf.get_config(), "impl": "builtin", "overflow": "error"}
     builtin = DenseCRF.from_config(config)
-    module = _CRFModule(builtin, num_classes, [1, h, w], names=("image", "probs"))
+    module = _CRFModule(builtin, num_classes, [1, h, w], ("image", "probs"), channels)
     fn = module.serve.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
