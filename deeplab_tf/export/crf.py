@@ -12,6 +12,10 @@ Two artifacts, written next to the model's:
   ``labels`` int32 ``(1, H, W)``. An app runs ``model.tflite`` (its ``probabilities`` output),
   then this file on the same image.
 
+For models with ``input_channels=N`` other than 3, both take float32 ``(..., N)`` images (values
+in 0..255), as the model's own signatures do, and the CRF needs one ``bi_feature_std`` per
+channel (``deeplab-tf export --crf --crf-feature-std``).
+
 The TFLite file uses the CRF's ``builtin`` lattice implementation (gathers and dense scatters
 that LiteRT has as builtin kernels), which computes the same filter as the default sparse one
 (tests/test_crf.py checks the two against each other).
