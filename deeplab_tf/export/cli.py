@@ -192,7 +192,7 @@ def run(args):
               "serving_crf signature above carries the CRF")  # fmt: skip
     elif crf is not None:
         from deeplab_tf.export.crf import export_crf_saved_model, export_crf_tflite
-        from deeplab_tf.inference.predict import input_channels_of
+        from deeplab_tf.models.deeplab import input_channels_of
 
         num_classes = model.output_shape[-1]
         channels = input_channels_of(model)

@@ -68,6 +68,7 @@ from deeplab_tf.export.warmup import DEFAULT_SIZE, check_image_size, write_warmu
 from deeplab_tf.inference.io import DEFAULT_MAX_PIXELS
 from deeplab_tf.inference.multiscale import MultiScaleInference
 from deeplab_tf.layers import check_images
+from deeplab_tf.models.deeplab import input_channels_of
 
 SIGNATURES = ("serving_default", "serving_uint8", "serving_bytes", "serving_crf")
 
@@ -275,7 +276,7 @@ class _Serving:
         self.crf = crf
         self.bytes_max_side = bytes_max_side
         self.max_pixels = max_pixels
-        self.channels = channels_of(net)
+        self.channels = input_channels_of(net)
         # One traced network shared by every signature (traced once, not once per endpoint).
         self._probs = tf.function(
             self._run_net,
@@ -366,16 +367,6 @@ class _Serving:
             "widths": sizes[:, 1],
             "label_png_bytes": pngs,
         }
-
-
-def channels_of(net) -> int:
-    """Input channels of an inference network (3 unless built with ``input_channels``)."""
-    if isinstance(net, MultiScaleInference):
-        return net.channels
-    try:
-        return int(net.input_shape[-1] or 3)
-    except (AttributeError, TypeError, ValueError):
-        return 3
 
 
 def _kind(images):

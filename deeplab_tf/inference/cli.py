@@ -171,8 +171,7 @@ def build_crf(args, net=None):
     """
     from deeplab_tf.crf import DenseCRF
     from deeplab_tf.errors import CLIError
-    from deeplab_tf.inference.predict import input_channels_of
-    from deeplab_tf.models.deeplab import MIGRATION, find_deeplab
+    from deeplab_tf.models.deeplab import MIGRATION, find_deeplab, input_channels_of
     from deeplab_tf.models.registry import list_models
 
     preset = args.crf_preset

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from deeplab_tf.layers import PACKAGE, check_images, resize_logits
-from deeplab_tf.models.deeplab import output_stride_of
+from deeplab_tf.models.deeplab import input_channels_of, output_stride_of
 from deeplab_tf.models.multiscale import (
     FUSE_AT,
     FUSIONS,
@@ -116,7 +116,7 @@ class MultiScaleInference(MultiScaleWrapper):
         self.fuse_at = fuse_at
         self.stride = int(output_stride_of(model))
         self.num_classes = int(model.output_shape[-1])
-        self.channels = int(model.input_shape[-1] or 3)  # input_channels of the model
+        self.channels = input_channels_of(model)
 
     def call(self, images, training=False):
         images = check_images(images, where="MultiScaleInference", channels=self.channels)

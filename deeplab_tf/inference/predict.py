@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from deeplab_tf.inference.tiling import _pair, sliding_window
+from deeplab_tf.models.deeplab import input_channels_of
 
 
 class Predictor:
@@ -76,21 +77,6 @@ class Predictor:
         image = np.asarray(image)  # uint8 RGB, or the N channels' own values (float32)
         refined = self.crf(image[None], probs[None])
         return np.asarray(refined.numpy() if hasattr(refined, "numpy") else refined)[0]
-
-
-def input_channels_of(model) -> int:
-    """The number of image channels ``model`` takes: its :class:`DeepLabV2`'s
-    ``input_channels``, else its input shape's last axis, else 3."""
-    from deeplab_tf.models.deeplab import find_deeplab
-
-    net = find_deeplab(model)
-    if net is not None:
-        return int(net.input_channels)
-    try:
-        channels = model.inputs[0].shape[-1]
-    except (AttributeError, IndexError, TypeError, ValueError):
-        channels = None
-    return int(channels) if channels else 3
 
 
 def load_inference_model(model, weights=None, num_classes=None):

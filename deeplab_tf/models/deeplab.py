@@ -54,6 +54,18 @@ def find_deeplab(model) -> DeepLabV2 | None:
     return None
 
 
+def input_channels_of(model) -> int:
+    """The number of image channels a model takes: a multi-scale wrapper's ``channels``, else
+    the last axis of its input shape (a :class:`DeepLabV2`'s ``input_channels``), else 3."""
+    channels = getattr(model, "channels", None)
+    if channels is None:
+        try:
+            channels = model.input_shape[-1]
+        except (AttributeError, TypeError, ValueError):
+            channels = None
+    return int(channels or 3)
+
+
 def deeplab_config(model) -> dict:
     """The :meth:`DeepLabV2.get_config` of a model or of the DeepLabV2 it wraps.
 
