@@ -147,10 +147,41 @@ def openvino_model(
     precision = precision or recorded_precision(ov_model) or "f32"
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}. Received: {precision!r}")
+    _check_precision_supported(core, device, precision)
     config = {"INFERENCE_PRECISION_HINT": precision}
     if num_threads:
         config["INFERENCE_NUM_THREADS"] = int(num_threads)
     return core.compile_model(ov_model, device, config)
+
+
+#: OpenVINO's ``OPTIMIZATION_CAPABILITIES`` entry each reduced precision needs.
+_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
+
+
+def _check_precision_supported(core, device: str, precision: str) -> None:
+    """Refuses a reduced precision the device cannot run, before compiling.
+
+    The CPU plugin lists what the processor supports in ``OPTIMIZATION_CAPABILITIES`` (bf16
+    needs AVX-512, natively AVX512-BF16 or AMX; f16 needs AVX512-FP16 or AVX2-VNNI-2). oneDNN's
+    ``ONEDNN_MAX_CPU_ISA`` below AVX-512 also rules bf16 out: OpenVINO 2026.4 still lists BF16
+    then, and inference with the bf16 hint crashed the process (segmentation fault, measured
+    with ``ONEDNN_MAX_CPU_ISA=AVX2`` on an AVX512-BF16 CPU).
+    """
+    needed = _CAPABILITY.get(precision)
+    if needed is None or not device.upper().startswith("CPU"):
+        return
+    capabilities = [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    capped = precision == "bf16" and isa_cap and not isa_cap.startswith(("AVX512", "AVX10", "ALL"))
+    if needed not in capabilities or capped:
+        if needed in capabilities:
+            why = f"ONEDNN_MAX_CPU_ISA={isa_cap} rules out the AVX-512 it needs"
+        else:
+            why = f"the CPU's OPTIMIZATION_CAPABILITIES {capabilities} lack {needed}"
+        raise ValueError(
+            f"OpenVINO cannot run {precision} inference here: {why}. "
+            f"Use precision='f32'. Received: precision={precision!r}"
+        )
 
 
 def run_openvino(compiled_or_path, images) -> dict[str, np.ndarray]:
