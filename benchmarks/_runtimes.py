@@ -3,8 +3,10 @@
 For each ``model:size`` case (batch 1): our fused TensorFlow graph in float32 and bfloat16
 (:func:`deeplab_tf.export.graph.inference_function`, the graph the exports convert), the
 OpenVINO IR (:func:`~deeplab_tf.export.export_openvino`) at f32 and bf16 inference precision,
-the ONNX file (:func:`~deeplab_tf.export.export_onnx`) in ONNX Runtime, the fp32 ``.tflite``
-(:func:`~deeplab_tf.export.export_tflite`) in LiteRT with its default delegate (XNNPACK), and
+the ONNX file (:func:`~deeplab_tf.export.export_onnx`) in ONNX Runtime, the fp32 and the
+full-integer int8 ``.tflite`` (:func:`~deeplab_tf.export.export_tflite_files`, int8 calibrated
+on flips/shifts of the benchmark photo; both files come from one trace, so ``litert_fp32``'s
+``convert_s`` holds both conversions) in LiteRT with its default delegate (XNNPACK), and
 the same network in PyTorch (``benchmarks/torch_deeplab.py``, ResNet models, own process,
 timed before and after the others). Every runtime maps the uint8/float image to full-resolution
 labels (PyTorch: stride-8 logits, upsampled and arg-maxed outside the timing); the others run
@@ -27,7 +29,9 @@ from benchmarks import _common
 CASES = ("deeplabv2_resnet101_aspp_l:513", "deeplabv2_mobilenetv2_aspp_l:321")
 QUICK_CASES = ("deeplabv2_resnet50_aspp_l:49", "deeplabv2_mobilenetv2_aspp_l:33")
 RUNTIMES = ("tf_fp32", "tf_bf16", "openvino_fp32", "openvino_bf16", "onnxruntime_fp32",
-            "litert_fp32", "torch_fp32")  # fmt: skip
+            "litert_fp32", "litert_int8", "torch_fp32")  # fmt: skip
+#: Representative images for the int8 file's calibration.
+INT8_CALIBRATION = 8
 #: Issue 18's targets (on a CPU with AVX512-BF16).
 TARGETS = {
     "tf_fp32_vs_openvino_fp32": 1.0,
@@ -136,16 +140,23 @@ def _runners(model, size, threads, workdir, skipped, hints):
     else:
         skipped["onnxruntime_fp32"] = 'pip install "deeplab_tf[onnx]"'
     if importlib.util.find_spec("ai_edge_litert"):
-        from deeplab_tf.export import export_tflite, litert_interpreter, run_tflite
+        from deeplab_tf.export import litert_interpreter, run_tflite
+        from deeplab_tf.export.tflite import export_tflite_files
 
-        def litert():
-            path = export_tflite(fused, os.path.join(workdir, "model.tflite"), (size, size))
-            interpreter = litert_interpreter(path, num_threads=threads)
+        paths = {q: os.path.join(workdir, f"model_{q}.tflite") for q in ("fp32", "int8")}
+
+        def litert(quantization):
+            if not all(os.path.exists(p) for p in paths.values()):  # one trace for both files
+                calibration = list(_common.photo(size, size, INT8_CALIBRATION, seed=1))
+                export_tflite_files(fused, paths, (size, size), representative_data=calibration,
+                                    num_calibration=INT8_CALIBRATION)  # fmt: skip
+            interpreter = litert_interpreter(paths[quantization], num_threads=threads)
             return lambda x: run_tflite(interpreter, x)["labels"]
 
-        add("litert_fp32", litert)
+        add("litert_fp32", lambda: litert("fp32"))
+        add("litert_int8", lambda: litert("int8"))
     else:
-        skipped["litert_fp32"] = "pip install ai-edge-litert"
+        skipped["litert_fp32"] = skipped["litert_int8"] = "pip install ai-edge-litert"
     return runners
 
 
