@@ -26,7 +26,8 @@ from tests.test_export import (
 BF16_AGREEMENT = 0.80
 #: The same for weights stored as float16 (compress_to_fp16) with fp32 inference.
 FP16_WEIGHTS_AGREEMENT = 0.97
-#: The runtime benchmark's int8 LiteRT file (random weights, 49x49, calibrated on 8 photos).
+#: The runtime benchmark's int8 LiteRT file (random weights, 49x49, calibrated on 8 photos):
+#: measured 0.954 of labels equal to TF fp32 here.
 INT8_RUNTIME_AGREEMENT = 0.8
 
 
