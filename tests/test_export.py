@@ -506,6 +506,37 @@ def test_fused_inference_model_same_outputs_direct_dilated_convs(tmp_path):
     np.testing.assert_allclose(reloaded(x).numpy(), fused(x).numpy(), rtol=1e-6, atol=1e-6)
 
 
+def test_frozen_inference_function_matches_and_holds_a_copy(model):
+    """``inference_function(freeze=True)``: the same outputs as the function that reads the
+    variables, no variable captured, and the weights as they were when it was frozen."""
+    from deeplab_tf.export.graph import inference_function
+
+    images = _images(1, 41, 33)
+    live, _ = inference_function(model, (41, 33), input_dtype="uint8")
+    frozen, signature = inference_function(model, (41, 33), input_dtype="uint8", freeze=True)
+    assert signature[0].shape.as_list() == [None, 41, 33, 3]
+    expected = {k: v.numpy() for k, v in live(images).items()}
+    out = frozen(images)
+    assert sorted(out) == ["labels", "probabilities"]
+    np.testing.assert_array_equal(out["labels"].numpy(), expected["labels"])
+    # 1e-4: oneDNN picks other kernels for constant filters (labels stay equal)
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected["probabilities"],
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    assert not frozen.get_concrete_function().variables
+    # Zeroing every weight the live graph reads makes every logit 0 (every label 0) there.
+    assert len(np.unique(expected["labels"])) > 1
+    weights = live.get_concrete_function().variables
+    saved = [w.numpy() for w in weights]
+    try:
+        for w in weights:
+            w.assign(np.zeros(w.shape, w.dtype.as_numpy_dtype))
+        assert not live(images)["labels"].numpy().any()
+        np.testing.assert_array_equal(frozen(images)["labels"].numpy(), expected["labels"])
+    finally:
+        for w, value in zip(weights, saved):
+            w.assign(value)
+
+
 @pytest.mark.large
 @pytest.mark.xdist_group("export_trained")
 def test_bfloat16_twin_agrees_on_labels(trained):
