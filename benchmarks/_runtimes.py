@@ -1,15 +1,16 @@
 """``bench_inference.py --runtimes``: one network in every runtime it exports to.
 
 For each ``model:size`` case (batch 1): our fused TensorFlow graph in float32 and bfloat16
-(:func:`deeplab_tf.export.graph.inference_function`, the graph the exports convert), the
+(:func:`deeplab_tf.export.graph.inference_function`, the graph the exports convert, frozen as
+the converters freeze it, and again reading its weights from variables, as in a SavedModel), the
 OpenVINO IR (:func:`~deeplab_tf.export.export_openvino`) at f32 and bf16 inference precision,
 the ONNX file (:func:`~deeplab_tf.export.export_onnx`) in ONNX Runtime, the fp32 and the
 full-integer int8 ``.tflite`` (:func:`~deeplab_tf.export.export_tflite_files`, int8 calibrated
 on flips/shifts of the benchmark photo; both files come from one trace, so ``litert_fp32``'s
-``convert_s`` holds both conversions) in LiteRT with its default delegate (XNNPACK), and
-the same network in PyTorch (``benchmarks/torch_deeplab.py``, ResNet models, own process,
-timed before and after the others). Every runtime maps the uint8/float image to full-resolution
-labels (PyTorch: stride-8 logits, upsampled and arg-maxed outside the timing); the others run
+``convert_s`` holds both conversions) in LiteRT with its default delegate (XNNPACK), and the
+same network in PyTorch (``benchmarks/torch_deeplab.py``, ResNet models, own process, timed
+before and after the others). Every runtime maps the uint8/float image to full-resolution labels
+(PyTorch: stride-8 logits, upsampled and arg-maxed outside the timing); the others run
 round-robin so load from other processes hits all alike. Label agreement is against TF fused
 fp32, pixel by pixel.
 """
@@ -28,8 +29,10 @@ from benchmarks import _common
 
 CASES = ("deeplabv2_resnet101_aspp_l:513", "deeplabv2_mobilenetv2_aspp_l:321")
 QUICK_CASES = ("deeplabv2_resnet50_aspp_l:49", "deeplabv2_mobilenetv2_aspp_l:33")
-RUNTIMES = ("tf_fp32", "tf_bf16", "openvino_fp32", "openvino_bf16", "onnxruntime_fp32",
-            "litert_fp32", "litert_int8", "torch_fp32")  # fmt: skip
+#: The TF rows (not exported files): the frozen graph, and the same graph reading variables.
+TF_ROWS = ("tf_fp32", "tf_bf16", "tf_fp32_variables", "tf_bf16_variables")
+RUNTIMES = (*TF_ROWS, "openvino_fp32", "openvino_bf16", "onnxruntime_fp32", "litert_fp32",
+            "litert_int8", "torch_fp32")  # fmt: skip
 #: Representative images for the int8 file's calibration.
 INT8_CALIBRATION = 8
 #: Issue 18's targets (on a CPU with AVX512-BF16).
@@ -103,12 +106,18 @@ def _runners(model, size, threads, workdir, skipped, hints):
 
     fused = fuse_for_inference(model)
 
-    def tf_graph(net, fuse):
-        fn, _ = inference_function(net, (size, size), batch=1, input_dtype="uint8", fuse=fuse)
+    def tf_graph(net, freeze=True):
+        fn, _ = inference_function(net, (size, size), batch=1, input_dtype="uint8", fuse=False,
+                                   freeze=freeze)  # fmt: skip
         return lambda x: fn(x)["labels"].numpy()
 
-    add("tf_fp32", lambda: tf_graph(fused, False))
-    add("tf_bf16", lambda: tf_graph(to_bfloat16(fused), False))
+    bf16 = to_bfloat16(fused)
+    add("tf_fp32", lambda: tf_graph(fused))
+    add("tf_bf16", lambda: tf_graph(bf16))
+    # As a SavedModel holds the graph: with oneDNN, a filter read from a variable is reordered
+    # into oneDNN's layout on every call; a constant one once.
+    add("tf_fp32_variables", lambda: tf_graph(fused, freeze=False))
+    add("tf_bf16_variables", lambda: tf_graph(bf16, freeze=False))
     if importlib.util.find_spec("openvino"):
         from deeplab_tf.export import export_openvino, openvino_model
 
@@ -161,6 +170,7 @@ def _runners(model, size, threads, workdir, skipped, hints):
 
 
 def run_case(model_name, size, repeats, threads, torch_available, no_torch=False):
+    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -168,6 +178,7 @@ def run_case(model_name, size, repeats, threads, torch_available, no_torch=False
     from deeplab_tf.export import with_input_shape
     from deeplab_tf.layers import resize_logits
 
+    keras.utils.set_random_seed(0)  # the same random weights in every run of a case
     model = with_input_shape(deeplab_tf.create_model(model_name), size, size, 1)
     _common.calibrate_batchnorm(model, _common.photo(min(size, 161), min(size, 161)))
     damped = _common.dampen_residual_branches(model)
@@ -247,7 +258,7 @@ def verdict(rows):
         "target": TARGETS["tf_bf16_label_agreement"],
         "met": a is not None and a >= TARGETS["tf_bf16_label_agreement"],
     }
-    exported = [n for n in rows if n not in ("tf_fp32", "tf_bf16", "torch_fp32")]
+    exported = [n for n in rows if n not in (*TF_ROWS, "torch_fp32")]
     good = [n for n in exported if (agree(n) or 0) >= TARGETS["fastest_export_label_agreement"]]
     if good and sec("torch_fp32"):
         best = min(good, key=sec)

@@ -69,8 +69,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--runtimes",
         action="store_true",
-        help="add the runtime comparison (TF fused fp32/bf16, OpenVINO fp32/bf16, ONNX Runtime, "
-        "LiteRT, PyTorch) for each --runtime-cases",
+        help="add the runtime comparison (TF fused fp32/bf16, frozen and with variables; "
+        "OpenVINO fp32/bf16, ONNX Runtime, LiteRT fp32/int8, PyTorch) for each --runtime-cases",
     )
     p.add_argument("--runtimes-only", action="store_true", help="only the runtime comparison")
     p.add_argument(
