@@ -72,10 +72,9 @@ def pytest_runtest_logreport(report):
 
 #: The ten slowest test modules, slowest first (summed setup + call + teardown seconds of a
 #: full run with oneDNN capped at AVX2, `--durations=0`: 650, 320, 240, 205, 190, 190, 170, 170,
-#: 165 and 150 s), collected
-#: first so that xdist hands them out while the rest of the suite can still balance the two
-#: workers, instead of ending the run with one worker on the zoo's LiteRT conversions. Each
-#: module's tests stay together (its module fixtures are built once per worker).
+#: 165 and 150 s), collected first so that xdist hands them out while the rest of the suite can
+#: still balance the two workers, instead of ending the run with one worker on the zoo's LiteRT
+#: conversions. Each module's tests stay together (its module fixtures are built once per worker).
 HEAVY_MODULES = (
     "test_tflite_int8.py", "test_distribute.py", "test_models.py", "test_export.py",
     "test_benchmarks.py", "test_serving_export.py", "test_training_config.py",
